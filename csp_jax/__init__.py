@@ -1,0 +1,1 @@
+"""csp_jax: ContinuouSP (energy-based crystal structure prediction) in JAX."""

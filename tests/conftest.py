@@ -1,0 +1,24 @@
+"""Shared test fixtures: the data directory and float64 switching."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir():
+    """$CSP_JAX_DATA if set, else ../shared/data beside the checkout, else None."""
+    env = os.environ.get("CSP_JAX_DATA")
+    if env:
+        return Path(env)
+    default = REPO.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = find_data_dir()
+    if path is None or not path.is_dir():
+        pytest.skip("no data directory: set CSP_JAX_DATA or place shared/data beside the checkout")
+    return path
