@@ -1,0 +1,97 @@
+"""Table 1 aggregation on a hand-computed case, the sample file round trip, and reports."""
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from csp_jax.crystal import from_structure, stack, to_structure
+from csp_jax.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
+from csp_jax.metrics import (PAPER_TABLE1, aggregate, evaluate_samples, load_samples,
+                             markdown_report, sample_at, save_samples, write_report)
+
+
+def test_aggregate_hand_computed():
+    outcome = np.array([[MATCH, MATCH], [NO_MATCH, MATCH], [ERROR, TIMEOUT], [INVALID, NO_MATCH]])
+    # Entries that are not matches carry junk that must be ignored.
+    rms = np.array([[0.2, 0.1], [0.0, 0.5], [0.0, np.nan], [0.01, 0.02]])
+    metrics = aggregate(outcome, rms)
+    # Crystals 0 and 1 match (best 0.1 and 0.5); with k = 1 only crystal 0 (0.2).
+    assert metrics["num_crystals"] == 4 and metrics["samples_per_crystal"] == 2
+    assert metrics["match_rate"] == pytest.approx(50.0)
+    assert metrics["rmse"] == pytest.approx(0.3)
+    assert metrics["match_rate_k1"] == pytest.approx(25.0)
+    assert metrics["rmse_k1"] == pytest.approx(0.2)
+    assert metrics["pair_counts"] == {"match": 3, "no_match": 2, "invalid": 1, "error": 1, "timeout": 1}
+
+
+def test_aggregate_without_matches_has_no_rmse():
+    metrics = aggregate(np.full((3, 4), NO_MATCH), np.full((3, 4), np.nan))
+    assert metrics["match_rate"] == 0.0 and metrics["rmse"] is None and metrics["rmse_k1"] is None
+
+
+def perovskite(a):
+    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def variants(gt, rng):
+    """An exact copy, a noisy copy, a stretched copy (no match) and a NaN-lattice copy, padded to 6."""
+    exact = from_structure(gt, max_atoms=6, dtype=np.float64)
+    stretch = np.array([1.0, 1.0, 1.6])
+    return {
+        "exact": exact,
+        "noisy": exact.replace(positions=exact.positions + 0.03 * rng.standard_normal((6, 3))),
+        "stretched": exact.replace(lattice=exact.lattice * stretch, positions=exact.positions * stretch),
+        "nan": exact.replace(lattice=np.full((3, 3), np.nan)),
+    }
+
+
+def make_samples():
+    """Two test crystals x three samples: [T=2, K=3, N=6] (one padding slot)."""
+    rng = np.random.default_rng(0)
+    gts = [perovskite(3.9), perovskite(4.2)]
+    first, second = variants(gts[0], rng), variants(gts[1], rng)
+    rows = [[first["noisy"], first["stretched"], first["nan"]],
+            [second["stretched"], second["noisy"], second["exact"]]]
+    return gts, stack([stack(row) for row in rows])
+
+
+def test_samples_file_round_trip(tmp_path):
+    gts, samples = make_samples()
+    energies = np.arange(6.0).reshape(2, 3)
+    save_samples(tmp_path / "test.npz", samples, energies, ["mp-1", "mp-22"])
+    loaded, loaded_energies, ids = load_samples(tmp_path / "test.npz")
+    for name in ("species", "positions", "lattice"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(samples, name))
+    np.testing.assert_array_equal(loaded_energies, energies)
+    assert ids.tolist() == ["mp-1", "mp-22"]
+    assert to_structure(sample_at(loaded, 1, 2)) == gts[1]
+    with pytest.raises(ValueError):
+        save_samples(tmp_path / "bad.npz", samples, energies[:, :2], ["mp-1", "mp-22"])
+
+
+def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
+    gts, samples = make_samples()
+    results = evaluate_samples(gts, samples, workers=2)
+    assert results["outcome"] == [[MATCH, NO_MATCH, INVALID], [NO_MATCH, MATCH, MATCH]]
+    for t in range(2):
+        for k in range(3):
+            expected = match_pair(gts[t], sample_at(samples, t, k))
+            assert results["rms"][t][k] == (None if np.isnan(expected.rms) else pytest.approx(expected.rms))
+    assert results["rms"][1][2] < 1e-6
+    assert results["match_rate"] == 100.0 and results["match_rate_k1"] == 50.0
+    assert results["rmse"] == pytest.approx((results["rms"][0][0] + results["rms"][1][2]) / 2)
+    assert results["pair_counts"] == {"match": 3, "no_match": 2, "invalid": 1, "error": 0, "timeout": 0}
+
+    json_path, md_path = write_report(results, tmp_path / "perov_5", "perov_5", num_test_total=3785)
+    record = json.loads(json_path.read_text())
+    assert record["subset"] and record["num_test_total"] == 3785
+    recomputed = aggregate(record["outcome"], np.array(record["rms"], dtype=float))
+    assert recomputed == {key: results[key] for key in recomputed}
+    table = md_path.read_text()
+    assert "Only 2 of the 3785 test crystals" in table
+    assert "| csp_jax, 3 samples | 100.00, " in table
+    assert all(method in table for method in PAPER_TABLE1)
+    assert "| 99.16, 0.0893 | 44.21, 0.1757 | 11.77, 0.2647 |" in table
+    assert "Only" not in markdown_report(results, "perov_5", num_test_total=2)
