@@ -1,0 +1,423 @@
+"""Benchmark datasets: locating, downloading, parsing and caching the CSV splits.
+
+The CDVAE/DiffCSP splits (`perov_5`, `mp_20`, `mpts_52`; `train`, `val`, `test`)
+are CSV files with one P1 CIF per row (column `cif`). Loading a split (SPEC §4):
+
+1. find `<data_dir>/<dataset>/<split>.csv` or `.csv.gz` (data dir from the
+   argument, else `$CSP_JAX_DATA`), else a copy downloaded earlier into
+   `<cache_dir>/data/`; when none exists and `download=True`, fetch the file from
+   the DiffCSP repository at a pinned commit and verify its checksums;
+2. parse every CIF with pymatgen, Niggli-reduce it (`get_reduced_structure()`,
+   which also wraps atoms into the cell) and pad it into a `Crystal`;
+3. save the arrays as `.npz` in the cache dir (`$CSP_JAX_CACHE`, default
+   `~/.cache/csp_jax`), keyed by the SHA-256 of the CSV text and the options that
+   change the result, so that later loads skip parsing.
+
+Rows that cannot be used (unparseable CIF, non-finite lattice or coordinates,
+disordered sites, more atoms than `max_atoms`) are skipped with one warning per
+file, or raise one `ValueError` naming file and row with `on_bad_row="error"`.
+Row numbers count data records from 0, header excluded (the CSV's index column).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from csp_jax.crystal import Crystal, from_structure, pad, stack, to_structure
+
+SPLITS = ("train", "val", "test")
+# Published maximum cell size of each dataset: the default padding of `load_split`.
+DATASET_MAX_ATOMS = {"perov_5": 5, "mp_20": 20, "mpts_52": 52}
+
+DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
+DEFAULT_DATA_URL = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
+
+# Bump when parsing or the cache layout changes, so stale caches are not reused.
+CACHE_FORMAT = 1
+# Files with fewer rows are parsed in-process: starting workers costs more.
+_MIN_ROWS_FOR_POOL = 256
+
+
+class Checksum(NamedTuple):
+    """Expected digests of a decompressed split CSV (`sha256` is None where unknown)."""
+
+    git_blob_sha1: str
+    sha256: str | None = None
+
+
+# The DiffCSP tree at DIFFCSP_COMMIT (blob ids) and the SHA-256 sums of the copies
+# in shared/data (see its README.md).
+CHECKSUMS = {
+    ("perov_5", "train"): Checksum(
+        "62ce91686595d45d484d026bbfd14c2518b66abd",
+        "6144a97ead4828a781a1c269c56fedc34b65945977c6433a055a720c47bf77f6"),
+    ("perov_5", "val"): Checksum(
+        "872fc814e6a513024cb923a0576d723fca25969c",
+        "efb9c832756439747f093e03a35daf073fcc9a5fc43a8a5292addee2f3d7ce90"),
+    ("perov_5", "test"): Checksum(
+        "cb97501bed31c8cdcb603f9b9c3a59842828c9d8",
+        "2511340f0e08b25699e9386e100ae0b30cd9b9c8a5b29622c3533644e04c95fa"),
+    ("mp_20", "train"): Checksum("206f82f8dd4d5ddf4d6e33ae2b2928dbba8a011a"),
+    ("mp_20", "val"): Checksum("6070ef70053415f6436eddc30f2f4137fcac19eb"),
+    ("mp_20", "test"): Checksum("133f5697e1d3fd94f9bf0ab6a3b6c5054d325955"),
+    ("mpts_52", "train"): Checksum("28c53b0a0fd3f32fb8078aca8e5b484e372790c6"),
+    ("mpts_52", "val"): Checksum(
+        "a377ba0ca7bee37ee69d9f50f8362eaa35d9f690",
+        "b5d9f7a8ff72f3a1f24d6bb97e11ad201be40d10be7b27924234da06af04baba"),
+    ("mpts_52", "test"): Checksum(
+        "2e8af159618f63be346b6527f155514323964423",
+        "4d6e76c4726fb12fb2a7e5bb23594f9b82dbd9bf67b7bfd4866e9c74a8f49038"),
+}
+
+
+class MissingDataError(FileNotFoundError):
+    """No data directory was given, or a split file is absent and download is off."""
+
+
+class ChecksumError(ValueError):
+    """A downloaded file does not match the expected checksum (it is not kept)."""
+
+
+def known_splits() -> dict[str, tuple[str, ...]]:
+    """The datasets this module knows, each with its split names."""
+    return {dataset: SPLITS for dataset in DATASET_MAX_ATOMS}
+
+
+def _check_known(dataset: str, split: str) -> None:
+    if dataset not in DATASET_MAX_ATOMS or split not in SPLITS:
+        raise ValueError(
+            f"unknown split {dataset}/{split}; known datasets {sorted(DATASET_MAX_ATOMS)}, "
+            f"splits {list(SPLITS)}")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory: `data_dir` if given, else `$CSP_JAX_DATA`; raises if neither."""
+    chosen = data_dir if data_dir is not None else os.environ.get("CSP_JAX_DATA")
+    if not chosen:
+        raise MissingDataError(
+            "no data directory: pass data_dir (--data-dir) or set CSP_JAX_DATA "
+            "to a folder holding <dataset>/<split>.csv[.gz]")
+    return Path(chosen).expanduser()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: `cache_dir` if given, else `$CSP_JAX_CACHE`, else ~/.cache/csp_jax."""
+    chosen = cache_dir if cache_dir is not None else os.environ.get("CSP_JAX_CACHE")
+    return Path(chosen or "~/.cache/csp_jax").expanduser()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob id of `data` (what `git hash-object` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _is_writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
+                   base_url: str | None = None) -> Path:
+    """Download `<base_url>/<dataset>/<split>.csv` into `dest_dir/<dataset>/<split>.csv`.
+
+    `base_url` defaults to `$CSP_JAX_DATA_URL`, else the DiffCSP data folder at
+    DIFFCSP_COMMIT. The bytes must match CHECKSUMS (git blob SHA-1, and SHA-256
+    where known), else ChecksumError and nothing is written. The file is written
+    to a temporary name and renamed, so a partial download is never visible.
+    """
+    _check_known(dataset, split)
+    base_url = base_url or os.environ.get("CSP_JAX_DATA_URL") or DEFAULT_DATA_URL
+    url = f"{base_url.rstrip('/')}/{dataset}/{split}.csv"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data = response.read()
+    except urllib.error.URLError as error:
+        raise MissingDataError(f"{url}: download failed: {error}") from error
+    expected = CHECKSUMS[(dataset, split)]
+    got = Checksum(git_blob_sha1(data),
+                   hashlib.sha256(data).hexdigest() if expected.sha256 else None)
+    if got != expected:
+        raise ChecksumError(
+            f"{url}: checksum mismatch ({len(data)} bytes, git blob {got.git_blob_sha1}, "
+            f"expected {expected.git_blob_sha1}); file not kept")
+    target = Path(dest_dir) / dataset / f"{split}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(target, data)
+    return target
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
+               download: bool = False, base_url: str | None = None,
+               cache_dir: str | os.PathLike | None = None) -> Path:
+    """The CSV file of a split, downloading it when absent and `download` is set.
+
+    Looks in `<data_dir>/<dataset>/` for `<split>.csv` then `<split>.csv.gz`, then
+    in `<cache_dir>/data/<dataset>/` (earlier downloads). Downloads go into the
+    data dir when it is a writable directory, else into `<cache_dir>/data`. The
+    data dir may be unset (no argument, no env var) when the file was downloaded
+    before or `download` is set; otherwise MissingDataError says what to set.
+    """
+    _check_known(dataset, split)
+    root, no_root = None, None
+    try:
+        root = resolve_data_dir(data_dir)
+    except MissingDataError as error:
+        no_root = error
+    fallback = resolve_cache_dir(cache_dir) / "data"
+    roots = [r for r in (root, fallback) if r is not None]
+    candidates = [r / dataset / f"{split}{ext}" for r in roots for ext in (".csv", ".csv.gz")]
+    for path in candidates:
+        if path.is_file():
+            return path
+    if not download:
+        if no_root is not None:
+            raise no_root
+        raise MissingDataError(
+            f"{dataset}/{split} not found (looked for {', '.join(map(str, candidates))}); "
+            "set CSP_JAX_DATA (--data-dir) to a folder holding it, or enable download")
+    dest = root if root is not None and _is_writable_dir(root) else fallback
+    return download_split(dataset, split, dest, base_url)
+
+
+@dataclass(frozen=True)
+class CrystalDataset:
+    """Padded crystals of one CSV file.
+
+    species:      [M, N] int32, atomic numbers, 0 for padding.
+    positions:    [M, N, 3] float32, Cartesian (Angstrom), Niggli-reduced cell.
+    lattice:      [M, 3, 3] float32, rows are the lattice vectors.
+    material_ids: [M] str, the CSV's `material_id`.
+    rows:         [M] int64, record number of each crystal in the CSV (from 0).
+    source:       the CSV file the crystals came from.
+    """
+
+    species: np.ndarray
+    positions: np.ndarray
+    lattice: np.ndarray
+    material_ids: np.ndarray
+    rows: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.species)
+
+    @property
+    def max_atoms(self) -> int:
+        """N, the padded number of atom slots."""
+        return self.species.shape[1]
+
+    @property
+    def num_atoms(self) -> np.ndarray:
+        """[M] int32, real atoms per crystal."""
+        return np.sum(self.species > 0, axis=1).astype(np.int32)
+
+    @property
+    def crystals(self) -> Crystal:
+        """All crystals as one batched `Crystal` ([M, N] species)."""
+        return Crystal(self.species, self.positions, self.lattice)
+
+    def subset(self, indices) -> "CrystalDataset":
+        """The crystals at `indices` (int array, slice or bool mask), padding unchanged."""
+        return CrystalDataset(self.species[indices], self.positions[indices],
+                              self.lattice[indices], self.material_ids[indices],
+                              self.rows[indices], self.source)
+
+    def structure(self, i: int):
+        """Crystal `i` as a `pymatgen.core.Structure`."""
+        return to_structure(Crystal(self.species[i], self.positions[i], self.lattice[i]))
+
+
+class _BadRow(NamedTuple):
+    row: int
+    reason: str
+    detail: str
+
+
+def _parse_cif(args: tuple[str, int | None]) -> Crystal | tuple[str, str]:
+    """Parse and Niggli-reduce one CIF into an unpadded `Crystal`, or return (reason, detail)."""
+    from pymatgen.core import Structure
+
+    cif, max_atoms = args
+    # pymatgen warns about routine coordinate rounding, and explains failures in
+    # warnings too: keep them quiet, and quote the last one when parsing fails.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structure = Structure.from_str(cif, fmt="cif")
+        except Exception as error:  # pymatgen raises many types for malformed CIF text
+            cause = f"; {caught[-1].message}" if caught else ""
+            return "unparseable CIF", f"{type(error).__name__}: {error}{cause}"
+    if not (np.all(np.isfinite(structure.lattice.matrix))
+            and np.all(np.isfinite(structure.frac_coords))):
+        return "non-finite lattice or coordinates", ""
+    if max_atoms is not None and len(structure) > max_atoms:
+        return "more than max_atoms atoms", f"{len(structure)} atoms > {max_atoms}"
+    if not structure.is_ordered:
+        return "disordered sites", ""
+    try:
+        return from_structure(structure.get_reduced_structure(), dtype=np.float64)
+    except Exception as error:  # Niggli reduction of a degenerate cell
+        return "Niggli reduction failed", f"{type(error).__name__}: {error}"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_rows_message(source: str, bad: list[_BadRow], total: int) -> str:
+    reasons = ", ".join(f"{n} {r}" for r, n in Counter(b.reason for b in bad).most_common())
+    first = bad[0]
+    detail = f" ({first.detail})" if first.detail else ""
+    return _one_line(f"{source}: skipped {len(bad)} of {total} rows (reasons: {reasons}; "
+                     f"first: row {first.row}: {first.reason}{detail})", limit=400)
+
+
+def _apply_bad_row_policy(source: str, bad: list[_BadRow], total: int, on_bad_row: str) -> None:
+    if not bad:
+        return
+    if on_bad_row == "error":
+        first = bad[0]
+        detail = f" ({first.detail})" if first.detail else ""
+        raise ValueError(_one_line(f"{source}: row {first.row}: {first.reason}{detail}", 400))
+    warnings.warn(_bad_rows_message(source, bad, total), stacklevel=3)
+
+
+def _read_csv_text(path: Path) -> bytes:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def _parse_rows(data: bytes, max_atoms: int | None, workers: int):
+    """Parse all rows: (crystals [unpadded], material_ids, rows, bad rows, total)."""
+    csv.field_size_limit(sys.maxsize)
+    records = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    jobs = [(rec.get("cif") or "", max_atoms) for rec in records]
+    if workers > 1 and len(jobs) >= _MIN_ROWS_FOR_POOL:
+        # spawn: forking a process that has started JAX threads is unsafe.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_parse_cif, jobs,
+                                    chunksize=max(1, math.ceil(len(jobs) / (8 * workers)))))
+    else:
+        results = [_parse_cif(job) for job in jobs]
+    crystals, ids, rows, bad = [], [], [], []
+    for row, (record, result) in enumerate(zip(records, results)):
+        if isinstance(result, Crystal):
+            crystals.append(result)
+            ids.append(record.get("material_id", str(row)))
+            rows.append(row)
+        else:
+            bad.append(_BadRow(row, *result))
+    return crystals, ids, rows, bad, len(records)
+
+
+def _cache_file(cache_dir: Path, path: Path, csv_sha256: str, max_atoms: int | None) -> Path:
+    from pymatgen.core import __version__ as pymatgen_version
+
+    key = f"{csv_sha256}|max_atoms={max_atoms}|format={CACHE_FORMAT}|pymatgen={pymatgen_version}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    stem = path.name.split(".")[0]
+    return cache_dir / f"{path.parent.name}-{stem}-{digest}.npz"
+
+
+def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
+             on_bad_row: str = "skip", cache: bool = True,
+             cache_dir: str | os.PathLike | None = None,
+             workers: int | None = None) -> CrystalDataset:
+    """Load one CDVAE/DiffCSP CSV (`.csv` or `.csv.gz`) into a `CrystalDataset`.
+
+    max_atoms:  cap on atoms per crystal and the padded size N; larger crystals
+                are bad rows. None: no cap, N is the largest crystal in the file.
+    on_bad_row: "skip" (one warning for the file) or "error" (ValueError naming
+                the first bad row).
+    cache:      read/write `<cache_dir>/<dataset>-<split>-<key>.npz`.
+    workers:    parsing processes (default: the number of CPUs).
+    """
+    if on_bad_row not in ("skip", "error"):
+        raise ValueError(f"on_bad_row must be 'skip' or 'error', not {on_bad_row!r}")
+    path = Path(path)
+    data = _read_csv_text(path)
+    cache_file = _cache_file(resolve_cache_dir(cache_dir), path,
+                             hashlib.sha256(data).hexdigest(), max_atoms)
+    if cache and cache_file.is_file():
+        return _load_cached(cache_file, path, on_bad_row)
+    crystals, ids, rows, bad, total = _parse_rows(data, max_atoms, workers or os.cpu_count() or 1)
+    _apply_bad_row_policy(str(path), bad, total, on_bad_row)
+    if not crystals:
+        raise ValueError(f"{path}: no usable rows")
+    width = max_atoms if max_atoms is not None else max(len(c.species) for c in crystals)
+    batch = stack([pad(c, width) for c in crystals])
+    dataset = CrystalDataset(
+        batch.species.astype(np.int32), batch.positions.astype(np.float32),
+        batch.lattice.astype(np.float32), np.asarray(ids, dtype=str),
+        np.asarray(rows, np.int64), str(path))
+    if cache:
+        _save_cached(cache_file, dataset, bad, total)
+    return dataset
+
+
+def _save_cached(cache_file: Path, dataset: CrystalDataset, bad: list[_BadRow], total: int) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, species=dataset.species, positions=dataset.positions,
+             lattice=dataset.lattice, material_ids=dataset.material_ids, rows=dataset.rows,
+             bad_rows=np.asarray([b.row for b in bad], np.int64),
+             bad_reasons=np.asarray([b.reason for b in bad], dtype=str),
+             bad_details=np.asarray([b.detail for b in bad], dtype=str),
+             total=np.int64(total))
+    _write_atomic(cache_file, buffer.getvalue())
+
+
+def _load_cached(cache_file: Path, path: Path, on_bad_row: str) -> CrystalDataset:
+    """Read a cache entry; its recorded bad rows get the same warning or error as a parse."""
+    with np.load(cache_file) as z:
+        bad = [_BadRow(int(r), str(reason), str(detail))
+               for r, reason, detail in zip(z["bad_rows"], z["bad_reasons"], z["bad_details"])]
+        _apply_bad_row_policy(str(path), bad, int(z["total"]), on_bad_row)
+        return CrystalDataset(z["species"], z["positions"], z["lattice"], z["material_ids"],
+                              z["rows"], str(path))
+
+
+def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
+               max_atoms: int | None = None, on_bad_row: str = "skip",
+               download: bool = False, base_url: str | None = None, cache: bool = True,
+               cache_dir: str | os.PathLike | None = None,
+               workers: int | None = None) -> CrystalDataset:
+    """Load a benchmark split, e.g. `load_split("perov_5", "train")`.
+
+    max_atoms defaults to the dataset's published cell size (DATASET_MAX_ATOMS),
+    so every split of a dataset has the same padding. Other arguments: see
+    `split_path` (finding and downloading) and `load_csv` (parsing and caching).
+    """
+    path = split_path(dataset, split, data_dir, download=download, base_url=base_url,
+                      cache_dir=cache_dir)
+    return load_csv(path, max_atoms=max_atoms or DATASET_MAX_ATOMS[dataset],
+                    on_bad_row=on_bad_row, cache=cache, cache_dir=cache_dir, workers=workers)

@@ -1,0 +1,319 @@
+"""Tests of csp_jax.data: finding, downloading, parsing, caching and bad rows."""
+import csv
+import gzip
+import hashlib
+import http.server
+import io
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from csp_jax import data
+
+# A cubic perovskite written in a skewed (non-reduced) basis of the cubic cell.
+SKEWED_LATTICE = [[3.9, 0.0, 0.0], [3.9, 3.9, 0.0], [0.0, 3.9, 3.9]]
+
+
+def perovskite(lattice=SKEWED_LATTICE):
+    cubic = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Structure(Lattice(lattice), cubic.species, cubic.cart_coords,
+                     coords_are_cartesian=True, to_unit_cell=True)
+
+
+def rocksalt():
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def write_csv(path, cifs):
+    """A CSV in the DiffCSP layout (pandas index column first) with ids m-0, m-1, ..."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["", "material_id", "cif"])
+    for i, cif in enumerate(cifs):
+        writer.writerow([i, f"m-{i}", cif])
+    path.write_bytes(buffer.getvalue().encode())
+    return path
+
+
+def with_nan(cif, key):
+    """`cif` with the value of the line starting with `key` (after stripping) set to nan."""
+    lines = cif.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.strip().startswith(key))
+    fields = lines[i].split()
+    fields[1 if key.startswith("_") else 3] = "nan"
+    lines[i] = "  ".join(fields)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def mixed_csv(tmp_path):
+    """Rows: good, broken CIF, good, NaN lattice length, 8-atom rocksalt (over a cap of 5),
+    good, NaN coordinate (pymatgen cannot parse it)."""
+    good = perovskite().to(fmt="cif")
+    cifs = [good, "data_broken\n_cell_length_a oops\n", good, with_nan(good, "_cell_length_c"),
+            rocksalt().to(fmt="cif"), good, with_nan(good, "O  O4")]
+    return write_csv(tmp_path / "mixed.csv", cifs)
+
+
+def test_known_splits_all_have_checksums():
+    splits = data.known_splits()
+    assert set(splits) == {"perov_5", "mp_20", "mpts_52"}
+    for dataset, names in splits.items():
+        assert names == ("train", "val", "test")
+        for split in names:
+            blob = data.CHECKSUMS[(dataset, split)].git_blob_sha1
+            assert len(blob) == 40 and int(blob, 16) >= 0
+
+
+def test_git_blob_sha1_matches_git():
+    # `printf 'hello\n' | git hash-object --stdin`
+    assert data.git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_load_reduces_cell_and_keeps_pymatgen_positions(tmp_path):
+    structure = perovskite()
+    path = write_csv(tmp_path / "one.csv", [structure.to(fmt="cif")] * 2)
+    ds = data.load_csv(path, cache_dir=tmp_path / "cache")
+    assert ds.species.shape == (2, 5) and ds.species.dtype == np.int32
+    assert ds.positions.shape == (2, 5, 3) and ds.positions.dtype == np.float32
+    assert ds.lattice.shape == (2, 3, 3) and ds.lattice.dtype == np.float32
+    assert list(ds.material_ids) == ["m-0", "m-1"] and list(ds.rows) == [0, 1]
+    # the skewed basis is reduced to the cubic cell, as pymatgen does it
+    reduced = Structure.from_str(structure.to(fmt="cif"), fmt="cif").get_reduced_structure()
+    np.testing.assert_allclose(ds.lattice[0], reduced.lattice.matrix, atol=1e-5)
+    np.testing.assert_allclose(ds.positions[0], reduced.cart_coords, atol=1e-5)
+    np.testing.assert_allclose(np.sort(ds.structure(0).lattice.abc), [3.9] * 3, atol=1e-5)
+    assert ds.structure(1).matches(structure)
+    batch = ds.crystals
+    np.testing.assert_allclose(np.asarray(batch.volume), structure.volume, rtol=1e-5)
+    sub = ds.subset(np.array([1]))
+    assert len(sub) == 1 and sub.material_ids[0] == "m-1" and sub.max_atoms == 5
+
+
+def test_bad_rows_skipped_with_one_warning(mixed_csv, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load_csv(mixed_csv, max_atoms=5, cache_dir=tmp_path / "cache", workers=1)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert "\n" not in message and str(mixed_csv) in message
+    assert "skipped 4 of 7 rows" in message
+    assert ("reasons: 2 unparseable CIF, 1 non-finite lattice or coordinates, "
+            "1 more than max_atoms atoms; first: row 1: unparseable CIF") in message
+    assert list(ds.material_ids) == ["m-0", "m-2", "m-5"] and list(ds.rows) == [0, 2, 5]
+    assert np.all(ds.num_atoms == 5)
+
+
+def test_bad_rows_error_names_file_and_row(mixed_csv, tmp_path):
+    with pytest.raises(ValueError) as info:
+        data.load_csv(mixed_csv, max_atoms=5, on_bad_row="error", cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{mixed_csv}: row 1: unparseable CIF")
+
+
+def test_no_cap_pads_to_largest(mixed_csv, tmp_path):
+    with pytest.warns(UserWarning, match="skipped 3 of 7 rows"):
+        ds = data.load_csv(mixed_csv, cache_dir=tmp_path / "cache", workers=1)
+    assert ds.max_atoms == 8
+    assert list(ds.num_atoms) == [5, 5, 8, 5]
+
+
+def test_cache_hit_skips_parsing_and_repeats_warning(mixed_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("CSP_JAX_CACHE", str(tmp_path / "envcache"))
+    with pytest.warns(UserWarning):
+        first = data.load_csv(mixed_csv, max_atoms=5, workers=1)
+    assert len(list((tmp_path / "envcache").glob("*.npz"))) == 1
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("cache miss")
+
+    monkeypatch.setattr(data, "_parse_rows", no_parsing)
+    with pytest.warns(UserWarning, match="skipped 4 of 7 rows"):
+        second = data.load_csv(mixed_csv, max_atoms=5)
+    for name in ("species", "positions", "lattice", "material_ids", "rows"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    with pytest.raises(ValueError, match="row 1: unparseable CIF"):
+        data.load_csv(mixed_csv, max_atoms=5, on_bad_row="error")
+    with pytest.raises(AssertionError, match="cache miss"):  # other options, other key
+        data.load_csv(mixed_csv, max_atoms=6)
+
+
+def test_missing_data_dir_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("CSP_JAX_DATA", raising=False)
+    with pytest.raises(data.MissingDataError, match="CSP_JAX_DATA"):
+        data.resolve_data_dir()
+    with pytest.raises(data.MissingDataError, match="CSP_JAX_DATA"):
+        data.load_split("perov_5", "test", cache_dir=tmp_path / "cache")
+    monkeypatch.setenv("CSP_JAX_DATA", str(tmp_path))
+    assert data.resolve_data_dir() == tmp_path
+    with pytest.raises(data.MissingDataError, match="perov_5/test not found") as info:
+        data.load_split("perov_5", "test", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown split"):
+        data.split_path("perov_5", "training", tmp_path)
+
+
+def test_finds_gzipped_split(tmp_path):
+    (tmp_path / "perov_5").mkdir()
+    text = write_csv(tmp_path / "plain.csv", [perovskite().to(fmt="cif")]).read_bytes()
+    (tmp_path / "perov_5" / "val.csv.gz").write_bytes(gzip.compress(text))
+    ds = data.load_split("perov_5", "val", tmp_path, cache_dir=tmp_path / "cache")
+    assert len(ds) == 1 and ds.max_atoms == data.DATASET_MAX_ATOMS["perov_5"]
+
+
+@pytest.fixture
+def file_server():
+    """An HTTP server on 127.0.0.1 serving `files` ({url path: bytes}); yields (base URL, files)."""
+    files = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/data", files
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def served_split(file_server, tmp_path, monkeypatch):
+    """mp_20/test served as a 2-row CSV whose checksums are registered as expected."""
+    base_url, files = file_server
+    payload = write_csv(tmp_path / "payload.csv", [perovskite().to(fmt="cif")] * 2).read_bytes()
+    files["/data/mp_20/test.csv"] = payload
+    monkeypatch.setitem(data.CHECKSUMS, ("mp_20", "test"), data.Checksum(
+        data.git_blob_sha1(payload), hashlib.sha256(payload).hexdigest()))
+    return base_url, payload
+
+
+def test_download_into_writable_data_dir(served_split, tmp_path, monkeypatch):
+    base_url, payload = served_split
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    root.mkdir()
+    with pytest.raises(data.MissingDataError, match="enable download"):
+        data.load_split("mp_20", "test", root, cache_dir=cache)
+    monkeypatch.setenv("CSP_JAX_DATA_URL", base_url)
+    ds = data.load_split("mp_20", "test", root, download=True, cache_dir=cache)
+    assert len(ds) == 2 and ds.max_atoms == 20
+    assert (root / "mp_20" / "test.csv").read_bytes() == payload
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["test.csv"]
+    # found again without downloading
+    assert data.split_path("mp_20", "test", root) == root / "mp_20" / "test.csv"
+
+
+def test_download_without_data_dir_goes_to_cache(served_split, tmp_path, monkeypatch):
+    base_url, payload = served_split
+    monkeypatch.delenv("CSP_JAX_DATA", raising=False)
+    cache = tmp_path / "cache"
+    path = data.split_path("mp_20", "test", download=True, base_url=base_url, cache_dir=cache)
+    assert path == cache / "data" / "mp_20" / "test.csv" and path.read_bytes() == payload
+    assert data.split_path("mp_20", "test", cache_dir=cache) == path
+
+
+def test_download_checksum_mismatch_keeps_nothing(served_split, tmp_path, monkeypatch):
+    base_url, payload = served_split
+    monkeypatch.setitem(data.CHECKSUMS, ("mp_20", "test"),
+                        data.Checksum(data.git_blob_sha1(payload + b"x")))
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(data.ChecksumError, match="checksum mismatch") as info:
+        data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    assert "\n" not in str(info.value)
+    assert list(root.rglob("*")) == []
+
+
+def test_download_http_error_is_one_line(file_server, tmp_path):
+    base_url, _ = file_server
+    with pytest.raises(data.MissingDataError, match="download failed") as info:
+        data.download_split("mpts_52", "train", tmp_path, base_url=base_url)
+    assert "mpts_52/train.csv" in str(info.value) and "\n" not in str(info.value)
+
+
+# ---- the real benchmark files (skipped without a data directory) ----
+
+def read_cifs(path, rows):
+    """The `cif` text of the given data records, read independently of csp_jax.data."""
+    csv.field_size_limit(2**31 - 1)
+    with gzip.open(path, "rt", newline="") as f:
+        records = list(csv.DictReader(f))
+    return [records[r]["cif"] for r in rows]
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("csp_jax_cache")
+
+
+@pytest.fixture(scope="session")
+def perov_test(data_dir, real_cache):
+    return data.load_split("perov_5", "test", data_dir, cache_dir=real_cache, on_bad_row="error")
+
+
+@pytest.fixture(scope="session")
+def mpts_val(data_dir, real_cache):
+    return data.load_split("mpts_52", "val", data_dir, cache_dir=real_cache, on_bad_row="error")
+
+
+def check_against_pymatgen(ds, rows):
+    """Loaded crystals at CSV records `rows` equal pymatgen's Niggli-reduced structures."""
+    for row, cif in zip(rows, read_cifs(ds.source, rows)):
+        i = int(np.flatnonzero(ds.rows == row)[0])
+        reduced = Structure.from_str(cif, fmt="cif").get_reduced_structure()
+        n = len(reduced)
+        assert ds.num_atoms[i] == n
+        np.testing.assert_allclose(ds.lattice[i], reduced.lattice.matrix, atol=1e-4)
+        np.testing.assert_allclose(ds.positions[i, :n], reduced.cart_coords, atol=1e-4)
+        np.testing.assert_array_equal(ds.species[i, :n], [s.Z for s in reduced.species])
+        # Niggli reduction is idempotent: reducing the loaded cell changes nothing
+        lattice = Lattice(ds.lattice[i].astype(np.float64))
+        again = lattice.get_niggli_reduced_lattice()
+        np.testing.assert_allclose(again.abc, lattice.abc, rtol=1e-5)
+        np.testing.assert_allclose(again.angles, lattice.angles, atol=1e-3)
+        frac = ds.structure(i).frac_coords
+        assert np.all(frac > -1e-5) and np.all(frac < 1 + 1e-5)
+
+
+def test_perov_5_test_split(perov_test):
+    assert len(perov_test) == 3785 and perov_test.max_atoms == 5
+    assert np.all(perov_test.num_atoms == 5)
+    assert len(set(perov_test.material_ids)) == 3785
+    assert np.all(np.isfinite(perov_test.positions)) and np.all(perov_test.crystals.volume > 0)
+    check_against_pymatgen(perov_test, [0, 1234, 3784])
+
+
+def test_mpts_52_val_split(mpts_val):
+    assert len(mpts_val) == 5000 and mpts_val.max_atoms == 52
+    assert mpts_val.num_atoms.max() == 52 and mpts_val.num_atoms.min() >= 1
+    # padding atoms sit after the real ones
+    order = np.argsort(mpts_val.species == 0, axis=1, kind="stable")
+    np.testing.assert_array_equal(order, np.broadcast_to(np.arange(52), order.shape))
+    big = int(mpts_val.rows[np.argmax(mpts_val.num_atoms)])
+    check_against_pymatgen(mpts_val, [0, 2500, big])
+
+
+def test_cached_reload_is_fast_and_identical(perov_test, data_dir, real_cache):
+    start = time.perf_counter()
+    again = data.load_split("perov_5", "test", data_dir, cache_dir=real_cache)
+    assert time.perf_counter() - start < 3.0
+    for name in ("species", "positions", "lattice", "material_ids", "rows"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(perov_test, name))
