@@ -171,10 +171,13 @@ def match_pairs(
     workers:   processes (default `os.cpu_count()`).
     timeout_s: per-pair limit, counted from when the worker receives the pair;
                a pair past it is recorded as TIMEOUT and its worker replaced.
-    match_fn:  a picklable module-level function `(ground_truth, sample) ->
-               PairResult`; a worker that dies inside it records ERROR.
+    match_fn:  a module-level function `(ground_truth, sample) -> PairResult`
+               of an importable module (not `__main__`); a worker that dies
+               inside it records ERROR.
     Returns one `PairResult` per pair, in order.
     """
+    if match_fn.__module__ == "__main__":
+        raise ValueError("match_fn must live in an importable module, not __main__")
     pairs = list(pairs)
     results: list[PairResult | None] = [None] * len(pairs)
     queue = collections.deque(range(len(pairs)))
@@ -264,4 +267,6 @@ if __name__ == "__main__":
     parser.add_argument("--num", type=int, default=200, help="test structures (2 pairs each)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
-    print(benchmark(_read_test_structures(args.data, args.dataset, args.num), args.workers))
+    from csp_jax import matching  # by its import name, so the workers can unpickle match_pair
+
+    print(matching.benchmark(_read_test_structures(args.data, args.dataset, args.num), args.workers))
