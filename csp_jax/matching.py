@@ -233,7 +233,8 @@ def benchmark(structures, workers: int | None = None, sigma: float = 0.1, seed: 
     One sample is the structure with Gaussian noise `sigma` (Angstrom) on every
     Cartesian coordinate (mostly matches), the other has uniformly random
     fractional coordinates in the same lattice (mostly does not). Returns
-    {"pairs", "seconds", "pairs_per_s", "workers", outcome name: count}.
+    {"pairs", "seconds", "pairs_per_s", "workers", outcome name: count}; the
+    seconds include starting the worker processes (a few seconds).
     """
     rng = np.random.default_rng(seed)
     pairs = []
