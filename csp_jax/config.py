@@ -1,0 +1,138 @@
+"""Experiment configuration: frozen dataclasses, named configs and overrides.
+
+A config is a `Config` of sections (`model`, `data`, `neighbors`, `sampler`,
+`train`, `eval`). Named configs live in `csp_jax/configs/<name>.py`, each with a
+`get_config()`. Values are changed only by `override(config, "section.key",
+"text")`, which checks that the key exists and parses the text to the field's type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import pkgutil
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    features: int = 32  # d = d_v = d_e
+    num_conv: int = 3
+    num_fc: int = 2
+    rho0: float = 0.05  # reference density (A^-3)
+    density_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "perov_5"
+    max_atoms: int = 35  # cap on atoms of expanded training cells
+    train_limit: int = 0  # use only the first N training crystals (0 = all)
+    val_limit: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborConfig:
+    max_image: int = 3  # translations |k_a| <= max_image per axis
+    edge_factor: float = 1.5  # edge capacity / mean edge count
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    num_steps: int = 1000
+    step_size_start: float = 0.5
+    step_size_end: float = 5e-4
+    temperature_start: float = 1.0
+    temperature_end: float = 1e-3
+    segment_length: int = 100  # steps per jitted segment (overflow checks between)
+    geometric_q: float = 0.5  # P(j) = q^(j-1) (1 - q) for training expansions
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    num_epochs: int = 5
+    regularization: float = 0.1  # weight of mean(E_data^2) + mean(E_sample^2)
+    checkpoint_every: int = 20  # steps
+    max_bad_steps: int = 5  # consecutive non-finite losses before stopping
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    num_samples: int = 20
+    batch_size: int = 128
+    limit: int = 0  # evaluate the first N test crystals of a fixed shuffle (0 = all)
+    match_timeout: float = 60.0  # seconds per structure pair
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    neighbors: NeighborConfig = NeighborConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Inverse of `to_dict`."""
+        default = cls()
+        return cls(**{key: value if key == "name" else type(getattr(default, key))(**value)
+                      for key, value in d.items()})
+
+
+def available_configs() -> list[str]:
+    from csp_jax import configs
+
+    return sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
+
+
+def get_config(name: str) -> Config:
+    """The named config (`perov5`, `mp20`, `mpts52`, `perov5_quick`, `test`)."""
+    names = available_configs()
+    if name not in names:
+        raise ValueError(f"unknown config {name!r}; choose from {', '.join(names)}")
+    return importlib.import_module(f"csp_jax.configs.{name}").get_config()
+
+
+def _parse(text: str, kind: type):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    return kind(text)
+
+
+def override(config: Config, key: str, text: str) -> Config:
+    """A copy of `config` with `section.field` set from `text` (parsed to its type)."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ValueError(f"override key {key!r} must look like section.field")
+    section_name, field = parts
+    sections = {f.name for f in dataclasses.fields(config)} - {"name"}
+    if section_name not in sections:
+        raise ValueError(f"unknown config section {section_name!r} in {key!r}; "
+                         f"sections: {', '.join(sorted(sections))}")
+    section = getattr(config, section_name)
+    types = {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    if field not in types:
+        raise ValueError(f"unknown config key {key!r}; {section_name} has: {', '.join(types)}")
+    try:
+        value = _parse(text, types[field])
+    except ValueError as err:
+        raise ValueError(f"bad value for {key}: {err}") from None
+    return dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field: value})})

@@ -1,0 +1,1 @@
+"""Named configs: one module per name, each with `get_config() -> Config`."""

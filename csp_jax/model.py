@@ -1,0 +1,142 @@
+"""The CGCNN' network of ContinuouSP (SPEC §2.3-2.7), as Flax Linen modules.
+
+`CGCNN` maps one crystal's species and edge lengths to the network's scalar
+output NN (the density penalty is added in `csp_jax.energy`). Spectral
+normalisation of the readout keeps its power-iteration vectors `u`, `v` in the
+`"spectral"` collection; they are state, not parameters, and are advanced only
+by `csp_jax.energy.power_iteration` (once per training forward pass), so the
+network itself is a pure function of (params, spectral state, inputs).
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from csp_jax.crystal import MAX_Z
+
+GAUSSIAN_STOP = 20.0  # mu = linspace(0, 20, d_e)
+GAUSSIAN_WIDTH = 3.0  # s = 3 * spacing of the centres
+SPECTRAL_EPS = 1e-12
+INIT_POWER_ITERATIONS = 15
+
+
+def torch_linear_init(fan_in: int):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the default of torch.nn.Linear (weights and biases)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Linear(nn.Module):
+    """Dense layer with torch.nn.Linear's initialisation; kernel [in, out]."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        init = torch_linear_init(x.shape[-1])
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
+        bias = self.param("bias", init, (self.features,))
+        return x @ kernel + bias
+
+
+def l2_normalize(x):
+    return x / jnp.maximum(jnp.linalg.norm(x), SPECTRAL_EPS)
+
+
+def power_iteration_step(kernel, u, v):
+    """One power iteration for W = kernel.T ([out, in]): v <- W^T u / |.|, u <- W v / |.|."""
+    v = l2_normalize(kernel @ u)
+    u = l2_normalize(kernel.T @ v)
+    return u, v
+
+
+class SpectralLinear(nn.Module):
+    """Linear layer divided by its spectral norm sigma = u^T W v (u, v held fixed).
+
+    u: [out], v: [in] in the "spectral" collection; initialised like
+    torch's spectral_norm (random unit vectors, then 15 power iterations).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        init = torch_linear_init(x.shape[-1])
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
+        bias = self.param("bias", init, (self.features,))
+
+        def init_uv():
+            ku, kv = jax.random.split(self.make_rng("params"))
+            u = l2_normalize(jax.random.normal(ku, (self.features,)))
+            v = l2_normalize(jax.random.normal(kv, (x.shape[-1],)))
+            for _ in range(INIT_POWER_ITERATIONS):
+                u, v = power_iteration_step(kernel, u, v)
+            return {"u": u, "v": v}
+
+        uv = jax.lax.stop_gradient(self.variable("spectral", "uv", init_uv).value)
+        u, v = uv["u"], uv["v"]
+        sigma = u @ (kernel.T @ v)
+        return x @ (kernel / sigma) + bias
+
+
+class GraphConv(nn.Module):
+    """One CGCNN' convolution (SPEC §2.6), sum aggregation over incoming edges.
+
+    nodes: [N, d]; edge_features: [E, d_e]; edge_weight: [E] (0 on padding edges);
+    senders, receivers: [E]. Returns updated nodes [N, d] (before softplus).
+    """
+
+    @nn.compact
+    def __call__(self, nodes, edge_features, edge_weight, senders, receivers):
+        d = nodes.shape[-1]
+        # W1 v and W2 v once per node, gathered per edge.
+        z_recv = Linear(2 * d, name="W1")(nodes)[receivers]
+        z_send = Linear(2 * d, name="W2")(nodes)[senders]
+        z = (z_recv + z_send) * Linear(2 * d, name="W3")(edge_features)
+        gate, core = jnp.split(z, 2, axis=-1)
+        messages = edge_weight[:, None] * jax.nn.sigmoid(gate) * core
+        aggregated = jax.ops.segment_sum(messages, receivers, num_segments=nodes.shape[0])
+        return nodes + jnp.tanh(aggregated)
+
+
+def gaussian_smearing(dist, num: int):
+    """[E] -> [E, num]: exp(-(d - mu_k)^2 / (2 s^2)), mu = linspace(0, 20, num), s = 3 * 20 / (num - 1)."""
+    mu = jnp.linspace(0.0, GAUSSIAN_STOP, num, dtype=dist.dtype)
+    s = GAUSSIAN_WIDTH * GAUSSIAN_STOP / (num - 1)
+    return jnp.exp(-((dist[:, None] - mu) ** 2) / (2.0 * s**2))
+
+
+def edge_weight(dist, cutoff):
+    """w(d) = 1 + cos(pi d / D): 2 at d = 0, 0 at the cutoff."""
+    return 1.0 + jnp.cos(jnp.pi * dist / cutoff)
+
+
+class CGCNN(nn.Module):
+    """The network NN of H = NN + density penalty, for one crystal.
+
+    species: [N] int (0 = padding); dist: [E] edge lengths; cutoff: scalar D;
+    senders, receivers: [E]; edge_mask: [E] bool. Returns a scalar.
+    """
+
+    features: int
+    num_conv: int
+    num_fc: int
+
+    @nn.compact
+    def __call__(self, species, dist, cutoff, senders, receivers, edge_mask):
+        node_mask = species > 0
+        embed = nn.Embed(MAX_Z, self.features, embedding_init=nn.initializers.normal(1.0), name="embed")
+        nodes = jnp.tanh(embed(jnp.maximum(species, 1) - 1))
+        weight = jnp.where(edge_mask, edge_weight(dist, cutoff), 0.0)
+        edge_features = gaussian_smearing(dist, self.features)
+        for _ in range(self.num_conv):
+            nodes = GraphConv()(nodes, edge_features, weight, senders, receivers)
+            nodes = jax.nn.softplus(nodes)
+        pooled = jnp.sum(jnp.where(node_mask[:, None], nodes, 0.0), 0) / jnp.maximum(jnp.sum(node_mask), 1)
+        h = pooled
+        for _ in range(self.num_fc - 1):
+            h = jax.nn.softplus(SpectralLinear(self.features)(h))
+        return Linear(1, name="out")(h)[0]

@@ -1,0 +1,93 @@
+"""The periodic neighbour list equals brute-force enumeration; overflow is flagged."""
+import jax
+import numpy as np
+import pytest
+
+from csp_jax.crystal import Crystal
+from csp_jax.neighbors import (
+    NeighborCapacity, cutoff_radius, edge_vectors, neighbor_list, safe_norm)
+from helpers import brute_force_edges, perovskite, random_crystal
+
+
+def listed_edges(crystal, capacity):
+    with jax.enable_x64(True):
+        nbrs = neighbor_list(crystal, capacity)
+        dist = safe_norm(edge_vectors(crystal, nbrs), nbrs.edge_mask)
+    assert not bool(nbrs.overflow)
+    m = np.asarray(nbrs.edge_mask)
+    assert int(nbrs.num_edges) == m.sum()
+    return sorted(
+        (int(i), int(j), *map(int, np.rint(s)), float(d))
+        for i, j, s, d in zip(np.asarray(nbrs.receivers)[m], np.asarray(nbrs.senders)[m],
+                              np.asarray(nbrs.shifts)[m], np.asarray(dist)[m]))
+
+
+def unwrapped_positions(crystal, rng):
+    """The same crystal with every atom moved by a random lattice translation."""
+    jumps = rng.integers(-2, 3, crystal.positions.shape).astype(np.float64)
+    return crystal.replace(positions=crystal.positions + jumps @ crystal.lattice)
+
+
+def shear(crystal, amount):
+    lattice = np.asarray(crystal.lattice) @ (np.eye(3) + np.array([[0, amount, 0], [0, 0, 0], [0, 0, 0]]))
+    frac = np.asarray(crystal.frac)
+    return crystal.replace(positions=frac @ lattice, lattice=lattice)
+
+
+@pytest.mark.parametrize("case", ["perovskite", "random", "unwrapped", "thin", "sheared", "padded"])
+def test_edges_equal_brute_force(case):
+    rng = np.random.default_rng(hash(case) % 2**32)
+    crystal = {
+        "perovskite": lambda: perovskite(),
+        "random": lambda: random_crystal(rng, 6),
+        "unwrapped": lambda: unwrapped_positions(random_crystal(rng, 4), rng),
+        "thin": lambda: random_crystal(rng, 3).replace(
+            lattice=np.diag([2.0, 6.0, 5.0]), positions=rng.uniform(0, 1, (3, 3)) @ np.diag([2.0, 6.0, 5.0])),
+        "sheared": lambda: shear(random_crystal(rng, 4, skew=0.1), 0.8),
+        "padded": lambda: random_crystal(rng, 3, max_atoms=7),
+    }[case]()
+    with jax.enable_x64(True):
+        cutoff = float(cutoff_radius(jax.tree.map(np.asarray, crystal)))
+    expected = brute_force_edges(crystal, cutoff)
+    got = listed_edges(crystal, NeighborCapacity(max_image=5, max_edges=4096))
+    assert len(got) == len(expected)
+    assert [e[:5] for e in got] == [e[:5] for e in expected]
+    np.testing.assert_allclose([e[5] for e in got], [e[5] for e in expected], rtol=1e-10)
+
+
+def test_mean_neighbour_count_is_scale_free():
+    rng = np.random.default_rng(0)
+    counts = []
+    for scale in (0.5, 1.0, 3.0):
+        c = random_crystal(rng, 20, skew=0.05)
+        c = c.replace(positions=c.positions * scale, lattice=c.lattice * scale)
+        counts.append(len(brute_force_edges(c, float(cutoff_radius(c)), reach=3)) / 20)
+    assert all(80 < n < 150 for n in counts), counts  # about (4/3) pi 27 = 113
+
+
+def test_overflow_flagged_on_thin_cell():
+    lattice = np.diag([1.0, 10.0, 10.0])  # D = 3 (100)^(1/3) = 13.9 > 3 images of a 1 A axis
+    crystal = Crystal(np.array([6], np.int32), np.zeros((1, 3)), lattice)
+    nbrs = neighbor_list(crystal, NeighborCapacity(max_image=3, max_edges=100000))
+    assert bool(nbrs.overflow)
+    assert int(np.asarray(nbrs.image_range)[0]) > 3
+
+
+def test_overflow_flagged_on_edge_capacity_and_grow_fixes_it():
+    crystal = perovskite()
+    small = NeighborCapacity(max_image=3, max_edges=64)
+    nbrs = neighbor_list(crystal, small)
+    assert bool(nbrs.overflow) and int(nbrs.num_edges) > 64
+    grown = small.grow(int(np.max(nbrs.image_range)), int(nbrs.num_edges))
+    assert not bool(neighbor_list(crystal, grown).overflow)
+
+
+def test_vmapped_over_padded_batch():
+    rng = np.random.default_rng(1)
+    crystals = [random_crystal(rng, n, max_atoms=6, dtype=np.float32) for n in (2, 6, 4)]
+    batch = jax.tree.map(lambda *x: np.stack(x), *crystals)
+    cap = NeighborCapacity.for_atoms(6, max_image=4)
+    nbrs = jax.jit(jax.vmap(neighbor_list, in_axes=(0, None)), static_argnums=1)(batch, cap)
+    for b, c in enumerate(crystals):
+        single = neighbor_list(c, cap)
+        assert int(nbrs.num_edges[b]) == int(single.num_edges)
