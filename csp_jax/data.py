@@ -128,8 +128,13 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _is_writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+def _ensure_writable_dir(path: Path) -> bool:
+    """Create `path` if absent; True when it is a directory this process can write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
@@ -180,7 +185,8 @@ def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = No
 
     Looks in `<data_dir>/<dataset>/` for `<split>.csv` then `<split>.csv.gz`, then
     in `<cache_dir>/data/<dataset>/` (earlier downloads). Downloads go into the
-    data dir when it is a writable directory, else into `<cache_dir>/data`. The
+    data dir when it is (or can be created as) a writable directory, else into
+    `<cache_dir>/data`. The
     data dir may be unset (no argument, no env var) when the file was downloaded
     before or `download` is set; otherwise MissingDataError says what to set.
     """
@@ -202,7 +208,7 @@ def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = No
         raise MissingDataError(
             f"{dataset}/{split} not found (looked for {', '.join(map(str, candidates))}); "
             "set CSP_JAX_DATA (--data-dir) to a folder holding it, or enable download")
-    dest = root if root is not None and _is_writable_dir(root) else fallback
+    dest = root if root is not None and _ensure_writable_dir(root) else fallback
     return download_split(dataset, split, dest, base_url)
 
 
@@ -292,22 +298,20 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _bad_rows_message(source: str, bad: list[_BadRow], total: int) -> str:
-    reasons = ", ".join(f"{n} {r}" for r, n in Counter(b.reason for b in bad).most_common())
-    first = bad[0]
-    detail = f" ({first.detail})" if first.detail else ""
-    return _one_line(f"{source}: skipped {len(bad)} of {total} rows (reasons: {reasons}; "
-                     f"first: row {first.row}: {first.reason}{detail})", limit=400)
+def _describe(bad_row: _BadRow) -> str:
+    detail = f" ({bad_row.detail})" if bad_row.detail else ""
+    return f"row {bad_row.row}: {bad_row.reason}{detail}"
 
 
 def _apply_bad_row_policy(source: str, bad: list[_BadRow], total: int, on_bad_row: str) -> None:
+    """Raise a one-line ValueError for the first bad row ("error"), or warn once ("skip")."""
     if not bad:
         return
     if on_bad_row == "error":
-        first = bad[0]
-        detail = f" ({first.detail})" if first.detail else ""
-        raise ValueError(_one_line(f"{source}: row {first.row}: {first.reason}{detail}", 400))
-    warnings.warn(_bad_rows_message(source, bad, total), stacklevel=3)
+        raise ValueError(_one_line(f"{source}: {_describe(bad[0])}", limit=400))
+    reasons = ", ".join(f"{n} {r}" for r, n in Counter(b.reason for b in bad).most_common())
+    warnings.warn(_one_line(f"{source}: skipped {len(bad)} of {total} rows (reasons: {reasons}; "
+                            f"first: {_describe(bad[0])})", limit=400), stacklevel=3)
 
 
 def _read_csv_text(path: Path) -> bytes:
@@ -316,11 +320,14 @@ def _read_csv_text(path: Path) -> bytes:
         return f.read()
 
 
-def _parse_rows(data: bytes, max_atoms: int | None, workers: int):
+def _parse_rows(source: str, data: bytes, max_atoms: int | None, workers: int):
     """Parse all rows: (crystals [unpadded], material_ids, rows, bad rows, total)."""
     csv.field_size_limit(sys.maxsize)
-    records = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
-    jobs = [(rec.get("cif") or "", max_atoms) for rec in records]
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+    if "cif" not in (reader.fieldnames or ()):
+        raise ValueError(f"{source}: no 'cif' column (header: {reader.fieldnames})")
+    records = list(reader)
+    jobs = [(rec["cif"] or "", max_atoms) for rec in records]
     if workers > 1 and len(jobs) >= _MIN_ROWS_FOR_POOL:
         # spawn: forking a process that has started JAX threads is unsafe.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -369,7 +376,8 @@ def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
                              hashlib.sha256(data).hexdigest(), max_atoms)
     if cache and cache_file.is_file():
         return _load_cached(cache_file, path, on_bad_row)
-    crystals, ids, rows, bad, total = _parse_rows(data, max_atoms, workers or os.cpu_count() or 1)
+    crystals, ids, rows, bad, total = _parse_rows(
+        str(path), data, max_atoms, workers or os.cpu_count() or 1)
     _apply_bad_row_policy(str(path), bad, total, on_bad_row)
     if not crystals:
         raise ValueError(f"{path}: no usable rows")

@@ -145,6 +145,13 @@ def test_cache_hit_skips_parsing_and_repeats_warning(mixed_csv, tmp_path, monkey
         data.load_csv(mixed_csv, max_atoms=6)
 
 
+def test_csv_without_cif_column_is_refused(tmp_path):
+    path = tmp_path / "nocif.csv"
+    path.write_text(",material_id,formula\n0,m-0,SrTiO3\n")
+    with pytest.raises(ValueError, match="no 'cif' column"):
+        data.load_csv(path, cache_dir=tmp_path / "cache")
+
+
 def test_missing_data_dir_error(monkeypatch, tmp_path):
     monkeypatch.delenv("CSP_JAX_DATA", raising=False)
     with pytest.raises(data.MissingDataError, match="CSP_JAX_DATA"):
@@ -228,6 +235,15 @@ def test_download_without_data_dir_goes_to_cache(served_split, tmp_path, monkeyp
     path = data.split_path("mp_20", "test", download=True, base_url=base_url, cache_dir=cache)
     assert path == cache / "data" / "mp_20" / "test.csv" and path.read_bytes() == payload
     assert data.split_path("mp_20", "test", cache_dir=cache) == path
+
+
+def test_download_falls_back_to_cache_when_data_dir_unwritable(served_split, tmp_path):
+    base_url, payload = served_split
+    (tmp_path / "blocker").write_text("a file, so no directory can be made below it")
+    root, cache = tmp_path / "blocker" / "data", tmp_path / "cache"
+    path = data.split_path("mp_20", "test", root, download=True, base_url=base_url,
+                           cache_dir=cache)
+    assert path == cache / "data" / "mp_20" / "test.csv" and path.read_bytes() == payload
 
 
 def test_download_checksum_mismatch_keeps_nothing(served_split, tmp_path, monkeypatch):
