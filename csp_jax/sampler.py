@@ -1,0 +1,362 @@
+"""Annealed MALA sampling of crystals (SPEC §3).
+
+Owns the Metropolis-adjusted Langevin kernel on (X, L), the random initial
+crystals, the geometric annealing schedule, the scanned chain, and the
+host-side driver `sample` that never keeps a result computed with too small an
+energy capacity.
+
+Factories return pure functions, as in jax-md and BlackJAX:
+
+    init_fn, step_fn = mala(energy_fn, reduce_fn)
+    state = init_fn(crystal)                                # one crystal
+    state, info = step_fn(key, state, step_size, beta)
+
+- `energy_fn(crystal) -> (energy [], aux)` takes ONE crystal; `aux` (a mapping
+  or an object) has a bool `overflow`: the evaluation exceeded its capacity and
+  is not to be trusted.
+- `reduce_fn(positions [N, 3], lattice [3, 3]) -> (positions, lattice,
+  converged)` re-describes the crystal (Niggli + wrap, `csp_jax.niggli.
+  reduce_crystal` by default), differentiably in its inputs.
+
+Padding atoms (species 0) get no noise and no drift, stay where they are, and
+are left out of every sum. Lift one chain to a batch with `jax.vmap`
+(`run_chains` does it for whole chains).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from csp_jax.crystal import Crystal
+
+RHO0 = 0.05  # reference density, atoms per A^3 (SPEC §1)
+
+
+class MALAState(NamedTuple):
+    """The chain state of one crystal, with what the next step needs cached.
+
+    crystal:        Crystal, species [N], positions [N, 3], lattice [3, 3]
+                    (reduced: the output of `reduce_fn`).
+    energy:         [] H at the crystal.
+    grad_positions: [N, 3] dH/dX at the crystal (zero for padding atoms).
+    grad_lattice:   [3, 3] dH/dL at the crystal.
+    overflow:       [] bool, the evaluation that gave energy and gradients
+                    exceeded the energy's capacity (not to be trusted).
+    """
+
+    crystal: Crystal
+    energy: jax.Array
+    grad_positions: jax.Array
+    grad_lattice: jax.Array
+    overflow: jax.Array
+
+
+class MALAInfo(NamedTuple):
+    """Diagnostics of one step of one chain (all scalars).
+
+    acceptance_probability: min(1, exp(log a)), 0 for a non-finite proposal.
+    accepted:               the proposal was accepted.
+    energy:                 H of the state after the step.
+    overflow:               the proposal's energy evaluation overflowed its
+                            capacity (the step is not to be trusted).
+    reduce_converged:       the reduction of the proposal converged.
+    """
+
+    acceptance_probability: jax.Array
+    accepted: jax.Array
+    energy: jax.Array
+    overflow: jax.Array
+    reduce_converged: jax.Array
+
+
+def _niggli_reduce_fn():
+    from csp_jax.niggli import reduce_crystal
+
+    return reduce_crystal
+
+
+def _aux_overflow(aux) -> jax.Array:
+    """The `overflow` flag of an energy's aux output, as a [] bool."""
+    flag = aux["overflow"] if isinstance(aux, Mapping) else aux.overflow
+    return jnp.asarray(flag, bool)
+
+
+def _evaluate(energy_fn, crystal: Crystal):
+    """One energy + gradient evaluation: (energy [], dH/dX [N, 3], dH/dL [3, 3], overflow [])."""
+
+    def energy_at(positions, lattice):
+        return energy_fn(crystal.replace(positions=positions, lattice=lattice))
+
+    (energy, aux), (grad_positions, grad_lattice) = jax.value_and_grad(
+        energy_at, argnums=(0, 1), has_aux=True)(crystal.positions, crystal.lattice)
+    grad_positions = jnp.where(crystal.mask[:, None], grad_positions, 0.0)
+    return energy, grad_positions, grad_lattice, _aux_overflow(aux)
+
+
+def _log_q(to_positions, to_lattice, from_positions, from_lattice,
+           grad_positions, grad_lattice, drift, step_size, mask):
+    """log q(u | v) = -|u - v + alpha beta g(v)|^2 / (4 alpha) over real atoms and L.
+
+    drift = alpha * beta; mask: [N] bool, real atoms.
+    """
+    residual_positions = to_positions - from_positions + drift * grad_positions
+    residual_lattice = to_lattice - from_lattice + drift * grad_lattice
+    squared = (jnp.sum(jnp.where(mask[:, None], residual_positions**2, 0.0))
+               + jnp.sum(residual_lattice**2))
+    return -squared / (4.0 * step_size)
+
+
+def mala(energy_fn: Callable, reduce_fn: Callable | None = None):
+    """The MALA kernel of SPEC §3 for one crystal: returns (init_fn, step_fn).
+
+    energy_fn: crystal -> (energy [], aux with a bool `overflow`).
+    reduce_fn: (positions [N, 3], lattice [3, 3]) -> (positions, lattice,
+               converged); default `csp_jax.niggli.reduce_crystal`.
+
+    `init_fn(crystal) -> MALAState` reduces the crystal and evaluates H and its
+    gradient there. `step_fn(key, state, step_size, beta) -> (MALAState,
+    MALAInfo)` makes one proposal with one energy+gradient evaluation; the
+    noise depends on the key and the crystal's shapes only.
+    """
+    reduce_fn = _niggli_reduce_fn() if reduce_fn is None else reduce_fn
+
+    def reduce_real_atoms(mask, positions, lattice):
+        """R(X, L) with padding atoms kept in place: ((positions, lattice), converged)."""
+        positions_red, lattice_red, converged = reduce_fn(positions, lattice)
+        return (jnp.where(mask[:, None], positions_red, positions), lattice_red), converged
+
+    def init_fn(crystal: Crystal) -> MALAState:
+        (positions, lattice), _ = reduce_real_atoms(crystal.mask, crystal.positions, crystal.lattice)
+        crystal = crystal.replace(positions=positions, lattice=lattice)
+        return MALAState(crystal, *_evaluate(energy_fn, crystal))
+
+    def step_fn(key, state: MALAState, step_size, beta):
+        crystal = state.crystal
+        mask = crystal.mask
+        positions_key, lattice_key, accept_key = jax.random.split(key, 3)
+        noise_positions = jnp.where(mask[:, None], jax.random.normal(
+            positions_key, crystal.positions.shape, crystal.positions.dtype), 0.0)
+        noise_lattice = jax.random.normal(lattice_key, crystal.lattice.shape, crystal.lattice.dtype)
+
+        # 1. Proposal: the same Langevin rule for X and all of L; noise not tempered.
+        drift = step_size * beta
+        noise_scale = jnp.sqrt(2.0 * step_size)
+        positions = crystal.positions - drift * state.grad_positions + noise_scale * noise_positions
+        lattice = crystal.lattice - drift * state.grad_lattice + noise_scale * noise_lattice
+
+        # 2. Reduce, evaluate once at x'_r, pull the gradient back to x' through R.
+        (positions_red, lattice_red), pullback, converged = jax.vjp(
+            functools.partial(reduce_real_atoms, mask), positions, lattice, has_aux=True)
+        proposal = crystal.replace(positions=positions_red, lattice=lattice_red)
+        energy, grad_positions_red, grad_lattice_red, overflow = _evaluate(energy_fn, proposal)
+        grad_positions, grad_lattice = pullback((grad_positions_red, grad_lattice_red))
+
+        # 3. Metropolis-Hastings with the unreduced proposal in both q terms.
+        log_forward = _log_q(positions, lattice, crystal.positions, crystal.lattice,
+                             state.grad_positions, state.grad_lattice, drift, step_size, mask)
+        log_reverse = _log_q(crystal.positions, crystal.lattice, positions, lattice,
+                             grad_positions, grad_lattice, drift, step_size, mask)
+        finite = jnp.isfinite(energy)
+        for array in (positions_red, lattice_red, grad_positions_red, grad_lattice_red,
+                      grad_positions, grad_lattice):
+            finite &= jnp.all(jnp.isfinite(array))
+        log_accept = beta * (state.energy - energy) + log_reverse - log_forward
+        log_accept = jnp.where(finite & ~jnp.isnan(log_accept), log_accept, -jnp.inf)
+
+        # 4. Accept or stay.
+        accepted = jnp.log(jax.random.uniform(accept_key, dtype=energy.dtype)) < log_accept
+        proposed = MALAState(proposal, energy, grad_positions_red, grad_lattice_red, overflow)
+        new_state = jax.tree.map(lambda new, old: jnp.where(accepted, new, old), proposed, state)
+        info = MALAInfo(
+            acceptance_probability=jnp.minimum(1.0, jnp.exp(log_accept)),
+            accepted=accepted,
+            energy=new_state.energy,
+            overflow=overflow,
+            reduce_converged=converged,
+        )
+        return new_state, info
+
+    return init_fn, step_fn
+
+
+def random_crystal(key, species, rho0: float = RHO0) -> Crystal:
+    """A random start (SPEC §3): L = c G, fractional coordinates uniform in [0, 1)^3.
+
+    species: [N] int, 0 for padding. G is standard normal 3 x 3 and
+    c = (n / (2 sqrt(2/pi)) / rho0)^(1/3), n the number of real atoms, so that
+    E|det L| = n / rho0. Padding positions are zero. Not reduced: `init_fn`
+    reduces. Returns a Crystal with positions [N, 3], lattice [3, 3].
+    """
+    species = jnp.asarray(species, jnp.int32)
+    mask = species > 0
+    num_atoms = jnp.sum(mask)
+    scale = (num_atoms / (2.0 * np.sqrt(2.0 / np.pi)) / rho0) ** (1.0 / 3.0)
+    lattice_key, frac_key = jax.random.split(key)
+    lattice = scale * jax.random.normal(lattice_key, (3, 3))
+    frac = jnp.where(mask[:, None], jax.random.uniform(frac_key, (species.shape[0], 3)), 0.0)
+    return Crystal(species, frac @ lattice, lattice)
+
+
+def annealing_schedule(num_steps: int = 1000, step_size=(0.5, 5e-4), temperature=(1.0, 1e-3)):
+    """Geometric step sizes and temperatures (SPEC §3): (step_sizes [K], betas [K]).
+
+    step_size, temperature: (first, last); beta = 1 / temperature.
+    """
+    step_sizes = np.geomspace(step_size[0], step_size[1], num_steps)
+    betas = 1.0 / np.geomspace(temperature[0], temperature[1], num_steps)
+    return jnp.asarray(step_sizes), jnp.asarray(betas)
+
+
+def run_chain(key, init_state: MALAState, step_fn, step_sizes, betas,
+              record_every: int = 0, first_step=0):
+    """One chain as a `lax.scan` over the schedule.
+
+    step_sizes, betas: [K]. Step k uses the key `fold_in(key, first_step + k)`,
+    so a chain run in segments (with `first_step` set) equals the chain run at
+    once. Returns (final state, info [K], trajectory): the trajectory holds the
+    states after steps r, 2r, ... ([K / r, ...]) for r = record_every > 0
+    (K must be a multiple of r), and is None for r = 0.
+    """
+    num_steps = step_sizes.shape[0]
+    schedule = (first_step + jnp.arange(num_steps), step_sizes, betas)
+
+    def one_step(state, xs):
+        step, step_size, beta = xs
+        return step_fn(jax.random.fold_in(key, step), state, step_size, beta)
+
+    if record_every == 0:
+        state, info = lax.scan(one_step, init_state, schedule)
+        return state, info, None
+    if num_steps % record_every:
+        raise ValueError(f"record_every={record_every} does not divide {num_steps} steps")
+    blocks = jax.tree.map(lambda a: a.reshape(num_steps // record_every, record_every), schedule)
+
+    def block(state, xs):
+        state, info = lax.scan(one_step, state, xs)
+        return state, (info, state)
+
+    state, (info, trajectory) = lax.scan(block, init_state, blocks)
+    info = jax.tree.map(lambda a: a.reshape((num_steps,) + a.shape[2:]), info)
+    return state, info, trajectory
+
+
+def _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0):
+    def chain(key, state):
+        return run_chain(key, state, step_fn, step_sizes, betas, record_every, first_step)
+
+    return jax.vmap(chain)(keys, init_states)
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "record_every"))
+def run_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0):
+    """`run_chain` over a batch: keys [B], init_states [B, ...], one chain per key.
+
+    Returns (states [B, ...], info [B, K], trajectory [B, K / r, ...] or None).
+    Compiled once per shape, step_fn and record_every (keep step_fn's identity).
+    """
+    return _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every, first_step)
+
+
+class SampleResult(NamedTuple):
+    """Output of `sample`.
+
+    states:              MALAState [B, ...], the final states.
+    info:                MALAInfo [B, K] (numpy), every step of every chain.
+    capacity:            the capacity the last segment ran with.
+    num_overflow_reruns: how many times a segment (or the initialisation) was
+                         run again with a grown capacity.
+    """
+
+    states: MALAState
+    info: MALAInfo
+    capacity: Any
+    num_overflow_reruns: int
+
+
+def _bind(energy_fn, energy_args):
+    return lambda crystal: energy_fn(crystal, *energy_args)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(make_energy_fn, reduce_fn, capacity, rho0):
+    """jit((energy_args, keys [B], species [B, N]) -> states [B]) at one capacity."""
+    energy_fn = make_energy_fn(capacity)
+
+    def init(energy_args, keys, species):
+        init_fn, _ = mala(_bind(energy_fn, energy_args), reduce_fn)
+        return jax.vmap(lambda key, s: init_fn(random_crystal(key, s, rho0)))(keys, species)
+
+    return jax.jit(init)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_segment(make_energy_fn, reduce_fn, capacity):
+    """jit((energy_args, keys, states, step_sizes, betas, first_step) -> (states, info)) at one capacity."""
+    energy_fn = make_energy_fn(capacity)
+
+    def segment(energy_args, keys, states, step_sizes, betas, first_step):
+        _, step_fn = mala(_bind(energy_fn, energy_args), reduce_fn)
+        states, info, _ = _batched_chains(keys, states, step_fn, step_sizes, betas, 0, first_step)
+        return states, info
+
+    return jax.jit(segment)
+
+
+def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, capacity,
+           schedule, *, energy_args=(), segment_length: int = 100,
+           grow_fn: Callable | None = None, max_reruns: int = 16,
+           rho0: float = RHO0) -> SampleResult:
+    """Annealed MALA from random starts for a batch of species vectors, on the host.
+
+    key: a PRNG key; species: [B, N] int (0 = padding); schedule: (step_sizes
+    [K], betas [K]), e.g. `annealing_schedule()`.
+    make_energy_fn(capacity) -> energy_fn(crystal, *energy_args) -> (energy,
+    aux with `overflow`); `energy_args` (e.g. the network's variables) are
+    traced, so new values do not recompile. capacity: hashable; grown by
+    `grow_fn(capacity)`, default `capacity.grow()`.
+
+    The chains run in segments of `segment_length` steps, each jitted once per
+    capacity and shape. After a segment (and after the initialisation) the
+    overflow flags of every chain and step are checked; if any is set, the
+    capacity is grown and the segment is run again from its saved start states
+    and keys, so the result equals a run that had the final capacity from the
+    start. Raises RuntimeError after `max_reruns` re-runs.
+    """
+    species = jnp.asarray(species, jnp.int32)
+    step_sizes, betas = (jnp.asarray(a) for a in schedule)
+    grow = (lambda c: c.grow()) if grow_fn is None else grow_fn
+    reduce_fn = _niggli_reduce_fn() if reduce_fn is None else reduce_fn
+    chain_keys = jax.vmap(jax.random.split)(jax.random.split(key, species.shape[0]))
+    init_keys, run_keys = chain_keys[:, 0], chain_keys[:, 1]
+    reruns = 0
+
+    def without_overflow(where, compile_at, overflow_of, *args):
+        """Run `compile_at(...)(energy_args, *args)`, growing the capacity until no overflow."""
+        nonlocal capacity, reruns
+        while True:
+            out = compile_at(make_energy_fn, reduce_fn, capacity)(energy_args, *args)
+            if not bool(np.any(jax.device_get(overflow_of(out)))):
+                return out
+            if reruns == max_reruns:
+                raise RuntimeError(f"energy capacity {capacity} overflows {where} "
+                                   f"after {reruns} re-runs")
+            capacity = grow(capacity)
+            reruns += 1
+
+    states = without_overflow("at initialisation", functools.partial(_compiled_init, rho0=rho0),
+                              lambda s: s.overflow, init_keys, species)
+    infos = []
+    for start in range(0, step_sizes.shape[0], segment_length):
+        stop = start + segment_length
+        states, info = without_overflow(
+            f"in the segment from step {start}", _compiled_segment, lambda out: out[1].overflow,
+            run_keys, states, step_sizes[start:stop], betas[start:stop], start)
+        infos.append(jax.device_get(info))
+    info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
+    return SampleResult(states, info, capacity, reruns)
