@@ -32,7 +32,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NeighborConfig:
-    max_image: int = 3  # translations |k_a| <= max_image per axis
+    max_images: int = 343  # lattice translations per crystal (slots)
     edge_factor: float = 1.5  # edge capacity / mean edge count
 
 

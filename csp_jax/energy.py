@@ -74,6 +74,10 @@ class EnergyModel:
         nn_out = self.network_output(variables, crystal, nbrs)
         return nn_out + density_penalty(crystal, self.rho0, self.density_weight), nbrs
 
+    def energy_fn(self, capacity: NeighborCapacity):
+        """`(crystal, variables) -> (energy, NeighborList)`, the form `csp_jax.sampler.sample` takes."""
+        return lambda crystal, variables: self.energy(variables, crystal, capacity)
+
     def batch_energy(self, variables, crystals: Crystal, capacity: NeighborCapacity):
         """H for a batch (species [B, N]): returns (energies [B], NeighborList [B, ...])."""
         return jax.vmap(self.energy, in_axes=(None, 0, None))(variables, crystals, capacity)

@@ -2,11 +2,14 @@
 
 For one crystal with cutoff D, an edge is every ordered pair (i, j) of real atoms
 and lattice translation k in Z^3 with `1e-4 < |x_j + k L - x_i|^2 <= D^2`;
-messages flow from the image of j to i. Candidates are enumerated over a fixed
-image grid `[-R, R]^3` and selected into a fixed edge capacity with
-`jnp.nonzero(size=...)`. When a crystal needs more images than R (thin cells) or
-more edges than the capacity, the list carries `overflow = True`: callers check
-it on the host and rebuild with `capacity.grow()`. Nothing is dropped silently.
+messages flow from the image of j to i. The translations needed are the box
+`|k_a| <= ceil(D / h_a)` (h_a the interplanar spacings), enumerated into a fixed
+number of image slots (mixed-radix over the box, so thin cells use long boxes
+along one axis without a larger cube); candidates are then selected into a
+fixed edge capacity with `jnp.nonzero(size=...)`. When a crystal needs more
+image slots or edges than the capacity, the list carries `overflow = True`:
+callers check it on the host and rebuild with `capacity.grow()`. Nothing is
+dropped silently.
 
 The list holds integer data only (indices and translations); distances are
 recomputed differentiably from positions and lattice by `edge_vectors`.
@@ -32,30 +35,30 @@ MEAN_NEIGHBORS = 4.0 / 3.0 * math.pi * CUTOFF_SCALE**3
 class NeighborCapacity(NamedTuple):
     """Static capacities of a neighbour list (hashable: a jit static argument).
 
-    max_image: R, translations k with |k_a| <= R along each axis.
-    max_edges: E, edges per crystal.
+    max_images: I, lattice translations per crystal (the box of `image_range`
+                holds prod(2 n_a + 1) of them; 343 = 7^3 by default).
+    max_edges:  E, edges per crystal.
     """
 
-    max_image: int
+    max_images: int
     max_edges: int
 
     @classmethod
-    def for_atoms(cls, max_atoms: int, max_image: int = 3, edge_factor: float = 1.5):
+    def for_atoms(cls, max_atoms: int, max_images: int = 343, edge_factor: float = 1.5):
         """A capacity for crystals of up to `max_atoms` atoms.
 
         The edge capacity is `edge_factor` times the mean edge count
         `MEAN_NEIGHBORS * max_atoms` (rounded up to a multiple of 64).
         """
-        edges = int(math.ceil(edge_factor * MEAN_NEIGHBORS * max_atoms / 64.0)) * 64
-        return cls(max_image, edges)
+        return cls(max_images, _round64(edge_factor * MEAN_NEIGHBORS * max_atoms))
 
-    def grow(self, needed_image: int = 0, needed_edges: int = 0) -> "NeighborCapacity":
-        """A larger capacity: at least what was needed, and at least 1.5x the edges."""
-        return NeighborCapacity(
-            max(self.max_image, int(needed_image)),
-            max(int(math.ceil(1.5 * self.max_edges / 64.0)) * 64,
-                int(math.ceil(1.2 * needed_edges / 64.0)) * 64),
-        )
+    def grow(self) -> "NeighborCapacity":
+        """A capacity 1.5 times larger in images and edges."""
+        return NeighborCapacity(int(math.ceil(1.5 * self.max_images)), _round64(1.5 * self.max_edges))
+
+
+def _round64(x: float) -> int:
+    return int(math.ceil(x / 64.0)) * 64
 
 
 @struct.dataclass
@@ -69,6 +72,7 @@ class NeighborList:
     edge_mask:  [..., E] bool, real edges.
     num_edges:  [...] int32, edges the crystal has (may exceed E).
     image_range: [..., 3] int32, translations the crystal needs per axis.
+    num_images: [...] int32, image slots the crystal needs, prod(2 n_a + 1).
     overflow:   [...] bool, the list is incomplete (more edges or images than
                 the capacity); results computed from it must not be used.
     """
@@ -79,6 +83,7 @@ class NeighborList:
     edge_mask: jax.Array
     num_edges: jax.Array
     image_range: jax.Array
+    num_images: jax.Array
     overflow: jax.Array
 
 
@@ -98,10 +103,20 @@ def image_range(lattice: jax.Array, cutoff: jax.Array) -> jax.Array:
     return jnp.ceil(cutoff * recip_norms).astype(jnp.int32)
 
 
-def image_grid(max_image: int) -> np.ndarray:
-    """All translations in [-R, R]^3, shape [(2R+1)^3, 3] float32."""
-    r = np.arange(-max_image, max_image + 1)
-    return np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+def image_slots(ranges: jax.Array, max_images: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The box of translations |k_a| <= n_a in `max_images` slots (mixed radix).
+
+    ranges: [3] int32, n_a. Returns (images [I, 3] float, valid [I] bool,
+    needed [] int32 = prod(2 n_a + 1)); slots past `needed` are invalid.
+    """
+    sizes = 2 * ranges + 1
+    slot = jnp.arange(max_images)
+    k_c = slot % sizes[2]
+    k_b = (slot // sizes[2]) % sizes[1]
+    k_a = slot // (sizes[1] * sizes[2])
+    images = jnp.stack([k_a, k_b, k_c], axis=-1) - ranges
+    needed = sizes[0] * sizes[1] * sizes[2]
+    return images.astype(dtype), slot < needed, needed.astype(jnp.int32)
 
 
 def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> NeighborList:
@@ -118,13 +133,16 @@ def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> 
     frac = crystal.frac
     cell = jnp.floor(frac)  # wrap: x_w = x - cell L, fractional coordinates in [0, 1)
     frac_w = frac - cell
-    images = jnp.asarray(image_grid(capacity.max_image), frac.dtype)  # [I, 3]
+    ranges = jnp.where(jnp.any(mask), image_range(lattice, cutoff), 0)
+    ranges = jnp.where((ranges >= 0) & (ranges < 2**10), ranges, 2**10)  # non-finite cells overflow
+    images, valid_image, num_images = image_slots(ranges, capacity.max_images, frac.dtype)
 
     # Candidate (i, j, k): fractional difference f_j + k - f_i, shape [N, N, I, 3].
     dfrac = frac_w[None, :, None, :] - frac_w[:, None, None, :] + images[None, None, :, :]
     dist_sq = jnp.sum((dfrac @ lattice) ** 2, axis=-1)
     pair_mask = mask[:, None] & mask[None, :]
-    is_edge = (dist_sq > MIN_DIST_SQ) & (dist_sq <= cutoff**2) & pair_mask[:, :, None]
+    is_edge = ((dist_sq > MIN_DIST_SQ) & (dist_sq <= cutoff**2)
+               & pair_mask[:, :, None] & valid_image[None, None, :])
 
     num_edges = jnp.sum(is_edge).astype(jnp.int32)
     (flat,) = jnp.nonzero(is_edge.reshape(-1), size=capacity.max_edges, fill_value=0)
@@ -137,9 +155,8 @@ def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> 
     shifts = image - cell[senders] + cell[receivers]
     shifts = jnp.where(edge_mask[:, None], shifts, 0.0)
 
-    needed = jnp.where(jnp.any(mask), image_range(lattice, cutoff), 0)
-    overflow = (num_edges > capacity.max_edges) | jnp.any(needed > capacity.max_image)
-    return NeighborList(senders, receivers, shifts, edge_mask, num_edges, needed, overflow)
+    overflow = (num_edges > capacity.max_edges) | (num_images > capacity.max_images)
+    return NeighborList(senders, receivers, shifts, edge_mask, num_edges, ranges, num_images, overflow)
 
 
 def edge_vectors(crystal: Crystal, nbrs: NeighborList) -> jax.Array:

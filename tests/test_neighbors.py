@@ -49,7 +49,7 @@ def test_edges_equal_brute_force(case):
     with jax.enable_x64(True):
         cutoff = float(cutoff_radius(jax.tree.map(np.asarray, crystal)))
     expected = brute_force_edges(crystal, cutoff)
-    got = listed_edges(crystal, NeighborCapacity(max_image=5, max_edges=4096))
+    got = listed_edges(crystal, NeighborCapacity(max_images=2000, max_edges=4096))
     assert len(got) == len(expected)
     assert [e[:5] for e in got] == [e[:5] for e in expected]
     np.testing.assert_allclose([e[5] for e in got], [e[5] for e in expected], rtol=1e-10)
@@ -68,17 +68,20 @@ def test_mean_neighbour_count_is_scale_free():
 def test_overflow_flagged_on_thin_cell():
     lattice = np.diag([1.0, 10.0, 10.0])  # D = 3 (100)^(1/3) = 13.9 > 3 images of a 1 A axis
     crystal = Crystal(np.array([6], np.int32), np.zeros((1, 3)), lattice)
-    nbrs = neighbor_list(crystal, NeighborCapacity(max_image=3, max_edges=100000))
+    nbrs = neighbor_list(crystal, NeighborCapacity(max_images=343, max_edges=100000))
     assert bool(nbrs.overflow)
-    assert int(np.asarray(nbrs.image_range)[0]) > 3
+    assert int(np.asarray(nbrs.image_range)[0]) == 14 and int(nbrs.num_images) == 29 * 5 * 5
+    assert not bool(neighbor_list(crystal, NeighborCapacity(29 * 5 * 5, 100000)).overflow)
 
 
 def test_overflow_flagged_on_edge_capacity_and_grow_fixes_it():
     crystal = perovskite()
-    small = NeighborCapacity(max_image=3, max_edges=64)
+    small = NeighborCapacity(max_images=343, max_edges=64)
     nbrs = neighbor_list(crystal, small)
     assert bool(nbrs.overflow) and int(nbrs.num_edges) > 64
-    grown = small.grow(int(np.max(nbrs.image_range)), int(nbrs.num_edges))
+    grown = small
+    while grown.max_edges < int(nbrs.num_edges):
+        grown = grown.grow()
     assert not bool(neighbor_list(crystal, grown).overflow)
 
 
@@ -86,7 +89,7 @@ def test_vmapped_over_padded_batch():
     rng = np.random.default_rng(1)
     crystals = [random_crystal(rng, n, max_atoms=6, dtype=np.float32) for n in (2, 6, 4)]
     batch = jax.tree.map(lambda *x: np.stack(x), *crystals)
-    cap = NeighborCapacity.for_atoms(6, max_image=4)
+    cap = NeighborCapacity.for_atoms(6, max_images=729)
     nbrs = jax.jit(jax.vmap(neighbor_list, in_axes=(0, None)), static_argnums=1)(batch, cap)
     for b, c in enumerate(crystals):
         single = neighbor_list(c, cap)

@@ -1,0 +1,65 @@
+"""Checkpoints of a training run (orbax): state arrays plus JSON metadata.
+
+A run directory holds `config.json` and `checkpoints/<step>/` with two items:
+`state` (the `TrainState` pytree: step, variables, optimizer state, key) and
+`meta` (JSON: neighbour capacities in use and loop counters). The newest
+checkpoint is what `--resume` and `load_model` read.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from csp_jax.config import Config
+from csp_jax.energy import EnergyModel
+
+CONFIG_FILE = "config.json"
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(config.to_json())
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a csp_jax run directory")
+    return Config.from_dict(json.loads(path.read_text()))
+
+
+def manager(run_dir: Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    """Save `state` (a pytree of arrays) and `meta` (JSON-able) at `step`, and wait."""
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, template, step: int | None = None):
+    """(state, meta) of `step` (default: the newest); `template` gives the pytree structure."""
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+
+def load_model(run_dir) -> tuple[Config, EnergyModel, dict]:
+    """(config, model, variables) of the newest checkpoint in a run directory."""
+    from csp_jax.train import init_train_state  # the state layout lives with training
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    template = init_train_state(config, jax.random.PRNGKey(0))
+    state, _ = restore(manager(run_dir), template)
+    return config, EnergyModel.from_config(config.model), state.variables
