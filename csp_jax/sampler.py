@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from csp_jax.crystal import Crystal
+from csp_jax.niggli import reduce_crystal
 
 RHO0 = 0.05  # reference density, atoms per A^3 (SPEC §1)
 
@@ -75,12 +76,6 @@ class MALAInfo(NamedTuple):
     reduce_converged: jax.Array
 
 
-def _niggli_reduce_fn():
-    from csp_jax.niggli import reduce_crystal
-
-    return reduce_crystal
-
-
 def _aux_overflow(aux) -> jax.Array:
     """The `overflow` flag of an energy's aux output, as a [] bool."""
     flag = aux["overflow"] if isinstance(aux, Mapping) else aux.overflow
@@ -112,20 +107,18 @@ def _log_q(to_positions, to_lattice, from_positions, from_lattice,
     return -squared / (4.0 * step_size)
 
 
-def mala(energy_fn: Callable, reduce_fn: Callable | None = None):
+def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
     """The MALA kernel of SPEC §3 for one crystal: returns (init_fn, step_fn).
 
     energy_fn: crystal -> (energy [], aux with a bool `overflow`).
     reduce_fn: (positions [N, 3], lattice [3, 3]) -> (positions, lattice,
-               converged); default `csp_jax.niggli.reduce_crystal`.
+               converged), by default Niggli + wrap.
 
     `init_fn(crystal) -> MALAState` reduces the crystal and evaluates H and its
     gradient there. `step_fn(key, state, step_size, beta) -> (MALAState,
     MALAInfo)` makes one proposal with one energy+gradient evaluation; the
     noise depends on the key and the crystal's shapes only.
     """
-    reduce_fn = _niggli_reduce_fn() if reduce_fn is None else reduce_fn
-
     def reduce_real_atoms(mask, positions, lattice):
         """R(X, L) with padding atoms kept in place: ((positions, lattice), converged)."""
         positions_red, lattice_red, converged = reduce_fn(positions, lattice)
@@ -318,7 +311,9 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     [K], betas [K]), e.g. `annealing_schedule()`.
     make_energy_fn(capacity) -> energy_fn(crystal, *energy_args) -> (energy,
     aux with `overflow`); `energy_args` (e.g. the network's variables) are
-    traced, so new values do not recompile. capacity: hashable; grown by
+    traced, so new values do not recompile; compilations are cached per
+    (make_energy_fn, reduce_fn, capacity), so pass the same objects each call.
+    reduce_fn: None for Niggli + wrap. capacity: hashable; grown by
     `grow_fn(capacity)`, default `capacity.grow()`.
 
     The chains run in segments of `segment_length` steps, each jitted once per
@@ -331,7 +326,7 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     species = jnp.asarray(species, jnp.int32)
     step_sizes, betas = (jnp.asarray(a) for a in schedule)
     grow = (lambda c: c.grow()) if grow_fn is None else grow_fn
-    reduce_fn = _niggli_reduce_fn() if reduce_fn is None else reduce_fn
+    reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     chain_keys = jax.vmap(jax.random.split)(jax.random.split(key, species.shape[0]))
     init_keys, run_keys = chain_keys[:, 0], chain_keys[:, 1]
     reruns = 0
