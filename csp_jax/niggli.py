@@ -15,7 +15,10 @@ condition holds):
   such as SPEC §3's Gaussian initial lattices, then reduce in a few dozen
   iterations with no separate LLL pass.
 - The Gram matrix is recomputed from `T @ L` each iteration instead of being
-  updated in place, so rounding errors do not accumulate in float32.
+  updated in place, so rounding errors do not accumulate in float32; and the
+  tolerance is raised to the rounding error of those entries where that is
+  larger (skewed float32 inputs only), so that tie tests cannot contradict one
+  another and cycle.
 
 Handedness: every Krivy-Gruber step has det +1, and the returned cell is made
 right-handed (`det(T @ L) > 0`) by negating T when needed, as pymatgen does. So

@@ -74,16 +74,21 @@ def schedule(config: Config):
 
 def sample_chains(model: EnergyModel, variables, species, key, capacity: NeighborCapacity,
                   step_sizes, betas):
-    """Annealed MALA from random starts for species [B, N]: (final MALAState [B], MALAInfo [B, K])."""
+    """Annealed MALA from random starts for species [B, N].
+
+    Returns (final MALAState [B], MALAInfo [B, K], overflow [] bool: any
+    neighbour list of the chains, the initial evaluations included, overflowed).
+    """
     init_fn, step_fn = mala(lambda c: model.energy(variables, c, capacity))
 
     def chain(key, species):
         init_key, chain_key = jax.random.split(key)
         state = init_fn(random_crystal(init_key, species, model.rho0))
         final, info, _ = run_chain(chain_key, state, step_fn, step_sizes, betas)
-        return final, info
+        return final, info, state.overflow | jnp.any(info.overflow)
 
-    return jax.vmap(chain)(jax.random.split(key, species.shape[0]), species)
+    final, info, overflow = jax.vmap(chain)(jax.random.split(key, species.shape[0]), species)
+    return final, info, jnp.any(overflow)
 
 
 def contrastive_loss(e_data, e_sample, regularization: float):
@@ -115,7 +120,7 @@ def _metrics(loss, e_data, e_sample, info, overflow):
         "e_data": jnp.mean(e_data),
         "e_sample": jnp.mean(e_sample),
         "acceptance": jnp.mean(info.acceptance_probability),
-        "overflow": overflow | jnp.any(info.overflow),
+        "overflow": overflow,
     }
 
 
@@ -130,8 +135,8 @@ def train_step(state: TrainState, batch: Batch, key, *, config: Config,
     """
     model = EnergyModel.from_config(config.model)
     step_sizes, betas = schedule(config)
-    final, info = sample_chains(model, state.variables, batch.sample_species, key,
-                                sample_capacity, step_sizes, betas)
+    final, info, chain_overflow = sample_chains(model, state.variables, batch.sample_species, key,
+                                                sample_capacity, step_sizes, betas)
     samples = jax.lax.stop_gradient(final.crystal)
 
     def loss_fn(params):
@@ -145,7 +150,7 @@ def train_step(state: TrainState, batch: Batch, key, *, config: Config,
     params = optax.apply_updates(state.variables["params"], updates)
     new_state = state.replace(step=state.step + 1, opt_state=opt_state,
                               variables={"params": params, "spectral": spectral})
-    return new_state, _metrics(loss, e_data, e_sample, info, overflow)
+    return new_state, _metrics(loss, e_data, e_sample, info, overflow | chain_overflow)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "data_capacity", "sample_capacity"))
@@ -154,9 +159,9 @@ def eval_step(state: TrainState, batch: Batch, key, *, config: Config,
     """The validation loss of one batch: as `train_step`, with no update (metrics only)."""
     model = EnergyModel.from_config(config.model)
     step_sizes, betas = schedule(config)
-    final, info = sample_chains(model, state.variables, batch.sample_species, key,
-                                sample_capacity, step_sizes, betas)
+    final, info, chain_overflow = sample_chains(model, state.variables, batch.sample_species, key,
+                                                sample_capacity, step_sizes, betas)
     loss, (e_data, e_sample, _, overflow) = losses(
         model, state.variables, batch.data, final.crystal, data_capacity, sample_capacity,
         config.train.regularization, update_spectral=False)
-    return _metrics(loss, e_data, e_sample, info, overflow)
+    return _metrics(loss, e_data, e_sample, info, overflow | chain_overflow)
