@@ -1,0 +1,157 @@
+"""Crystal structure prediction for any formula with a trained energy.
+
+`cell_species` turns a formula (pymatgen `Composition` syntax, e.g. `SrTiO3`)
+and a cell size into the species vector `Expand(Reduce(A), Z)` (SPEC §1);
+`predict` samples K chains per formula and writes, per formula, the samples as
+CIFs ranked by final energy (`<out>/<cell>/rank01_E-1.2345.cif`), plus a
+summary table of all of them (`<out>/summary.csv` and `summary.md`: energy,
+volume, density, space group, lattice parameters).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from csp_jax.config import Config
+from csp_jax.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
+from csp_jax.energy import EnergyModel
+from csp_jax.evaluate import sample_species
+
+SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
+ANGLE_TOLERANCE = 5.0  # degrees
+SUMMARY_FIELDS = ("formula", "num_atoms", "rank", "energy", "volume", "density", "space_group",
+                  "a", "b", "c", "alpha", "beta", "gamma", "cif")
+
+
+def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
+                 formula_units: int | None = None) -> tuple[str, np.ndarray]:
+    """(cell name, species [n] sorted by Z) of `formula` in a cell of n atoms.
+
+    The cell holds Z formula units of the reduced formula: Z = formula_units,
+    or num_atoms / (atoms of the reduced formula), default 1 (the smallest
+    cell). The name is the reduced formula, with `_Z<Z>` when Z > 1. Raises
+    ValueError (one line) for a formula pymatgen cannot read, an unknown
+    element or one beyond Z = 100, fractional amounts, a num_atoms that is no
+    multiple of the reduced formula's size, and cells above max_atoms.
+    """
+    from pymatgen.core import Composition, Element
+
+    if num_atoms is not None and formula_units is not None:
+        raise ValueError("give the number of atoms or of formula units, not both")
+    try:
+        composition = Composition(formula)
+    except ValueError as err:
+        raise ValueError(f"cannot read formula {formula!r}: {err}") from None
+    counts = {}
+    for element, amount in composition.items():
+        if not isinstance(element, Element):
+            raise ValueError(f"unknown element {element.symbol!r} in formula {formula!r}")
+        if element.Z > MAX_Z:
+            raise ValueError(f"element {element.symbol} (Z = {element.Z}) in {formula!r} is beyond "
+                             f"the model's {MAX_Z} elements")
+        if amount != round(amount) or amount <= 0:
+            raise ValueError(f"formula {formula!r} has a non-integer amount of {element.symbol} ({amount:g})")
+        counts[element.Z] = int(round(amount))
+    reduced = reduce_composition(expand_composition(counts, 1))
+    reduced_size = sum(reduced.values())
+    reduced_formula = composition.reduced_formula
+    if num_atoms is not None:
+        if num_atoms <= 0 or num_atoms % reduced_size:
+            raise ValueError(f"{num_atoms} atoms is not a multiple of {reduced_size}, the atoms of "
+                             f"{reduced_formula}; try {reduced_size * max(1, num_atoms // reduced_size)}")
+        formula_units = num_atoms // reduced_size
+    formula_units = 1 if formula_units is None else formula_units
+    if formula_units <= 0:
+        raise ValueError(f"formula units must be positive, got {formula_units}")
+    size = formula_units * reduced_size
+    if size > max_atoms:
+        raise ValueError(f"{reduced_formula} with {size} atoms exceeds the model's cap of "
+                         f"{max_atoms} atoms (config data.max_atoms)")
+    name = reduced_formula if formula_units == 1 else f"{reduced_formula}_Z{formula_units}"
+    return name, expand_composition(reduced, formula_units)
+
+
+def _space_group(structure) -> str:
+    """International symbol and number at the tolerant SYMPREC, e.g. `Pm-3m (221)`."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC, angle_tolerance=ANGLE_TOLERANCE)
+    return f"{analyzer.get_space_group_symbol()} ({analyzer.get_space_group_number()})"
+
+
+def _summary_row(name: str, rank: int, energy: float, structure, cif: str) -> dict:
+    lattice = structure.lattice
+    return {"formula": name, "num_atoms": len(structure), "rank": rank, "energy": energy,
+            "volume": structure.volume, "density": float(structure.density),
+            "space_group": _space_group(structure),
+            "a": lattice.a, "b": lattice.b, "c": lattice.c,
+            "alpha": lattice.alpha, "beta": lattice.beta, "gamma": lattice.gamma, "cif": cif}
+
+
+def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def text(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(SUMMARY_FIELDS) + " |", "|---" * len(SUMMARY_FIELDS) + "|"]
+    lines += ["| " + " | ".join(text(row[k]) for k in SUMMARY_FIELDS) + " |" for row in rows]
+    md_path.write_text("Energies H of the trained model (lower is better); density in g/cm^3, "
+                       f"space group at symprec {SYMPREC} A.\n\n" + "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def predict(config: Config, model: EnergyModel, variables, formulas: Sequence[str], out_dir, *,
+            num_samples: int = 20, num_atoms: int | None = None, formula_units: int | None = None,
+            key=None, batch_size: int | None = None,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
+
+    The cell size (num_atoms or formula_units, see `cell_species`) applies to
+    every formula; cells are capped at `config.data.max_atoms`. All formulas
+    are checked before anything is sampled. Samples with a non-finite energy
+    or crystal are left out of the ranking (and logged). Returns the summary
+    rows (SUMMARY_FIELDS), by formula then rank.
+    """
+    cells = [cell_species(f, config.data.max_atoms, num_atoms, formula_units) for f in formulas]
+    key = jax.random.PRNGKey(0) if key is None else key
+    batch_size = config.eval.batch_size if batch_size is None else batch_size
+    width = max(len(species) for _, species in cells)
+    species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
+                        num_samples, axis=0)
+    log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {config.sampler.num_steps} steps")
+    crystals, energies, _ = sample_species(config, model, variables, species, key,
+                                           batch_size=batch_size, log=log)
+
+    from pymatgen.io.cif import CifWriter
+
+    out_dir = Path(out_dir)
+    digits = max(2, len(str(num_samples)))
+    rows = []
+    for c, (name, cell) in enumerate(cells):
+        cell_dir = out_dir / name
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        rows_of_cell = range(c * num_samples, (c + 1) * num_samples)
+        finite = [i for i in rows_of_cell if math.isfinite(energies[i])
+                  and np.isfinite(crystals.positions[i]).all() and np.isfinite(crystals.lattice[i]).all()]
+        if len(finite) < num_samples:
+            log(f"{name}: {num_samples - len(finite)} of {num_samples} samples are not finite, left out")
+        for rank, i in enumerate(sorted(finite, key=lambda i: energies[i]), start=1):
+            structure = to_structure(jax.tree.map(lambda a: a[i], crystals))
+            path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
+            CifWriter(structure).write_file(path)
+            rows.append(_summary_row(name, rank, float(energies[i]), structure,
+                                     str(path.relative_to(out_dir))))
+        log(f"{name}: {len(finite)} CIFs in {cell_dir}")
+    csv_path, md_path = _write_summary(rows, out_dir)
+    log(f"wrote {csv_path}, {md_path}")
+    return rows

@@ -1,0 +1,116 @@
+"""The `evaluate`, `predict` and `displacement` sub-commands of `experiments/run.py`.
+
+Each `add_*(subparsers)` defines one sub-command whose `func(args)` loads the
+newest checkpoint of a training run (`--checkpoint DIR`) and the data, then
+calls the library function in `csp_jax.evaluate`, `csp_jax.predict` or
+`csp_jax.displacement`. Options left unset take the run's config values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+
+def _add_checkpoint(p) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="training run directory (its newest checkpoint is used)")
+
+
+def _add_data_dir(p) -> None:
+    p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
+
+
+def _load_split(config, split: str, data_dir):
+    from csp_jax.data import load_split
+
+    return load_split(config.data.dataset, split, data_dir)
+
+
+def add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="Table 1: sample test crystals, match, report")
+    _add_checkpoint(p)
+    p.add_argument("--split", help="split to evaluate (default: config eval.split, 'test')")
+    p.add_argument("--num-samples", type=int, help="chains per crystal (default: config, 20)")
+    p.add_argument("--limit", type=int,
+                   help="evaluate the first N crystals of a fixed shuffle (default: config, 0 = all)")
+    p.add_argument("--batch-size", type=int, help="chains per jitted batch (default: config)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/eval)")
+    _add_data_dir(p)
+    p.add_argument("--workers", type=int, help="matching processes (default: all cores)")
+    p.add_argument("--timeout", type=float, help="seconds per matched pair (default: config)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--recompute", action="store_true",
+                   help="score the stored <out>/<split>_samples.npz again, without sampling")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> None:
+    from csp_jax.checkpoint import load_model, read_config
+    from csp_jax.evaluate import evaluate, recompute
+
+    out = Path(args.out or Path(args.checkpoint) / "eval")
+    if args.recompute:
+        config = read_config(args.checkpoint)
+        split = args.split or config.eval.split
+        samples_path = out / f"{split}_samples.npz"
+        if not samples_path.is_file():
+            raise FileNotFoundError(f"--recompute: {samples_path} not found; run evaluate first")
+        recompute(samples_path, _load_split(config, split, args.data_dir), config.data.dataset,
+                  timeout_s=args.timeout or config.eval.match_timeout, workers=args.workers)
+        return
+    config, model, variables = load_model(args.checkpoint)
+    split = args.split or config.eval.split
+    evaluate(config, model, variables, _load_split(config, split, args.data_dir), out,
+             split=split, num_samples=args.num_samples, limit=args.limit,
+             batch_size=args.batch_size, key=jax.random.PRNGKey(args.seed),
+             timeout_s=args.timeout, workers=args.workers)
+
+
+def add_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="predict structures for formulas, CIFs ranked by energy")
+    _add_checkpoint(p)
+    p.add_argument("--formula", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
+    p.add_argument("--num-samples", type=int, default=20, help="chains per formula (default 20)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--num-atoms", type=int,
+                      help="atoms per cell, a multiple of the reduced formula's (default: the reduced formula)")
+    size.add_argument("--formula-units", type=int, help="reduced formula units per cell (default 1)")
+    p.add_argument("--batch-size", type=int, help="chains per jitted batch (default: config)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/predictions)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> None:
+    from csp_jax.checkpoint import load_model
+    from csp_jax.predict import predict
+
+    config, model, variables = load_model(args.checkpoint)
+    predict(config, model, variables, args.formula, Path(args.out or Path(args.checkpoint) / "predictions"),
+            num_samples=args.num_samples, num_atoms=args.num_atoms, formula_units=args.formula_units,
+            key=jax.random.PRNGKey(args.seed), batch_size=args.batch_size)
+
+
+def add_displacement(subparsers) -> None:
+    p = subparsers.add_parser("displacement", help="Figure 2: energy vs displacement of one atom")
+    _add_checkpoint(p)
+    p.add_argument("--sigma", type=float, default=0.1, help="noise per Cartesian component, A (default 0.1)")
+    p.add_argument("--num-crystals", type=int, default=5, help="random test crystals (default 5)")
+    p.add_argument("--num-draws", type=int, default=1000, help="noise draws per crystal (default 1000)")
+    p.add_argument("--split", default="test", help="split to draw crystals from (default test)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/displacement)")
+    p.add_argument("--seed", type=int, default=0, help="seed for crystals, atoms and noise (default 0)")
+    _add_data_dir(p)
+    p.set_defaults(func=run_displacement)
+
+
+def run_displacement(args) -> None:
+    from csp_jax.checkpoint import load_model
+    from csp_jax.displacement import displacement_experiment
+
+    config, model, variables = load_model(args.checkpoint)
+    displacement_experiment(config, model, variables, _load_split(config, args.split, args.data_dir),
+                            Path(args.out or Path(args.checkpoint) / "displacement"),
+                            sigma=args.sigma, num_crystals=args.num_crystals,
+                            num_draws=args.num_draws, seed=args.seed)
