@@ -177,10 +177,6 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         else:
             state, bad_in_row = state.replace(step=state.step + 1), bad_in_row + 1
             log(f"step {step + 1}: non-finite loss, update skipped ({bad_in_row} in a row)")
-            if bad_in_row >= t.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{bad_in_row} non-finite losses in a row at step {step + 1}; the last good "
-                    f"checkpoint (step {mngr.latest_step()}) in {run_dir} is kept")
         rate = batch_size * config.sampler.num_steps / seconds
         record = {"kind": "train", "step": step + 1, "epoch": epoch + 1,
                   **{k: float(v) for k, v in metrics.items() if k != "overflow"},
@@ -188,6 +184,10 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
                   "atoms_padded": int(batch.sample_species.shape[1]),
                   "seconds": seconds, "crystal_steps_per_s": rate}
         metrics_log.write(record)
+        if bad_in_row >= t.max_bad_steps:
+            raise TrainingDiverged(
+                f"{bad_in_row} non-finite losses in a row at step {step + 1}; the last good "
+                f"checkpoint (step {mngr.latest_step()}) in {run_dir} is kept")
         done = step + 1 - start
         eta = (time.time() - began) / done * (stop - step - 1)
         log(f"step {step + 1}/{total_steps} epoch {epoch + 1}/{t.num_epochs} "

@@ -1,0 +1,104 @@
+"""Training: the loss of SPEC §4, batches, exact resume, non-finite steps, overflow."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from csp_jax import checkpoint
+from csp_jax.batching import bucket_sizes, draw_multipliers, expanded_species
+from csp_jax.config import get_config, override
+from csp_jax.train import contrastive_loss, init_train_state
+from csp_jax import training_loop
+from csp_jax.training_loop import TrainingDiverged, train
+
+
+def test_contrastive_loss_formula():
+    e_data, e_sample = jnp.array([1.0, 2.0]), jnp.array([0.5, -1.0])
+    expected = np.mean([0.5, 3.0]) + 0.1 * (np.mean([1.0, 4.0]) + np.mean([0.25, 1.0]))
+    assert float(contrastive_loss(e_data, e_sample, 0.1)) == pytest.approx(expected)
+
+
+def test_geometric_multipliers_and_cap():
+    j = draw_multipliers(np.random.default_rng(0), 200000)
+    freq = np.bincount(j)[1:6] / len(j)
+    np.testing.assert_allclose(freq, 0.5 ** np.arange(1, 6), atol=0.005)
+    # The Perov-5 cap of 35 atoms (j <= 7) changes less than 1% of draws.
+    assert np.mean(j > 7) < 0.01
+    species = np.array([[38, 22, 8, 8, 8], [8, 8, 8, 38, 22]])
+    out = expanded_species(species, np.array([2, 9]), 35)
+    assert out.num_capped == 1 and list(out.multipliers) == [2, 7]
+    assert out.species.shape == (2, 35) and out.species.shape[1] in bucket_sizes(35)
+    assert np.bincount(out.species[1])[8] == 21 and np.count_nonzero(out.species[0]) == 10
+
+
+@pytest.fixture(scope="module")
+def config():
+    return get_config("test")
+
+
+def params_of(run_dir):
+    mngr = checkpoint.manager(run_dir)
+    state, meta = checkpoint.restore(mngr, init_train_state(get_config("test"), jax.random.PRNGKey(0)))
+    return state, meta
+
+
+def test_resume_continues_exactly(tmp_path, data_dir, config):
+    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit."""
+    quiet = lambda *_: None  # noqa: E731
+    one = train(config, tmp_path / "one", data_dir, log=quiet)
+    train(config, tmp_path / "two", data_dir, max_steps=2, log=quiet)
+    assert checkpoint.manager(tmp_path / "two").latest_step() == 2
+    two = train(config, tmp_path / "two", data_dir, resume=True, log=quiet)
+    assert int(one.step) == int(two.step) == 4
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    restored, meta = params_of(tmp_path / "two")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(two)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert any(r["kind"] == "val" for r in records)
+    assert (tmp_path / "two" / "training_curve.png").stat().st_size > 0
+    # Parameters changed: training did something.
+    fresh = init_train_state(config, jax.random.PRNGKey(config.train.seed))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(fresh.variables["params"])[0]),
+                              np.asarray(jax.tree.leaves(two.variables["params"])[0]))
+
+
+def test_existing_run_needs_resume(tmp_path, data_dir, config):
+    train(config, tmp_path, data_dir, max_steps=1, log=lambda *_: None)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path, data_dir, max_steps=1, log=lambda *_: None)
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monkeypatch):
+    config = override(config, "train.max_bad_steps", "2")
+    real_step = training_loop.train_step
+
+    def poisoned(state, batch, key, **kw):
+        new_state, metrics = real_step(state, batch, key, **kw)
+        if int(state.step) >= 2:
+            metrics = dict(metrics, loss=jnp.float32(np.nan))
+        return new_state, metrics
+
+    monkeypatch.setattr(training_loop, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(config, tmp_path, data_dir, log=lambda *_: None)
+    assert checkpoint.manager(tmp_path).latest_step() == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records if r["kind"] == "train"] == [False, False, True, True]
+
+
+def test_overflow_repeats_step_with_grown_capacity(tmp_path, data_dir, config):
+    """A capacity far too small is grown until no neighbour list overflows."""
+    small = dataclasses.replace(config, neighbors=dataclasses.replace(
+        config.neighbors, max_images=27, edge_factor=0.2))
+    messages = []
+    state = train(small, tmp_path, data_dir, max_steps=1, log=messages.append)
+    assert int(state.step) == 1
+    assert any("capacity exceeded" in m for m in messages)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["overflow_reruns"] >= 1 and np.isfinite(record["loss"])
