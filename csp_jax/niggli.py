@@ -33,16 +33,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DEFAULT_MAX_ITER = 200
 RELATIVE_TOL = 1e-5
 MAX_MULTIPLE = 2**20  # bound on one A5-A7 step's multiple, keeps T in int32
 
 # Transposed step matrices M^T of pymatgen's `G <- M^T G M`; here `T <- M^T T`.
-_A1 = jnp.array([[0, -1, 0], [-1, 0, 0], [0, 0, -1]], jnp.int32)  # swap a, b
-_A2 = jnp.array([[-1, 0, 0], [0, 0, -1], [0, -1, 0]], jnp.int32)  # swap b, c
-_A8 = jnp.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]], jnp.int32)  # c <- a + b + c
-_EYE = jnp.eye(3, dtype=jnp.int32)
+# NumPy constants, so that importing this module creates no device arrays.
+_A1 = np.array([[0, -1, 0], [-1, 0, 0], [0, 0, -1]], np.int32)  # swap a, b
+_A2 = np.array([[-1, 0, 0], [0, 0, -1], [0, -1, 0]], np.int32)  # swap b, c
+_A8 = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]], np.int32)  # c <- a + b + c
+_EYE = np.eye(3, dtype=np.int32)
 
 
 class NiggliResult(NamedTuple):
@@ -90,7 +92,7 @@ def _subtract_multiple(target: int, source: int, twice_dot, norm_sq):
     multiple = jnp.maximum(1.0, jnp.round(jnp.abs(twice_dot) / (2.0 * norm_sq)))
     multiple = jnp.minimum(multiple, MAX_MULTIPLE).astype(jnp.int32)
     k = jnp.where(twice_dot > 0, multiple, -multiple)
-    return _EYE.at[target, source].set(-k)
+    return jnp.asarray(_EYE).at[target, source].set(-k)
 
 
 def _step(gram, eps):
