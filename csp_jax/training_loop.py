@@ -22,6 +22,7 @@ from csp_jax.batching import draw_multipliers, expanded_species
 from csp_jax.config import Config
 from csp_jax.data import CrystalDataset, load_split
 from csp_jax.neighbors import NeighborCapacity
+from csp_jax.parallel import replicate, shard_batch
 from csp_jax.plots import plot_training_curve, read_metrics
 from csp_jax.train import Batch, eval_step, init_train_state, train_step
 
@@ -71,8 +72,8 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     """(Batch, number of capped expansions) for the crystals at `indices`."""
     multipliers = draw_multipliers(rng, len(indices), config.sampler.geometric_q)
     species = expanded_species(dataset.species[indices], multipliers, config.data.max_atoms)
-    data = jax.tree.map(jnp.asarray, dataset.subset(indices).crystals)
-    return Batch(data, jnp.asarray(species.species)), species.num_capped
+    batch = Batch(dataset.subset(indices).crystals, species.species)
+    return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
 
 def run_until_no_overflow(step_fn, capacities: Capacities, batch: Batch, log):
@@ -149,6 +150,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         raise FileExistsError(f"{run_dir} already holds checkpoints: add --resume or choose another --out")
     else:
         capacities = Capacities(config, train_set.max_atoms)
+    state = replicate(state)
     checkpoint.write_config(run_dir, config)
     metrics_log = MetricsLog(run_dir / METRICS_FILE, int(state.step))
 
