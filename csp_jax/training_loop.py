@@ -132,8 +132,10 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     """
     run_dir = Path(run_dir)
     t = config.train
-    train_set = _limited(load_split(config.data.dataset, "train", data_dir), config.data.train_limit)
-    val_set = _limited(load_split(config.data.dataset, "val", data_dir), config.data.val_limit)
+    train_set = _limited(load_split(config.data.dataset, "train", data_dir, download=True),
+                         config.data.train_limit)
+    val_set = _limited(load_split(config.data.dataset, "val", data_dir, download=True),
+                       config.data.val_limit)
     batch_size = t.batch_size
     if batch_size > len(train_set):
         raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train_set)} training crystals")
