@@ -204,3 +204,27 @@ def test_power_iteration_changes_only_spectral_state(model):
     u1 = updated["spectral"]["SpectralLinear_0"]["uv"]["u"]
     assert np.linalg.norm(np.asarray(u1)) == pytest.approx(1.0, rel=1e-5)
     assert np.all(np.isfinite(u1)) and u0.shape == u1.shape
+
+
+def test_continuous_through_niggli_basis_change(model, variables64):
+    """H(R(x(t))) is continuous where the Niggli-reduced basis of L(t) jumps."""
+    from csp_jax.niggli import niggli_reduce, reduce_crystal
+
+    rng = np.random.default_rng(4)
+    base = random_crystal(rng, 3, skew=0.0)
+    frac = np.asarray(base.frac)
+
+    def described(t):
+        # a, b with b . a / |a|^2 = t: the reduced basis switches from b to b - a at t = 1/2.
+        lattice = np.array([[4.0, 0.0, 0.0], [4.0 * t, 4.5, 0.0], [0.3, 0.2, 5.0]])
+        x, lat, converged = reduce_crystal(jnp.asarray(frac @ lattice), jnp.asarray(lattice))
+        assert bool(converged)
+        return Crystal(base.species, np.asarray(x), np.asarray(lat)), lattice
+
+    transforms = [np.asarray(niggli_reduce(jnp.asarray(described(t)[1])).transform) for t in (0.49, 0.51)]
+    assert not np.array_equal(*transforms)  # the basis really changes
+    jumps = []
+    for delta in (1e-2, 1e-3, 1e-4):
+        below, above = (energy(model, variables64, described(0.5 + s * delta)[0]) for s in (-1, 1))
+        jumps.append(abs(above - below))
+    assert jumps[-1] < 1e-4 and jumps[2] < 0.2 * jumps[0], jumps
