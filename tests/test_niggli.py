@@ -92,19 +92,23 @@ def symmetric_lattices():
 
 
 def make_cells(rng):
-    """[NUM_CELLS, 3, 3] float64: Gaussian, generic, symmetric, centred and boundary cells, skewed."""
-    gaussian = spec_initial_lattices(rng, NUM_CELLS // 2)
+    """[NUM_CELLS, 3, 3] float64 skewed cells: Gaussian (2/5), generic (1/5), on ties (2/5).
+
+    The tie cells are mostly `boundary_lattice`s, the rest symmetric and centred ones.
+    """
+    gaussian = spec_initial_lattices(rng, 2 * NUM_CELLS // 5)
     generic = [
-        random_unimodular(rng)
-        @ Lattice.from_parameters(*rng.uniform(2, 10, 3), *rng.uniform(70, 110, 3)).matrix
-        for _ in range(3 * NUM_CELLS // 10)
+        Lattice.from_parameters(*rng.uniform(2, 10, 3), *rng.uniform(70, 110, 3)).matrix
+        for _ in range(NUM_CELLS // 5)
     ]
     symmetric = [lattice.matrix for lattice in symmetric_lattices()]
-    makers = [lambda i: symmetric[i % len(symmetric)], lambda i: centred_lattice(rng), lambda i: boundary_lattice(rng)]
-    tied = [
-        random_unimodular(rng) @ makers[i % 3](i // 3) for i in range(NUM_CELLS - len(gaussian) - len(generic))
-    ]
-    return np.concatenate([gaussian, np.array(generic), np.array(tied)])
+    tied = (
+        [symmetric[i % len(symmetric)] for i in range(NUM_CELLS // 20)]
+        + [centred_lattice(rng) for _ in range(NUM_CELLS // 20)]
+        + [boundary_lattice(rng) for _ in range(3 * NUM_CELLS // 10)]
+    )
+    skewed = [random_unimodular(rng) @ cell for cell in generic + tied]
+    return np.concatenate([gaussian, np.array(skewed)])
 
 
 def gram(lattices):
@@ -166,15 +170,16 @@ def satisfies_niggli_conditions(lattices, rel_tol):
     )
 
 
-def check_against_pymatgen(inputs, reduced, rel_tol):
-    """Assert that >= 99% of our cells have pymatgen's Niggli Gram matrix and the rest are ties.
+def check_against_pymatgen(inputs, reduced, rel_tol, min_agreement):
+    """Assert that a fraction >= min_agreement of our cells have pymatgen's Niggli Gram matrix
+    and that the rest are ties.
 
     A tie is an equivalent cell: the same sorted lengths and volume as
     pymatgen's, and (checked by the callers for every cell) the Niggli conditions.
     """
     expected = pymatgen_niggli_gram(inputs)
     agree = gram_distance(reduced, expected, inputs) < rel_tol
-    assert agree.mean() >= 0.99, f"agreement {agree.mean():.4f}; differing cells {np.flatnonzero(~agree)}"
+    assert agree.mean() >= min_agreement, f"agreement {agree.mean():.4f}; differing cells {np.flatnonzero(~agree)}"
     ours, theirs = gram(reduced[~agree]), expected[~agree]
     scale = np.abs(np.linalg.det(inputs[~agree])) ** (2 / 3)
     lengths_gap = np.abs(np.sort(np.diagonal(ours, 0, 1, 2)) - np.sort(np.diagonal(theirs, 0, 1, 2)))
@@ -196,7 +201,9 @@ def test_niggli_agrees_with_pymatgen(reduced64):
     inputs, lattice, _, converged = reduced64
     assert lattice.shape == (NUM_CELLS, 3, 3) and lattice.dtype == np.float64
     assert converged.all()
-    check_against_pymatgen(inputs, lattice, rel_tol=1e-6)
+    # Same tolerance tests as pymatgen in float64: every cell must agree, the
+    # tie-boundary cells included (their tie rules pick one of equal-length cells).
+    check_against_pymatgen(inputs, lattice, rel_tol=1e-6, min_agreement=1.0)
     assert satisfies_niggli_conditions(lattice, rel_tol=1e-6).all()
 
 
@@ -233,7 +240,8 @@ def test_niggli_float32_on_ordinary_cells():
     # digits; they converge (above) but are left out of the comparison.
     ordinary = orthogonality(cells) > 0.01
     reduced = np.asarray(result.lattice, np.float64)[ordinary]
-    check_against_pymatgen(cells[ordinary], reduced, rel_tol=1e-4)
+    # float32 rounding may decide a tie the other way.
+    check_against_pymatgen(cells[ordinary], reduced, rel_tol=1e-4, min_agreement=0.99)
     assert satisfies_niggli_conditions(reduced, rel_tol=1e-4).all()
 
 
