@@ -1,0 +1,80 @@
+"""Table 1 evaluation: stored samples, reports and recomputation agree with each other."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from csp_jax.config import get_config, override
+from csp_jax.data import load_split
+from csp_jax.energy import EnergyModel
+from csp_jax.evaluate import evaluate, recompute, subset_indices
+from csp_jax.metrics import load_samples
+from csp_jax.neighbors import NeighborCapacity
+
+METRIC_KEYS = ("num_crystals", "samples_per_crystal", "match_rate", "rmse", "match_rate_k1",
+               "rmse_k1", "pair_counts", "outcome", "rms")
+
+
+def test_subset_indices_are_fixed_nested_and_sorted():
+    first = subset_indices(1000, 10)
+    assert np.array_equal(first, subset_indices(1000, 10))
+    assert len(np.unique(first)) == 10 and np.all(np.diff(first) > 0)
+    assert set(subset_indices(1000, 3)) <= set(first)
+    assert not np.array_equal(first, np.arange(10))  # a shuffle, not the head of the file
+    assert np.array_equal(subset_indices(7, 0), np.arange(7))
+    assert np.array_equal(subset_indices(7, 50), np.arange(7))
+
+
+def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
+    config = override(get_config("perov5"), "sampler.num_steps", "10")
+    model = EnergyModel.from_config(config.model)
+    variables = model.init(jax.random.PRNGKey(0))
+    dataset = load_split("perov_5", "test", data_dir)
+    lines = []
+    # 3 crystals x 2 chains in chunks of 4: the second chunk is filled up to shape.
+    results = evaluate(config, model, variables, dataset, tmp_path, num_samples=2, limit=3,
+                       batch_size=4, key=jax.random.PRNGKey(1), timeout_s=60, workers=2,
+                       log=lines.append)
+    assert any(line.startswith("chunk 2/2") for line in lines)
+
+    samples, energies, material_ids = load_samples(tmp_path / "test_samples.npz")
+    picked = subset_indices(len(dataset), 3)
+    assert samples.species.shape == (3, 2, dataset.max_atoms)
+    assert energies.shape == (3, 2)
+    assert list(material_ids) == list(dataset.material_ids[picked])
+    # Every chain ran with its test crystal's own species vector.
+    assert np.array_equal(samples.species, np.repeat(dataset.species[picked][:, None], 2, axis=1))
+    # The stored energies are the model's energies of the stored crystals.
+    capacity = NeighborCapacity.for_atoms(dataset.max_atoms)
+    flat = jax.tree.map(lambda a: a.reshape((6,) + a.shape[2:]), samples)
+    recomputed, _ = jax.jit(model.batch_energy, static_argnums=2)(variables, flat, capacity)
+    np.testing.assert_allclose(np.asarray(recomputed).reshape(3, 2), energies, rtol=1e-4, atol=1e-5)
+
+    record = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert record["dataset"] == "perov_5" and record["subset"] and record["num_test_total"] == len(dataset)
+    assert sum(record["pair_counts"].values()) == 6
+    assert record["sampling"]["chains"] == 6 and record["sampling"]["overflow_reruns"] >= 0
+    for key in METRIC_KEYS:
+        assert record[key] == results[key]
+    markdown = (tmp_path / "test_metrics.md").read_text()
+    assert f"Only 3 of the {len(dataset)} test crystals" in markdown
+    assert f"{results['match_rate']:.2f}" in markdown
+    # The first sample of each valid chain is also a CIF.
+    assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)
+
+    again = recompute(tmp_path / "test_samples.npz", dataset, "perov_5", timeout_s=60, workers=2,
+                      log=lines.append)
+    for key in METRIC_KEYS:
+        assert again[key] == results[key]
+    rewritten = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert rewritten["sampling"] == record["sampling"]
+
+
+def test_recompute_refuses_samples_of_another_split(data_dir, tmp_path):
+    dataset = load_split("perov_5", "test", data_dir)
+    path = tmp_path / "test_samples.npz"
+    np.savez(path, species=np.ones((1, 1, 5), np.int32), positions=np.zeros((1, 1, 5, 3)),
+             lattice=np.eye(3)[None, None], energies=np.zeros((1, 1)), material_ids=np.array(["none"]))
+    with pytest.raises(ValueError, match="not in the dataset"):
+        recompute(path, dataset, "perov_5")

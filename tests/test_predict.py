@@ -1,0 +1,127 @@
+"""Prediction for formulas: cell sizes, error messages, ranked CIFs, the command line."""
+import argparse
+import csv
+import re
+import sys
+
+import jax
+import pytest
+from pymatgen.core import Structure
+
+from csp_jax import checkpoint
+from csp_jax.config import get_config, override
+from csp_jax.crystal import from_structure
+from csp_jax.energy import EnergyModel
+from csp_jax.neighbors import NeighborCapacity
+from csp_jax.predict import cell_species, predict
+from csp_jax.train import init_train_state
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "experiments"))
+import commands  # noqa: E402
+
+FORMULAS = ("SrTiO3", "KNbO3")
+
+
+def tiny_config():
+    return override(get_config("perov5"), "sampler.num_steps", "10")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A training run directory with one checkpoint of random weights.
+
+    Both prediction tests use its restored variables: restored arrays are
+    committed to the device, fresh ones are not, and jit compiles once per kind.
+    """
+    config = tiny_config()
+    path = tmp_path_factory.mktemp("run")
+    checkpoint.write_config(path, config)
+    checkpoint.save(checkpoint.manager(path), 0, init_train_state(config, jax.random.PRNGKey(0)), {})
+    return path
+
+
+def test_cell_species_expands_the_reduced_formula():
+    name, species = cell_species("SrTiO3", 35)
+    assert name == "SrTiO3" and species.tolist() == [8, 8, 8, 22, 38]
+    for kwargs in ({"num_atoms": 10}, {"formula_units": 2}):
+        name, species = cell_species("SrTiO3", 35, **kwargs)
+        assert name == "SrTiO3_Z2" and species.tolist() == [8] * 6 + [22] * 2 + [38] * 2
+    name, species = cell_species("Sr2Ti2O6", 35)  # the default cell is the reduced formula
+    assert name == "SrTiO3" and len(species) == 5
+    name, species = cell_species("Li2O", 35, num_atoms=12)
+    assert name == "Li2O_Z4" and species.tolist() == [3] * 8 + [8] * 4
+
+
+@pytest.mark.parametrize("formula, kwargs, message", [
+    ("Xx2O", {}, "unknown element 'Xx'"),
+    ("Og2", {}, "beyond the model's 100 elements"),
+    ("Fe0.5O", {}, "non-integer amount"),
+    ("H2O)", {}, "cannot read formula"),
+    ("SrTiO3", {"num_atoms": 7}, "7 atoms is not a multiple of 5"),
+    ("SrTiO3", {"num_atoms": 40}, "exceeds the model's cap of 35 atoms"),
+    ("SrTiO3", {"formula_units": 8}, "exceeds the model's cap of 35 atoms"),
+    ("SrTiO3", {"formula_units": 0}, "must be positive"),
+    ("SrTiO3", {"num_atoms": 10, "formula_units": 2}, "not both"),
+])
+def test_cell_species_errors_are_one_line(formula, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        cell_species(formula, 35, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_predict_writes_cifs_ranked_by_energy(run_dir, tmp_path):
+    config, model, variables = checkpoint.load_model(run_dir)
+    rows = predict(config, model, variables, FORMULAS, tmp_path, num_samples=3,
+                   key=jax.random.PRNGKey(2), batch_size=4, log=lambda line: None)
+    energy_fn = jax.jit(model.energy, static_argnums=2)
+    capacity = NeighborCapacity.for_atoms(5)
+    for formula in FORMULAS:
+        paths = sorted((tmp_path / formula).glob("*.cif"))
+        assert [p.name[:6] for p in paths] == ["rank01", "rank02", "rank03"]
+        named = [float(re.search(r"_E(-?[\d.]+)\.cif$", p.name).group(1)) for p in paths]
+        assert named == sorted(named)
+        for path, energy in zip(paths, named):
+            structure = Structure.from_file(path)
+            assert structure.composition.reduced_formula == formula and len(structure) == 5
+            # The CIF holds the crystal that has the energy in its name.
+            recomputed, _ = energy_fn(variables, from_structure(structure), capacity)
+            assert float(recomputed) == pytest.approx(energy, abs=2e-4)
+    with open(tmp_path / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) == 6
+    assert [(r["formula"], int(r["rank"])) for r in table] == [(f, k) for f in FORMULAS for k in (1, 2, 3)]
+    for row in table:
+        structure = Structure.from_file(tmp_path / row["cif"])
+        assert float(row["volume"]) == pytest.approx(structure.volume, rel=1e-6)
+        assert float(row["density"]) == pytest.approx(float(structure.density), rel=1e-6)
+        assert re.fullmatch(r"\S+ \(\d+\)", row["space_group"])
+    assert (tmp_path / "summary.md").read_text().count("\n| SrTiO3 |") == 3
+
+
+def test_predict_checks_every_formula_before_sampling(tmp_path):
+    config = tiny_config()
+    model = EnergyModel.from_config(config.model)
+    with pytest.raises(ValueError, match="unknown element"):
+        predict(config, model, None, ["SrTiO3", "Xx2O"], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
+    subparsers = argparse.ArgumentParser().add_subparsers(dest="command")
+    for add in (commands.add_evaluate, commands.add_predict, commands.add_displacement):
+        add(subparsers)
+    parser = subparsers._name_parser_map  # the sub-command parsers by name
+    assert set(parser) == {"evaluate", "predict", "displacement"}
+    args = parser["predict"].parse_args(
+        ["--checkpoint", str(run_dir), "--formula", *FORMULAS, "--num-samples", "3",
+         "--batch-size", "4", "--out", str(tmp_path)])
+    args.func(args)
+    for formula in FORMULAS:
+        assert len(list((tmp_path / formula).glob("rank*.cif"))) == 3
+    with pytest.raises(SystemExit):  # --num-atoms and --formula-units exclude each other
+        parser["predict"].parse_args(["--checkpoint", "x", "--formula", "Li2O",
+                                      "--num-atoms", "3", "--formula-units", "1"])
+    args = parser["displacement"].parse_args(["--checkpoint", "x"])
+    assert (args.sigma, args.num_crystals, args.num_draws, args.split) == (0.1, 5, 1000, "test")
