@@ -174,9 +174,9 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
               log: Callable[[str], None] = print) -> dict:
     """Score a stored `<split>_samples.npz` again (no sampling) and rewrite `<split>_metrics.json|.md`.
 
-    The `sampling` record of an existing metrics JSON is kept.
     dataset: the whole split the samples came from (ground truth found by
-    material id); dataset_name: e.g. "perov_5", for the report.
+    material id); dataset_name: e.g. "perov_5", for the report. The `sampling`
+    record of an existing metrics JSON beside the samples is kept.
     """
     samples_path = Path(samples_path)
     if not samples_path.name.endswith("_samples.npz"):

@@ -62,8 +62,9 @@ def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
     reduced_formula = composition.reduced_formula
     if num_atoms is not None:
         if num_atoms <= 0 or num_atoms % reduced_size:
+            below = reduced_size * max(1, num_atoms // reduced_size)
             raise ValueError(f"{num_atoms} atoms is not a multiple of {reduced_size}, the atoms of "
-                             f"{reduced_formula}; try {reduced_size * max(1, num_atoms // reduced_size)}")
+                             f"{reduced_formula}; try {below} or {below + reduced_size}")
         formula_units = num_atoms // reduced_size
     formula_units = 1 if formula_units is None else formula_units
     if formula_units <= 0:
