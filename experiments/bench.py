@@ -1,0 +1,274 @@
+"""Speed of one annealed-MALA step (SPEC §3) on this machine, against SPEC §8's baseline.
+
+    python experiments/bench.py                       # both SPEC §8 workloads
+    python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
+    python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
+
+What is timed: `steps` MALA steps of `csp_jax.sampler.mala` (real `EnergyModel`
+energy with random weights, Niggli reduce) in one jitted `lax.scan`, vmapped
+over the batch, after compilation, from the same start states each repeat;
+the median over repeats divided by `steps` is the time per step. The start
+states are random crystals (`sampler.random_crystal`) advanced by `warmup`
+steps of the real 1000-step annealing schedule, so the cells are the ones a
+chain actually visits; the timed steps are the schedule's next `steps` steps.
+A neighbour-capacity overflow grows the capacity and re-runs (reported).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from csp_jax.config import get_config
+from csp_jax.energy import EnergyModel
+from csp_jax.neighbors import NeighborCapacity
+from csp_jax.sampler import annealing_schedule, mala, random_crystal, run_chain
+
+# SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
+BASELINE = {
+    "perov5": {"config": "perov5", "batch": 128, "atoms": 5, "ms_per_step": 309.0, "crystal_steps_per_s": 415.0},
+    "mp20": {"config": "mp20", "batch": 16, "atoms": 20, "ms_per_step": 578.0, "crystal_steps_per_s": 28.0},
+}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def machine() -> dict:
+    """CPU model, cores, load, jax version and backend."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "python": platform.python_version()}
+
+
+def species_for(num_atoms: int, batch: int, seed: int = 0) -> np.ndarray:
+    """[batch, num_atoms] species: SrTiO3 for 5 atoms, else random Z in 1..83 per crystal."""
+    if num_atoms == 5:
+        return np.tile(np.array([38, 22, 8, 8, 8], np.int32), (batch, 1))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.integers(1, 84, (batch, num_atoms)), axis=1).astype(np.int32)
+
+
+def make_segment(model: EnergyModel, capacity: NeighborCapacity):
+    """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) -> (states, info))."""
+    energy_fn = model.energy_fn(capacity)
+
+    def segment(variables, keys, states, step_sizes, betas, first_step):
+        _, step_fn = mala(lambda crystal: energy_fn(crystal, variables))
+
+        def chain(key, state):
+            state, info, _ = run_chain(key, state, step_fn, step_sizes, betas, 0, first_step)
+            return state, info
+
+        return jax.vmap(chain)(keys, states)
+
+    return jax.jit(segment)
+
+
+def make_init(model: EnergyModel, capacity: NeighborCapacity):
+    """jit((variables, keys [B], species [B, N]) -> MALAState [B]) from random crystals."""
+    energy_fn = model.energy_fn(capacity)
+
+    def init(variables, keys, species):
+        init_fn, _ = mala(lambda crystal: energy_fn(crystal, variables))
+        return jax.vmap(lambda k, s: init_fn(random_crystal(k, s)))(keys, species)
+
+    return jax.jit(init)
+
+
+def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int = 20,
+          warmup: int = 300, repeats: int = 7, seed: int = 0, max_images: int | None = None,
+          edge_factor: float | None = None, log=print) -> dict:
+    """Time one MALA step for `batch` crystals of `atoms` atoms with `config`'s model.
+
+    Returns a dict: ms_per_step (median), all repeats, crystal_steps_per_s,
+    compile_s (the timed segment's lower + compile), capacity used, overflow
+    re-runs, acceptance rate of the timed steps, XLA's memory estimate of the
+    compiled segment and the process's peak RSS.
+    """
+    cfg = get_config(config)
+    model = EnergyModel.from_config(cfg.model)
+    capacity = NeighborCapacity.for_atoms(
+        atoms, cfg.neighbors.max_images if max_images is None else max_images,
+        cfg.neighbors.edge_factor if edge_factor is None else edge_factor)
+    variables = model.init(jax.random.key(seed))
+    step_sizes, betas = annealing_schedule(cfg.sampler.num_steps)
+    key_init, key_run = jax.random.split(jax.random.key(seed + 1))
+    species = jnp.asarray(species_for(atoms, batch, seed))
+    init_keys = jax.random.split(key_init, batch)
+    run_keys = jax.random.split(key_run, batch)
+    reruns = 0
+
+    while True:  # initial states, growing the capacity on overflow
+        states = make_init(model, capacity)(variables, init_keys, species)
+        if not bool(jnp.any(states.overflow)):
+            break
+        capacity, reruns = capacity.grow(), reruns + 1
+
+    def run_segment(states, start):
+        """Steps [start, start + steps) of the schedule; grows the capacity on overflow."""
+        nonlocal capacity, reruns
+        while True:
+            args = (variables, run_keys, states, step_sizes[start:start + steps],
+                    betas[start:start + steps], start)
+            t0 = time.perf_counter()
+            compiled = make_segment(model, capacity).lower(*args).compile()
+            compile_s = time.perf_counter() - t0
+            out = compiled(*args)
+            if not bool(jnp.any(out[1].overflow)):
+                return out, compiled, args, compile_s
+            capacity, reruns = capacity.grow(), reruns + 1
+
+    compiled_for = {}
+    start = 0
+    while start < warmup:
+        if capacity not in compiled_for:
+            (states, _), compiled, _, compile_s = run_segment(states, start)
+            compiled_for[capacity] = compiled
+        else:
+            args = (variables, run_keys, states, step_sizes[start:start + steps],
+                    betas[start:start + steps], start)
+            states, info = compiled_for[capacity](*args)
+            if bool(jnp.any(info.overflow)):
+                (states, _), compiled, _, _ = run_segment(args[2], start)
+                compiled_for[capacity] = compiled
+        start += steps
+
+    (_, info), compiled, args, compile_s = run_segment(states, warmup)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    ms = 1e3 * statistics.median(times) / steps
+    memory = compiled.memory_analysis()
+    xla_bytes = None if memory is None else int(
+        memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
+    result = {
+        "config": config, "batch": batch, "atoms": atoms, "steps": steps, "warmup": warmup,
+        "ms_per_step": ms, "ms_per_step_repeats": [1e3 * t / steps for t in times],
+        "crystal_steps_per_s": batch * 1e3 / ms, "compile_s": compile_s,
+        "capacity": {"max_images": capacity.max_images, "max_edges": capacity.max_edges},
+        "overflow_reruns": reruns,
+        "acceptance": float(jnp.mean(info.accepted)),
+        "xla_memory_bytes": xla_bytes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    log(f"{config} batch {batch} x {atoms} atoms: {ms:.2f} ms/step, "
+        f"{result['crystal_steps_per_s']:.0f} crystal-steps/s, compile {compile_s:.1f} s, "
+        f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}")
+    return result
+
+
+def compare(results: list[dict], info: dict) -> str:
+    """A Markdown table of results beside SPEC §8's baseline."""
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']}), "
+             f"load average {info['load_avg'][0]:.2f} / {info['load_avg'][1]:.2f} / {info['load_avg'][2]:.2f}",
+             "",
+             "| workload | batch | atoms | ms/step | crystal-steps/s | compile s | baseline ms/step | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        base = next((b for b in BASELINE.values()
+                     if (b["config"], b["batch"], b["atoms"]) == (r["config"], r["batch"], r["atoms"])), None)
+        ratio = f"{base['ms_per_step'] / r['ms_per_step']:.1f}x" if base else "-"
+        lines.append(f"| {r['config']} | {r['batch']} | {r['atoms']} | {r['ms_per_step']:.2f} | "
+                     f"{r['crystal_steps_per_s']:.0f} | {r['compile_s']:.1f} | "
+                     f"{base['ms_per_step'] if base else '-'} | {ratio} |")
+    return "\n".join(lines)
+
+
+def scaling(args) -> list[dict]:
+    """Crystal-steps/s against batch size (perov5, 5 atoms) and atoms (mp20 model, batch 16)."""
+    results = []
+    for batch in args.scaling_batches:
+        results.append({"sweep": "batch", **bench("perov5", batch, 5, args.steps, args.scaling_warmup,
+                                                   args.repeats)})
+    for atoms in args.scaling_atoms:
+        results.append({"sweep": "atoms", **bench("mp20", 16, atoms, args.steps, args.scaling_warmup,
+                                                   args.repeats)})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(9, 3.5))
+    by_batch = [r for r in results if r["sweep"] == "batch"]
+    by_atoms = [r for r in results if r["sweep"] == "atoms"]
+    ax_b.loglog([r["batch"] for r in by_batch], [r["crystal_steps_per_s"] for r in by_batch], "o-")
+    ax_b.axhline(BASELINE["perov5"]["crystal_steps_per_s"], color="gray", ls="--", label="SPEC §8 baseline (B=128)")
+    ax_b.set(xlabel="batch size", ylabel="crystal-steps / s", title="perov5 model, 5 atoms")
+    ax_b.legend(fontsize=8)
+    ax_a.loglog([r["atoms"] for r in by_atoms], [r["crystal_steps_per_s"] for r in by_atoms], "o-")
+    ax_a.axhline(BASELINE["mp20"]["crystal_steps_per_s"], color="gray", ls="--", label="SPEC §8 baseline (20 atoms)")
+    ax_a.set(xlabel="atoms per crystal", ylabel="crystal-steps / s", title="mp20 model, batch 16")
+    ax_a.legend(fontsize=8)
+    fig.tight_layout()
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / "scaling.png", dpi=120)
+    table = ["| sweep | model | batch | atoms | ms/step | crystal-steps/s | compile s | XLA MB | peak RSS MB | capacity (I, E) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        xla = "-" if r["xla_memory_bytes"] is None else f"{r['xla_memory_bytes'] / 2**20:.0f}"
+        table.append(f"| {r['sweep']} | {r['config']} | {r['batch']} | {r['atoms']} | {r['ms_per_step']:.2f} | "
+                     f"{r['crystal_steps_per_s']:.0f} | {r['compile_s']:.1f} | {xla} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['capacity']['max_images']}, {r['capacity']['max_edges']} |")
+    (DOCS / "scaling.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return results
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", choices=sorted(BASELINE), action="append",
+                   help="a SPEC §8 workload (repeatable; default both)")
+    p.add_argument("--config", help="model config for a custom workload (with --batch, --atoms)")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--atoms", type=int)
+    p.add_argument("--steps", type=int, default=20, help="MALA steps per timed scan")
+    p.add_argument("--warmup", type=int, default=300, help="annealing steps run before timing")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--edge-factor", type=float)
+    p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
+    p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
+    p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])
+    p.add_argument("--scaling-warmup", type=int, default=100)
+    p.add_argument("--json", help="write the results and the machine description here")
+    args = p.parse_args(argv)
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}, "
+          f"jax {info['jax']}, backend {info['backend']}", flush=True)
+    if args.scaling:
+        results = scaling(args)
+    elif args.config:
+        results = [bench(args.config, args.batch, args.atoms, args.steps, args.warmup, args.repeats,
+                         max_images=args.max_images, edge_factor=args.edge_factor)]
+    else:
+        results = [bench(BASELINE[w]["config"], args.batch or BASELINE[w]["batch"],
+                         args.atoms or BASELINE[w]["atoms"], args.steps, args.warmup, args.repeats,
+                         max_images=args.max_images, edge_factor=args.edge_factor)
+                   for w in (args.workload or sorted(BASELINE, reverse=True))]
+    info = {**info, "load_avg": os.getloadavg()}
+    print(compare(results, info))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
+                                               "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
