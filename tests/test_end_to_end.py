@@ -1,0 +1,50 @@
+"""The run command end to end on the `test` config: train, resume, predict, evaluate."""
+import json
+import sys
+
+import pytest
+from pymatgen.core import Structure
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "experiments"))
+import run  # noqa: E402
+
+
+def test_train_resume_predict_evaluate(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    common = ["--config", "test", "--out", str(out), "--data-dir", str(data_dir)]
+    assert run.main(common + ["--max-steps", "2"]) == 0
+    assert "step 2/4" in capsys.readouterr().out
+    assert run.main(common) == 1  # the run exists: resume must be asked for
+    assert "--resume" in capsys.readouterr().err
+    assert run.main(common + ["--resume", "--set", "train.checkpoint_every=4"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed from step 2" in printed and "step 4/4" in printed and "validation loss" in printed
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 4]  # four training steps, then the epoch's validation
+
+    assert run.main(["predict", "--checkpoint", str(out), "--formula", "SrTiO3",
+                     "--num-samples", "2", "--out", str(tmp_path / "pred")]) == 0
+    cifs = sorted((tmp_path / "pred" / "SrTiO3").glob("rank*.cif"))
+    assert len(cifs) == 2
+    assert Structure.from_file(cifs[0]).composition.reduced_formula == "SrTiO3"
+
+    assert run.main(["evaluate", "--checkpoint", str(out), "--limit", "2", "--num-samples", "2",
+                     "--data-dir", str(data_dir), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
+    assert metrics["num_crystals"] == 2 and metrics["samples_per_crystal"] == 2
+    assert sum(metrics["pair_counts"].values()) == 4
+    assert (tmp_path / "eval" / "test_metrics.md").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config", "nope"], "unknown config 'nope'"),
+    (["--config", "test", "--set", "sampler.num_stepz=3"], "unknown config key 'sampler.num_stepz'"),
+    (["--config", "test", "--set", "sampler.num_steps=abc"], "bad value for sampler.num_steps"),
+    (["predict", "--checkpoint", "/nonexistent", "--formula", "SrTiO3"], "not a csp_jax run directory"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys):
+    assert run.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
