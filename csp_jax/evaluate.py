@@ -29,16 +29,11 @@ from csp_jax.data import CrystalDataset
 from csp_jax.energy import EnergyModel
 from csp_jax.matching import DEFAULT_TIMEOUT_S, sample_structure
 from csp_jax.neighbors import NeighborCapacity
+from csp_jax.progress import format_duration
 from csp_jax.sampler import sample
 from csp_jax.train import schedule
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,7 +85,7 @@ def sample_species(config: Config, model: EnergyModel, variables, species, key, 
         per_chunk = sum(steady) / len(steady)
         log(f"chunk {i + 1}/{num_chunks}: {min((i + 1) * chunk, num_rows)}/{num_rows} chains, "
             f"{chunk * num_steps / per_chunk:.0f} crystal-steps/s{' (with compilation)' if i == 0 else ''}, "
-            f"elapsed {_duration(sum(chunk_seconds))}, ETA {_duration(per_chunk * (num_chunks - i - 1))}, "
+            f"elapsed {format_duration(sum(chunk_seconds))}, ETA {format_duration(per_chunk * (num_chunks - i - 1))}, "
             f"overflow re-runs {reruns}")
     crystals = jax.tree.map(lambda *a: np.concatenate(a), *crystals)
     return crystals, np.concatenate(energies), reruns
@@ -152,7 +147,7 @@ def evaluate(config: Config, model: EnergyModel, variables, dataset: CrystalData
         config, model, variables, np.repeat(test.species, num_samples, axis=0), key,
         batch_size=batch_size, log=log)
     seconds = time.perf_counter() - start
-    log(f"sampled in {_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}")
+    log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}")
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:]), crystals)
     metrics.save_samples(samples_path, samples, energies.reshape(num_test, num_samples),
                          test.material_ids)

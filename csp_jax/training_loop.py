@@ -23,6 +23,7 @@ from csp_jax.config import Config
 from csp_jax.data import CrystalDataset, load_split
 from csp_jax.neighbors import NeighborCapacity
 from csp_jax.parallel import replicate, shard_batch
+from csp_jax.progress import format_duration
 from csp_jax.plots import plot_training_curve, read_metrics
 from csp_jax.train import Batch, eval_step, init_train_state, train_step
 
@@ -33,12 +34,6 @@ VAL_KEY_OFFSET = 2**30  # validation chain keys live far from the training steps
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses; the last good checkpoint is kept."""
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class Capacities:
@@ -163,7 +158,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     stop = total_steps if max_steps is None else min(total_steps, start + max_steps)
     log(f"training {config.name}: {len(train_set)} crystals, {steps_per_epoch} steps/epoch, "
         f"{t.num_epochs} epochs, steps {start}..{stop} of {total_steps}")
-    bad_in_row, began = 0, time.time()
+    bad_in_row, step_seconds = 0, []
     for step in range(start, stop):
         epoch, b = divmod(step, steps_per_epoch)
         order = np.random.default_rng([t.seed, epoch]).permutation(len(train_set))
@@ -192,11 +187,13 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
             raise TrainingDiverged(
                 f"{bad_in_row} non-finite losses in a row at step {step + 1}; the last good "
                 f"checkpoint (step {mngr.latest_step()}) in {run_dir} is kept")
-        done = step + 1 - start
-        eta = (time.time() - began) / done * (stop - step - 1)
+        step_seconds.append(seconds)
+        steady = step_seconds[1:] or step_seconds  # the first step of a call includes compilation
+        eta = float(np.median(steady)) * (stop - step - 1)
+        speed = "compiling" if len(step_seconds) == 1 else f"{rate:.0f} crystal-steps/s"
         log(f"step {step + 1}/{total_steps} epoch {epoch + 1}/{t.num_epochs} "
             f"loss {record['loss']:.4f} E_data {record['e_data']:.3f} E_sample {record['e_sample']:.3f} "
-            f"acc {record['acceptance']:.2f} | {rate:.0f} crystal-steps/s | ETA {format_duration(eta)}"
+            f"acc {record['acceptance']:.2f} | {speed} | ETA {format_duration(eta)}"
             + (f" | capped {capped}" if capped else ""))
         end_of_epoch = (step + 1) % steps_per_epoch == 0
         if finite and ((step + 1) % t.checkpoint_every == 0 or end_of_epoch or step + 1 == stop):
