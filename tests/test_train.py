@@ -1,5 +1,4 @@
 """Training: the loss of SPEC §4, batches, exact resume, non-finite steps, overflow."""
-import dataclasses
 import json
 
 import jax
@@ -92,13 +91,39 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
     assert [r["skipped"] for r in records if r["kind"] == "train"] == [False, False, True, True]
 
 
-def test_overflow_repeats_step_with_grown_capacity(tmp_path, data_dir, config):
-    """A capacity far too small is grown until no neighbour list overflows."""
-    small = dataclasses.replace(config, neighbors=dataclasses.replace(
-        config.neighbors, max_images=27, edge_factor=0.2))
+def test_overflow_repeats_step_with_grown_capacity(config):
+    """A step whose neighbour lists overflow is repeated with grown capacities until none does."""
+    capacities = training_loop.Capacities(config, data_atoms=5)
+    batch = training_loop.Batch(None, np.zeros((2, 16), np.int32))
+    seen = []
+
+    def step(data_capacity, sample_capacity):
+        seen.append((data_capacity, sample_capacity))
+        return None, {"loss": np.float32(1.0), "overflow": np.bool_(sample_capacity.max_edges < 5000)}
+
     messages = []
-    state = train(small, tmp_path, data_dir, max_steps=1, log=messages.append)
-    assert int(state.step) == 1
-    assert any("capacity exceeded" in m for m in messages)
-    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-    assert record["overflow_reruns"] >= 1 and np.isfinite(record["loss"])
+    _, metrics, reruns = training_loop.run_until_no_overflow(step, capacities, batch, messages.append)
+    assert not metrics["overflow"] and reruns == len(seen) - 1 >= 1
+    assert [s.max_edges for _, s in seen] == sorted(s.max_edges for _, s in seen)
+    assert capacities.sample(16).max_edges >= 5000 and len(messages) == reruns
+    # The grown capacities are kept (and saved with checkpoints).
+    restored = training_loop.Capacities(config, 5, capacities.to_json())
+    assert restored.sample(16) == capacities.sample(16) and restored.data == capacities.data
+
+
+def test_train_step_reports_overflow_of_a_small_capacity(config):
+    """The jitted step flags (never hides) a chain whose neighbour lists do not fit."""
+    from csp_jax.crystal import Crystal
+    from csp_jax.neighbors import NeighborCapacity
+    from csp_jax.train import Batch, train_step
+
+    rng = np.random.default_rng(0)
+    lattice = np.stack([6.0 * np.eye(3)] * 2).astype(np.float32)
+    species = np.array([[38, 22, 8, 8, 8]] * 2, np.int32)
+    data = Crystal(species, (rng.uniform(0, 1, (2, 5, 3)) @ lattice).astype(np.float32), lattice)
+    batch = Batch(data, species)
+    state = init_train_state(config, jax.random.PRNGKey(0))
+    new_state, metrics = train_step(state, batch, jax.random.PRNGKey(1), config=config,
+                                    data_capacity=NeighborCapacity.for_atoms(5),
+                                    sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
+    assert bool(metrics["overflow"])
