@@ -3,6 +3,7 @@
     python experiments/bench.py                       # both SPEC §8 workloads
     python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
     python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
+    python experiments/bench.py --profile --max-images 343 --max-edges 896   # parts of a step
 
 What is timed: `steps` MALA steps of `csp_jax.sampler.mala` (real `EnergyModel`
 energy with random weights, Niggli reduce) in one jitted `lax.scan`, vmapped
@@ -149,6 +150,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         start += steps
 
     (_, info), compiled, args, compile_s = run_segment(states, warmup)
+    nbrs = jax.jit(model.batch_energy, static_argnums=2)(variables, states.crystal, capacity)[1]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -165,12 +167,65 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         "capacity": {"max_images": capacity.max_images, "max_edges": capacity.max_edges},
         "overflow_reruns": reruns,
         "acceptance": float(jnp.mean(info.accepted)),
+        "start_edges_mean_max": [float(jnp.mean(nbrs.num_edges)), int(jnp.max(nbrs.num_edges))],
+        "start_images_max": int(jnp.max(nbrs.num_images)),
         "xla_memory_bytes": xla_bytes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     log(f"{config} batch {batch} x {atoms} atoms: {ms:.2f} ms/step, "
         f"{result['crystal_steps_per_s']:.0f} crystal-steps/s, compile {compile_s:.1f} s, "
-        f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}")
+        f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}, "
+        f"timed start states need edges mean/max {result['start_edges_mean_max']}, "
+        f"images max {result['start_images_max']}")
+    return result
+
+
+def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images: int = 343,
+            max_edges: int = 896, repeats: int = 5, seed: int = 0, log=print) -> dict:
+    """Median wall and CPU ms of the parts of one step, on reduced random crystals.
+
+    Parts (each jitted and vmapped over the batch): Niggli reduce + wrap, the
+    neighbour list, the energy, the energy with its gradient w.r.t. X and L.
+    """
+    from csp_jax.neighbors import neighbor_list
+    from csp_jax.niggli import reduce_crystal
+
+    model = EnergyModel.from_config(get_config(config).model)
+    capacity = NeighborCapacity(max_images, max_edges)
+    variables = model.init(jax.random.key(seed))
+    keys = jax.random.split(jax.random.key(seed + 1), batch)
+    crystals = jax.vmap(random_crystal)(keys, jnp.asarray(species_for(atoms, batch, seed)))
+    positions, lattice, _ = jax.vmap(reduce_crystal)(crystals.positions, crystals.lattice)
+    crystals = crystals.replace(positions=positions, lattice=lattice)
+
+    def energy_and_grad(variables, crystal):
+        def energy(positions, lattice):
+            return model.energy(variables, crystal.replace(positions=positions, lattice=lattice), capacity)[0]
+        return jax.grad(energy, argnums=(0, 1))(crystal.positions, crystal.lattice)
+
+    parts = {
+        "niggli_reduce": (lambda c: jax.vmap(reduce_crystal)(c.positions, c.lattice), (crystals,)),
+        "neighbor_list": (lambda c: jax.vmap(lambda x: neighbor_list(x, capacity))(c), (crystals,)),
+        "energy": (lambda v, c: model.batch_energy(v, c, capacity)[0], (variables, crystals)),
+        "energy_and_grad": (lambda v, c: jax.vmap(energy_and_grad, (None, 0))(v, c), (variables, crystals)),
+    }
+    nbrs = parts["neighbor_list"][0](crystals)
+    result = {"config": config, "batch": batch, "atoms": atoms, "capacity": list(capacity),
+              "edges_mean_max": [float(jnp.mean(nbrs.num_edges)), int(jnp.max(nbrs.num_edges))],
+              "images_max": int(jnp.max(nbrs.num_images)), "overflow": int(jnp.sum(nbrs.overflow))}
+    log(f"{config} batch {batch} x {atoms} atoms, capacity {tuple(capacity)}: edges mean/max "
+        f"{result['edges_mean_max']}, images max {result['images_max']}, overflow {result['overflow']}")
+    for name, (fn, args) in parts.items():
+        fn = jax.jit(fn)
+        jax.block_until_ready(fn(*args))
+        wall, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(*args))
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        result[name] = {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+        log(f"  {name:16s} {result[name]['wall_ms']:8.2f} ms wall {result[name]['cpu_ms']:8.2f} ms cpu")
     return result
 
 
@@ -247,12 +302,22 @@ def main(argv=None) -> None:
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])
     p.add_argument("--scaling-warmup", type=int, default=100)
+    p.add_argument("--profile", action="store_true",
+                   help="time the parts of a step (with --config/--batch/--atoms, --max-images, --max-edges)")
+    p.add_argument("--max-edges", type=int, default=896, help="edge capacity for --profile")
     p.add_argument("--json", help="write the results and the machine description here")
     args = p.parse_args(argv)
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}, "
           f"jax {info['jax']}, backend {info['backend']}", flush=True)
+    if args.profile:
+        result = profile(args.config or "perov5", args.batch or 128, args.atoms or 5,
+                         args.max_images or 343, args.max_edges, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
+                                                   "profile": result}, indent=1))
+        return
     if args.scaling:
         results = scaling(args)
     elif args.config:
