@@ -64,8 +64,12 @@ def species_for(num_atoms: int, batch: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.integers(1, 84, (batch, num_atoms)), axis=1).astype(np.int32)
 
 
-def make_segment(model: EnergyModel, capacity: NeighborCapacity):
-    """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) -> (states, info))."""
+def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = 0):
+    """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) -> (states, info)).
+
+    chunk > 0: the batch runs as `lax.map` over chunks of `chunk` chains
+    (B a multiple of chunk), each chunk vmapped; same numbers, smaller working set.
+    """
     energy_fn = model.energy_fn(capacity)
 
     def segment(variables, keys, states, step_sizes, betas, first_step):
@@ -75,7 +79,11 @@ def make_segment(model: EnergyModel, capacity: NeighborCapacity):
             state, info, _ = run_chain(key, state, step_fn, step_sizes, betas, 0, first_step)
             return state, info
 
-        return jax.vmap(chain)(keys, states)
+        if not chunk:
+            return jax.vmap(chain)(keys, states)
+        split = lambda a: a.reshape((-1, chunk) + a.shape[1:])
+        out = jax.lax.map(lambda ks: jax.vmap(chain)(*ks), jax.tree.map(split, (keys, states)))
+        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
     return jax.jit(segment)
 
@@ -93,7 +101,7 @@ def make_init(model: EnergyModel, capacity: NeighborCapacity):
 
 def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int = 20,
           warmup: int = 300, repeats: int = 7, seed: int = 0, max_images: int | None = None,
-          edge_factor: float | None = None, log=print) -> dict:
+          edge_factor: float | None = None, chunk: int = 0, log=print) -> dict:
     """Time one MALA step for `batch` crystals of `atoms` atoms with `config`'s model.
 
     Returns a dict: ms_per_step (median), all repeats, crystal_steps_per_s,
@@ -127,7 +135,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
             args = (variables, run_keys, states, step_sizes[start:start + steps],
                     betas[start:start + steps], start)
             t0 = time.perf_counter()
-            compiled = make_segment(model, capacity).lower(*args).compile()
+            compiled = make_segment(model, capacity, chunk).lower(*args).compile()
             compile_s = time.perf_counter() - t0
             out = compiled(*args)
             if not bool(jnp.any(out[1].overflow)):
@@ -161,7 +169,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
     xla_bytes = None if memory is None else int(
         memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
     result = {
-        "config": config, "batch": batch, "atoms": atoms, "steps": steps, "warmup": warmup,
+        "config": config, "batch": batch, "atoms": atoms, "chunk": chunk, "steps": steps, "warmup": warmup,
         "ms_per_step": ms, "ms_per_step_repeats": [1e3 * t / steps for t in times],
         "crystal_steps_per_s": batch * 1e3 / ms, "compile_s": compile_s,
         "capacity": {"max_images": capacity.max_images, "max_edges": capacity.max_edges},
@@ -172,7 +180,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         "xla_memory_bytes": xla_bytes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
-    log(f"{config} batch {batch} x {atoms} atoms: {ms:.2f} ms/step, "
+    log(f"{config} batch {batch} x {atoms} atoms (chunk {chunk or batch}): {ms:.2f} ms/step, "
         f"{result['crystal_steps_per_s']:.0f} crystal-steps/s, compile {compile_s:.1f} s, "
         f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}, "
         f"timed start states need edges mean/max {result['start_edges_mean_max']}, "
@@ -298,6 +306,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--max-images", type=int)
     p.add_argument("--edge-factor", type=float)
+    p.add_argument("--chunk", type=int, default=0, help="run the batch as lax.map over chunks of this many chains")
     p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])
@@ -322,11 +331,11 @@ def main(argv=None) -> None:
         results = scaling(args)
     elif args.config:
         results = [bench(args.config, args.batch, args.atoms, args.steps, args.warmup, args.repeats,
-                         max_images=args.max_images, edge_factor=args.edge_factor)]
+                         max_images=args.max_images, edge_factor=args.edge_factor, chunk=args.chunk)]
     else:
         results = [bench(BASELINE[w]["config"], args.batch or BASELINE[w]["batch"],
                          args.atoms or BASELINE[w]["atoms"], args.steps, args.warmup, args.repeats,
-                         max_images=args.max_images, edge_factor=args.edge_factor)
+                         max_images=args.max_images, edge_factor=args.edge_factor, chunk=args.chunk)
                    for w in (args.workload or sorted(BASELINE, reverse=True))]
     info = {**info, "load_avg": os.getloadavg()}
     print(compare(results, info))
