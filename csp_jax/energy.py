@@ -10,7 +10,9 @@ methods are pure functions of explicit variables `{"params", "spectral"}`:
 `energy` is differentiable with respect to `crystal.positions` and
 `crystal.lattice` and composes with `jax.vmap`, `jax.jit` and `lax.scan`.
 `nbrs.overflow` says the neighbour capacity was too small (see
-`csp_jax.neighbors`); the energy is then not to be trusted.
+`csp_jax.neighbors`); the energy is then not to be trusted. A degenerate crystal
+(non-finite, zero volume, or needing more than `MAX_IMAGE_SLOTS` translations)
+has energy NaN.
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ class EnergyModel:
         """H for one crystal (species [N]): returns (energy scalar, NeighborList)."""
         nbrs = neighbor_list(crystal, capacity)
         nn_out = self.network_output(variables, crystal, nbrs)
-        return nn_out + density_penalty(crystal, self.rho0, self.density_weight), nbrs
+        energy = nn_out + density_penalty(crystal, self.rho0, self.density_weight)
+        return jnp.where(nbrs.valid, energy, jnp.nan), nbrs
 
     def energy_fn(self, capacity: NeighborCapacity):
         """`(crystal, variables) -> (energy, NeighborList)`, the form `csp_jax.sampler.sample` takes."""

@@ -30,6 +30,9 @@ CUTOFF_SCALE = 3.0  # D = 3 (V / n)^(1/3)
 MIN_DIST_SQ = 1e-4  # pairs closer than 0.01 A carry no edge
 # Mean number of neighbours per atom at any density: (4/3) pi 3^3.
 MEAN_NEIGHBORS = 4.0 / 3.0 * math.pi * CUTOFF_SCALE**3
+# A cell needing more translations than this is degenerate (a needle or a sheet
+# far thinner than its cutoff): its list is marked invalid, never allocated.
+MAX_IMAGE_SLOTS = 32768
 
 
 class NeighborCapacity(NamedTuple):
@@ -44,7 +47,7 @@ class NeighborCapacity(NamedTuple):
     max_edges: int
 
     @classmethod
-    def for_atoms(cls, max_atoms: int, max_images: int = 343, edge_factor: float = 1.5):
+    def for_atoms(cls, max_atoms: int, max_images: int = 343, edge_factor: float = 1.25):
         """A capacity for crystals of up to `max_atoms` atoms.
 
         The edge capacity is `edge_factor` times the mean edge count
@@ -52,9 +55,18 @@ class NeighborCapacity(NamedTuple):
         """
         return cls(max_images, _round64(edge_factor * MEAN_NEIGHBORS * max_atoms))
 
-    def grow(self) -> "NeighborCapacity":
-        """A capacity 1.5 times larger in images and edges."""
-        return NeighborCapacity(int(math.ceil(1.5 * self.max_images)), _round64(1.5 * self.max_edges))
+    def grow(self, needed_images: int = 0, needed_edges: int = 0) -> "NeighborCapacity":
+        """A capacity that holds what was needed (`NeighborList.needs`), with some room.
+
+        Only the part that overflowed grows (images to 1.25x, edges to 1.1x the
+        need); with no need given, both grow 1.5x.
+        """
+        needed_images, needed_edges = int(needed_images), int(needed_edges)
+        if needed_images <= self.max_images and needed_edges <= self.max_edges:
+            return NeighborCapacity(int(math.ceil(1.5 * self.max_images)), _round64(1.5 * self.max_edges))
+        images = self.max_images if needed_images <= self.max_images else int(math.ceil(1.25 * needed_images))
+        edges = self.max_edges if needed_edges <= self.max_edges else _round64(1.1 * needed_edges)
+        return NeighborCapacity(images, edges)
 
 
 def _round64(x: float) -> int:
@@ -75,6 +87,10 @@ class NeighborList:
     num_images: [...] int32, image slots the crystal needs, prod(2 n_a + 1).
     overflow:   [...] bool, the list is incomplete (more edges or images than
                 the capacity); results computed from it must not be used.
+    valid:      [...] bool, the crystal is finite with positive volume and
+                needs at most MAX_IMAGE_SLOTS translations. An invalid
+                crystal has no edges, never overflows and needs nothing; the
+                energy is NaN there (MALA rejects such a proposal).
     """
 
     senders: jax.Array
@@ -85,6 +101,12 @@ class NeighborList:
     image_range: jax.Array
     num_images: jax.Array
     overflow: jax.Array
+    valid: jax.Array
+
+    @property
+    def needs(self) -> jax.Array:
+        """[..., 2] int32: (image slots, edges) this crystal needs; `capacity.grow(*needs)`."""
+        return jnp.stack([self.num_images, self.num_edges], axis=-1)
 
 
 def cutoff_radius(crystal: Crystal) -> jax.Array:
@@ -106,8 +128,9 @@ def image_range(lattice: jax.Array, cutoff: jax.Array) -> jax.Array:
 def image_slots(ranges: jax.Array, max_images: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The box of translations |k_a| <= n_a in `max_images` slots (mixed radix).
 
-    ranges: [3] int32, n_a. Returns (images [I, 3] float, valid [I] bool,
-    needed [] int32 = prod(2 n_a + 1)); slots past `needed` are invalid.
+    ranges: [3] int32, n_a in [0, MAX_IMAGE_SLOTS]. Returns (images [I, 3]
+    float, valid [I] bool, needed [] int32 = prod(2 n_a + 1), or
+    MAX_IMAGE_SLOTS + 1 when larger); slots past `needed` are invalid.
     """
     sizes = 2 * ranges + 1
     slot = jnp.arange(max_images)
@@ -115,8 +138,9 @@ def image_slots(ranges: jax.Array, max_images: int, dtype) -> tuple[jax.Array, j
     k_b = (slot // sizes[2]) % sizes[1]
     k_a = slot // (sizes[1] * sizes[2])
     images = jnp.stack([k_a, k_b, k_c], axis=-1) - ranges
-    needed = sizes[0] * sizes[1] * sizes[2]
-    return images.astype(dtype), slot < needed, needed.astype(jnp.int32)
+    product = jnp.prod(sizes.astype(jnp.float32))  # exact up to 2^24, no int32 overflow
+    needed = jnp.where(product <= MAX_IMAGE_SLOTS, product, MAX_IMAGE_SLOTS + 1).astype(jnp.int32)
+    return images.astype(dtype), slot < needed, needed
 
 
 def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> NeighborList:
@@ -134,7 +158,7 @@ def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> 
     cell = jnp.floor(frac)  # wrap: x_w = x - cell L, fractional coordinates in [0, 1)
     frac_w = frac - cell
     ranges = jnp.where(jnp.any(mask), image_range(lattice, cutoff), 0)
-    ranges = jnp.where((ranges >= 0) & (ranges < 2**10), ranges, 2**10)  # non-finite cells overflow
+    ranges = jnp.where((ranges >= 0) & (ranges <= MAX_IMAGE_SLOTS), ranges, MAX_IMAGE_SLOTS)
     images, valid_image, num_images = image_slots(ranges, capacity.max_images, frac.dtype)
 
     # Candidate (i, j, k): fractional difference f_j + k - f_i, shape [N, N, I, 3].
@@ -155,8 +179,15 @@ def neighbor_list(crystal: Crystal, capacity: NeighborCapacity, cutoff=None) -> 
     shifts = image - cell[senders] + cell[receivers]
     shifts = jnp.where(edge_mask[:, None], shifts, 0.0)
 
+    real = mask[:, None]
+    valid = (jnp.all(jnp.isfinite(lattice)) & jnp.all(jnp.isfinite(jnp.where(real, frac, 0.0)))
+             & (crystal.volume > 0) & (num_images <= MAX_IMAGE_SLOTS))
+    num_edges = jnp.where(valid, num_edges, 0)
+    num_images = jnp.where(valid, num_images, 0)
+    edge_mask = edge_mask & valid
     overflow = (num_edges > capacity.max_edges) | (num_images > capacity.max_images)
-    return NeighborList(senders, receivers, shifts, edge_mask, num_edges, ranges, num_images, overflow)
+    return NeighborList(senders, receivers, shifts, edge_mask, num_edges, ranges, num_images,
+                        overflow, valid)
 
 
 def edge_vectors(crystal: Crystal, nbrs: NeighborList) -> jax.Array:

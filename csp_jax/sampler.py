@@ -67,6 +67,9 @@ class MALAInfo(NamedTuple):
     overflow:               the proposal's energy evaluation overflowed its
                             capacity (the step is not to be trusted).
     reduce_converged:       the reduction of the proposal converged.
+    needs:                  [M] int, what the proposal's evaluation needed of
+                            the capacity (the aux's `needs`, e.g. image slots
+                            and edges; empty when the aux has none).
     """
 
     acceptance_probability: jax.Array
@@ -74,6 +77,7 @@ class MALAInfo(NamedTuple):
     energy: jax.Array
     overflow: jax.Array
     reduce_converged: jax.Array
+    needs: jax.Array
 
 
 def _aux_overflow(aux) -> jax.Array:
@@ -82,8 +86,14 @@ def _aux_overflow(aux) -> jax.Array:
     return jnp.asarray(flag, bool)
 
 
+def _aux_needs(aux) -> jax.Array:
+    """The capacity needs of an energy's aux output ([M] int32; [0] when it reports none)."""
+    needs = aux.get("needs") if isinstance(aux, Mapping) else getattr(aux, "needs", None)
+    return jnp.zeros((0,), jnp.int32) if needs is None else jnp.asarray(needs, jnp.int32)
+
+
 def _evaluate(energy_fn, crystal: Crystal):
-    """One energy + gradient evaluation: (energy [], dH/dX [N, 3], dH/dL [3, 3], overflow [])."""
+    """One energy + gradient evaluation: (energy [], dH/dX [N, 3], dH/dL [3, 3], overflow [], needs [M])."""
 
     def energy_at(positions, lattice):
         return energy_fn(crystal.replace(positions=positions, lattice=lattice))
@@ -91,7 +101,7 @@ def _evaluate(energy_fn, crystal: Crystal):
     (energy, aux), (grad_positions, grad_lattice) = jax.value_and_grad(
         energy_at, argnums=(0, 1), has_aux=True)(crystal.positions, crystal.lattice)
     grad_positions = jnp.where(crystal.mask[:, None], grad_positions, 0.0)
-    return energy, grad_positions, grad_lattice, _aux_overflow(aux)
+    return energy, grad_positions, grad_lattice, _aux_overflow(aux), _aux_needs(aux)
 
 
 def _log_q(to_positions, to_lattice, from_positions, from_lattice,
@@ -127,7 +137,7 @@ def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
     def init_fn(crystal: Crystal) -> MALAState:
         (positions, lattice), _ = reduce_real_atoms(crystal.mask, crystal.positions, crystal.lattice)
         crystal = crystal.replace(positions=positions, lattice=lattice)
-        return MALAState(crystal, *_evaluate(energy_fn, crystal))
+        return MALAState(crystal, *_evaluate(energy_fn, crystal)[:4])
 
     def step_fn(key, state: MALAState, step_size, beta):
         crystal = state.crystal
@@ -147,7 +157,7 @@ def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
         (positions_red, lattice_red), pullback, converged = jax.vjp(
             functools.partial(reduce_real_atoms, mask), positions, lattice, has_aux=True)
         proposal = crystal.replace(positions=positions_red, lattice=lattice_red)
-        energy, grad_positions_red, grad_lattice_red, overflow = _evaluate(energy_fn, proposal)
+        energy, grad_positions_red, grad_lattice_red, overflow, needs = _evaluate(energy_fn, proposal)
         grad_positions, grad_lattice = pullback((grad_positions_red, grad_lattice_red))
 
         # 3. Metropolis-Hastings with the unreduced proposal in both q terms.
@@ -172,6 +182,7 @@ def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
             energy=new_state.energy,
             overflow=overflow,
             reduce_converged=converged,
+            needs=needs,
         )
         return new_state, info
 
@@ -314,7 +325,9 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     traced, so new values do not recompile; compilations are cached per
     (make_energy_fn, reduce_fn, capacity), so pass the same objects each call.
     reduce_fn: None for Niggli + wrap. capacity: hashable; grown by
-    `grow_fn(capacity)`, default `capacity.grow()`.
+    `grow_fn(capacity, needs)`, default `capacity.grow(*needs)`, where `needs`
+    is the largest `aux.needs` seen in the overflowing segment (empty when the
+    aux reports none, or when the initialisation overflowed).
 
     The chains run in segments of `segment_length` steps, each jitted once per
     capacity and shape. After a segment (and after the initialisation) the
@@ -325,13 +338,13 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     """
     species = jnp.asarray(species, jnp.int32)
     step_sizes, betas = (jnp.asarray(a) for a in schedule)
-    grow = (lambda c: c.grow()) if grow_fn is None else grow_fn
+    grow = (lambda c, needs: c.grow(*needs)) if grow_fn is None else grow_fn
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     chain_keys = jax.vmap(jax.random.split)(jax.random.split(key, species.shape[0]))
     init_keys, run_keys = chain_keys[:, 0], chain_keys[:, 1]
     reruns = 0
 
-    def without_overflow(where, compile_at, overflow_of, *args):
+    def without_overflow(where, compile_at, overflow_of, needs_of, *args):
         """Run `compile_at(...)(energy_args, *args)`, growing the capacity until no overflow."""
         nonlocal capacity, reruns
         while True:
@@ -341,17 +354,20 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
             if reruns == max_reruns:
                 raise RuntimeError(f"energy capacity {capacity} overflows {where} "
                                    f"after {reruns} re-runs")
-            capacity = grow(capacity)
+            needs = np.asarray(jax.device_get(needs_of(out)))
+            largest = tuple(needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
+            capacity = grow(capacity, largest)
             reruns += 1
 
     states = without_overflow("at initialisation", functools.partial(_compiled_init, rho0=rho0),
-                              lambda s: s.overflow, init_keys, species)
+                              lambda s: s.overflow, lambda s: np.zeros((0,), np.int32),
+                              init_keys, species)
     infos = []
     for start in range(0, step_sizes.shape[0], segment_length):
         stop = start + segment_length
         states, info = without_overflow(
             f"in the segment from step {start}", _compiled_segment, lambda out: out[1].overflow,
-            run_keys, states, step_sizes[start:stop], betas[start:stop], start)
+            lambda out: out[1].needs, run_keys, states, step_sizes[start:stop], betas[start:stop], start)
         infos.append(jax.device_get(info))
     info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
     return SampleResult(states, info, capacity, reruns)

@@ -24,7 +24,7 @@ from flax import struct
 from csp_jax.config import Config
 from csp_jax.crystal import Crystal
 from csp_jax.energy import EnergyModel
-from csp_jax.neighbors import NeighborCapacity
+from csp_jax.neighbors import NeighborCapacity, neighbor_list
 from csp_jax.sampler import annealing_schedule, mala, random_crystal, run_chain
 
 
@@ -77,7 +77,8 @@ def sample_chains(model: EnergyModel, variables, species, key, capacity: Neighbo
     """Annealed MALA from random starts for species [B, N].
 
     Returns (final MALAState [B], MALAInfo [B, K], overflow [] bool: any
-    neighbour list of the chains, the initial evaluations included, overflowed).
+    neighbour list of the chains, the initial evaluations included, overflowed,
+    needs [2]: the most image slots and edges any of them needed).
     """
     init_fn, step_fn = mala(lambda c: model.energy(variables, c, capacity))
 
@@ -85,10 +86,11 @@ def sample_chains(model: EnergyModel, variables, species, key, capacity: Neighbo
         init_key, chain_key = jax.random.split(key)
         state = init_fn(random_crystal(init_key, species, model.rho0))
         final, info, _ = run_chain(chain_key, state, step_fn, step_sizes, betas)
-        return final, info, state.overflow | jnp.any(info.overflow)
+        needs = jnp.maximum(neighbor_list(state.crystal, capacity).needs, jnp.max(info.needs, axis=0))
+        return final, info, state.overflow | jnp.any(info.overflow), needs
 
-    final, info, overflow = jax.vmap(chain)(jax.random.split(key, species.shape[0]), species)
-    return final, info, jnp.any(overflow)
+    final, info, overflow, needs = jax.vmap(chain)(jax.random.split(key, species.shape[0]), species)
+    return final, info, jnp.any(overflow), jnp.max(needs, axis=0)
 
 
 def contrastive_loss(e_data, e_sample, regularization: float):
@@ -99,7 +101,7 @@ def contrastive_loss(e_data, e_sample, regularization: float):
 
 def losses(model: EnergyModel, variables, batch_data: Crystal, samples: Crystal,
            data_capacity, sample_capacity, regularization, update_spectral: bool):
-    """(loss, (E_data [B], E_sample [B], spectral state, overflow [])).
+    """(loss, (E_data [B], E_sample [B], spectral state, data neighbour lists, sample neighbour lists)).
 
     With `update_spectral`, one power iteration precedes each of the two
     forward passes (training mode); otherwise the spectral state is frozen.
@@ -110,17 +112,19 @@ def losses(model: EnergyModel, variables, batch_data: Crystal, samples: Crystal,
     v_sample = advance(v_data)
     e_sample, nb_sample = model.batch_energy(v_sample, samples, sample_capacity)
     loss = contrastive_loss(e_data, e_sample, regularization)
-    overflow = jnp.any(nb_data.overflow) | jnp.any(nb_sample.overflow)
-    return loss, (e_data, e_sample, v_sample["spectral"], overflow)
+    return loss, (e_data, e_sample, v_sample["spectral"], nb_data, nb_sample)
 
 
-def _metrics(loss, e_data, e_sample, info, overflow):
+def _metrics(loss, e_data, e_sample, info, chain_overflow, chain_needs, nb_data, nb_sample):
+    """Scalars for the log, plus `overflow` and the capacity `data_needs` / `sample_needs` ([2])."""
     return {
         "loss": loss,
         "e_data": jnp.mean(e_data),
         "e_sample": jnp.mean(e_sample),
         "acceptance": jnp.mean(info.acceptance_probability),
-        "overflow": overflow,
+        "overflow": chain_overflow | jnp.any(nb_data.overflow) | jnp.any(nb_sample.overflow),
+        "data_needs": jnp.max(nb_data.needs, axis=0),
+        "sample_needs": jnp.maximum(chain_needs, jnp.max(nb_sample.needs, axis=0)),
     }
 
 
@@ -135,8 +139,8 @@ def train_step(state: TrainState, batch: Batch, key, *, config: Config,
     """
     model = EnergyModel.from_config(config.model)
     step_sizes, betas = schedule(config)
-    final, info, chain_overflow = sample_chains(model, state.variables, batch.sample_species, key,
-                                                sample_capacity, step_sizes, betas)
+    final, info, chain_overflow, chain_needs = sample_chains(
+        model, state.variables, batch.sample_species, key, sample_capacity, step_sizes, betas)
     samples = jax.lax.stop_gradient(final.crystal)
 
     def loss_fn(params):
@@ -144,13 +148,13 @@ def train_step(state: TrainState, batch: Batch, key, *, config: Config,
         return losses(model, variables, batch.data, samples, data_capacity, sample_capacity,
                       config.train.regularization, update_spectral=True)
 
-    (loss, (e_data, e_sample, spectral, overflow)), grads = jax.value_and_grad(
+    (loss, (e_data, e_sample, spectral, nb_data, nb_sample)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.variables["params"])
     updates, opt_state = optimizer(config).update(grads, state.opt_state, state.variables["params"])
     params = optax.apply_updates(state.variables["params"], updates)
     new_state = state.replace(step=state.step + 1, opt_state=opt_state,
                               variables={"params": params, "spectral": spectral})
-    return new_state, _metrics(loss, e_data, e_sample, info, overflow | chain_overflow)
+    return new_state, _metrics(loss, e_data, e_sample, info, chain_overflow, chain_needs, nb_data, nb_sample)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "data_capacity", "sample_capacity"))
@@ -159,9 +163,9 @@ def eval_step(state: TrainState, batch: Batch, key, *, config: Config,
     """The validation loss of one batch: as `train_step`, with no update (metrics only)."""
     model = EnergyModel.from_config(config.model)
     step_sizes, betas = schedule(config)
-    final, info, chain_overflow = sample_chains(model, state.variables, batch.sample_species, key,
-                                                sample_capacity, step_sizes, betas)
-    loss, (e_data, e_sample, _, overflow) = losses(
+    final, info, chain_overflow, chain_needs = sample_chains(
+        model, state.variables, batch.sample_species, key, sample_capacity, step_sizes, betas)
+    loss, (e_data, e_sample, _, nb_data, nb_sample) = losses(
         model, state.variables, batch.data, final.crystal, data_capacity, sample_capacity,
         config.train.regularization, update_spectral=False)
-    return _metrics(loss, e_data, e_sample, info, overflow | chain_overflow)
+    return _metrics(loss, e_data, e_sample, info, chain_overflow, chain_needs, nb_data, nb_sample)

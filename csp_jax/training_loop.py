@@ -51,9 +51,14 @@ class Capacities:
     def sample(self, atoms: int) -> NeighborCapacity:
         return self.samples.setdefault(atoms, self._default(atoms))
 
-    def grow(self, atoms: int) -> None:
-        self.data = self.data.grow()
-        self.samples[atoms] = self.sample(atoms).grow()
+    def grow(self, atoms: int, data_needs, sample_needs) -> None:
+        """Grow what overflowed, to hold the needs ([image slots, edges]) seen."""
+        data_needs, sample_needs = np.asarray(data_needs), np.asarray(sample_needs)
+        if np.any(data_needs > np.array(self.data)):
+            self.data = self.data.grow(*data_needs)
+        sample = self.sample(atoms)
+        if np.any(sample_needs > np.array(sample)):
+            self.samples[atoms] = sample.grow(*sample_needs)
 
     def to_json(self) -> dict:
         return {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.samples.items()}}
@@ -83,7 +88,11 @@ def run_until_no_overflow(step_fn, capacities: Capacities, batch: Batch, log):
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
         if not bool(metrics["overflow"]):
             return out, metrics, reruns
-        capacities.grow(atoms)
+        if not (np.any(metrics["data_needs"] > np.array(capacities.data))
+                or np.any(metrics["sample_needs"] > np.array(capacities.sample(atoms)))):
+            raise RuntimeError(f"neighbour lists overflow although capacities {capacities.data}, "
+                               f"{capacities.sample(atoms)} hold the reported needs")
+        capacities.grow(atoms, metrics["data_needs"], metrics["sample_needs"])
         reruns += 1
         log(f"  neighbour capacity exceeded; repeating the step with {capacities.sample(atoms)}")
         if reruns > 20:
@@ -178,7 +187,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
             log(f"step {step + 1}: non-finite loss, update skipped ({bad_in_row} in a row)")
         rate = batch_size * config.sampler.num_steps / seconds
         record = {"kind": "train", "step": step + 1, "epoch": epoch + 1,
-                  **{k: float(v) for k, v in metrics.items() if k != "overflow"},
+                  **{k: float(metrics[k]) for k in ("loss", "e_data", "e_sample", "acceptance")},
                   "skipped": not finite, "capped": capped, "overflow_reruns": reruns,
                   "atoms_padded": int(batch.sample_species.shape[1]),
                   "seconds": seconds, "crystal_steps_per_s": rate}

@@ -140,7 +140,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
             out = compiled(*args)
             if not bool(jnp.any(out[1].overflow)):
                 return out, compiled, args, compile_s
-            capacity, reruns = capacity.grow(), reruns + 1
+            capacity, reruns = capacity.grow(*np.max(np.asarray(out[1].needs).reshape(-1, 2), 0)), reruns + 1
 
     compiled_for = {}
     start = 0

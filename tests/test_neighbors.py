@@ -94,3 +94,28 @@ def test_vmapped_over_padded_batch():
     for b, c in enumerate(crystals):
         single = neighbor_list(c, cap)
         assert int(nbrs.num_edges[b]) == int(single.num_edges)
+
+
+def test_grow_to_the_needs():
+    cap = NeighborCapacity(max_images=343, max_edges=640)
+    assert cap.grow(400, 100) == NeighborCapacity(500, 640)  # only images overflowed
+    assert cap.grow(100, 1000) == NeighborCapacity(343, 1152)  # only edges: 1.1 x 1000, rounded to 64
+    assert cap.grow() == NeighborCapacity(515, 960)  # no needs given: both 1.5x
+
+
+@pytest.mark.parametrize("lattice", [np.diag([1e-4, 10.0, 10.0]), np.full((3, 3), np.nan),
+                                     np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]])])
+def test_degenerate_cells_are_invalid_not_overflowing(lattice):
+    """A cell needing absurd image counts (or non-finite, or flat) is flagged invalid: no edges,
+    no overflow (nothing to grow), and the energy is NaN so MALA rejects it."""
+    from csp_jax.config import get_config
+    from csp_jax.energy import EnergyModel
+
+    crystal = Crystal(np.array([6, 8], np.int32), np.array([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]]), lattice)
+    cap = NeighborCapacity.for_atoms(2)
+    nbrs = neighbor_list(crystal, cap)
+    assert not bool(nbrs.valid) and not bool(nbrs.overflow)
+    assert int(nbrs.num_edges) == 0 and not np.any(np.asarray(nbrs.edge_mask))
+    model = EnergyModel.from_config(get_config("perov5").model)
+    energy, _ = model.energy(model.init(jax.random.PRNGKey(0)), crystal, cap)
+    assert np.isnan(float(energy))
