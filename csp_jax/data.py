@@ -209,7 +209,12 @@ def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = No
             f"{dataset}/{split} not found (looked for {', '.join(map(str, candidates))}); "
             "set CSP_JAX_DATA (--data-dir) to a folder holding it, or enable download")
     dest = root if root is not None and _ensure_writable_dir(root) else fallback
-    return download_split(dataset, split, dest, base_url)
+    try:
+        return download_split(dataset, split, dest, base_url)
+    except MissingDataError as error:
+        raise MissingDataError(
+            f"{dataset}/{split} not found in {', '.join(map(str, roots))} and the download "
+            f"failed ({error}); set CSP_JAX_DATA (--data-dir) to a folder holding it") from None
 
 
 @dataclass(frozen=True)

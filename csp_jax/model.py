@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jraph
 
 from csp_jax.crystal import MAX_Z
 
@@ -98,7 +99,7 @@ class GraphConv(nn.Module):
         z = (z_recv + z_send) * Linear(2 * d, name="W3")(edge_features)
         gate, core = jnp.split(z, 2, axis=-1)
         messages = edge_weight[:, None] * jax.nn.sigmoid(gate) * core
-        aggregated = jax.ops.segment_sum(messages, receivers, num_segments=nodes.shape[0])
+        aggregated = jraph.segment_sum(messages, receivers, num_segments=nodes.shape[0])
         return nodes + jnp.tanh(aggregated)
 
 

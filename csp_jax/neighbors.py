@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 from flax import struct
 
@@ -200,3 +201,18 @@ def safe_norm(vectors: jax.Array, mask: jax.Array) -> jax.Array:
     """[E] lengths of `vectors: [E, 3]`, with finite gradients on masked (zero) rows."""
     sq = jnp.sum(vectors**2, axis=-1)
     return jnp.where(mask, jnp.sqrt(jnp.where(mask, sq, 1.0)), 0.0)
+
+
+def graphs_tuple(crystal: Crystal, nbrs: NeighborList) -> jraph.GraphsTuple:
+    """One crystal and its neighbour list as a `jraph.GraphsTuple` (for jraph models).
+
+    nodes: {"species" [N], "positions" [N, 3]}; edges: {"vectors" [E, 3]
+    (`edge_vectors`, differentiable), "mask" [E]}; globals: {"lattice" [1, 3, 3]}.
+    Padding atoms and edges stay in place, marked by species 0 and `mask`.
+    """
+    return jraph.GraphsTuple(
+        nodes={"species": crystal.species, "positions": crystal.positions},
+        edges={"vectors": edge_vectors(crystal, nbrs), "mask": nbrs.edge_mask},
+        senders=nbrs.senders, receivers=nbrs.receivers,
+        n_node=jnp.array([crystal.species.shape[0]]), n_edge=jnp.array([nbrs.senders.shape[0]]),
+        globals={"lattice": crystal.lattice[None]})

@@ -119,3 +119,18 @@ def test_degenerate_cells_are_invalid_not_overflowing(lattice):
     model = EnergyModel.from_config(get_config("perov5").model)
     energy, _ = model.energy(model.init(jax.random.PRNGKey(0)), crystal, cap)
     assert np.isnan(float(energy))
+
+
+def test_graphs_tuple_feeds_jraph():
+    import jraph
+
+    from csp_jax.neighbors import graphs_tuple
+
+    crystal = jax.tree.map(np.asarray, perovskite())
+    nbrs = neighbor_list(crystal, NeighborCapacity.for_atoms(5))
+    graph = graphs_tuple(crystal, nbrs)
+    assert isinstance(graph, jraph.GraphsTuple)
+    degree = jraph.segment_sum(graph.edges["mask"].astype(np.float32), graph.receivers, 5)
+    assert float(degree.sum()) == int(nbrs.num_edges)
+    lengths = np.linalg.norm(np.asarray(graph.edges["vectors"])[np.asarray(graph.edges["mask"])], axis=1)
+    assert np.all(lengths <= float(cutoff_radius(crystal)) + 1e-5) and np.all(lengths > 0.01)
