@@ -30,6 +30,12 @@ def torch_linear_init(fan_in: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def linear_params(module: nn.Module, fan_in: int, features: int):
+    """(kernel [in, out], bias [out]) of `module`, initialised as torch.nn.Linear."""
+    init = torch_linear_init(fan_in)
+    return module.param("kernel", init, (fan_in, features)), module.param("bias", init, (features,))
+
+
 class Linear(nn.Module):
     """Dense layer with torch.nn.Linear's initialisation; kernel [in, out]."""
 
@@ -37,9 +43,7 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        init = torch_linear_init(x.shape[-1])
-        kernel = self.param("kernel", init, (x.shape[-1], self.features))
-        bias = self.param("bias", init, (self.features,))
+        kernel, bias = linear_params(self, x.shape[-1], self.features)
         return x @ kernel + bias
 
 
@@ -65,9 +69,7 @@ class SpectralLinear(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        init = torch_linear_init(x.shape[-1])
-        kernel = self.param("kernel", init, (x.shape[-1], self.features))
-        bias = self.param("bias", init, (self.features,))
+        kernel, bias = linear_params(self, x.shape[-1], self.features)
 
         def init_uv():
             ku, kv = jax.random.split(self.make_rng("params"))
