@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import gzip
 import math
 import os
 import signal
@@ -253,21 +251,21 @@ def benchmark(structures, workers: int | None = None, sigma: float = 0.1, seed: 
             "workers": workers or os.cpu_count(), **counts}
 
 
-def _read_test_structures(data_dir: Path, dataset: str, num: int):
-    from pymatgen.core import Structure
+def _test_structures(data_dir: Path, dataset: str, num: int):
+    """The first `num` test crystals of a dataset, as pymatgen structures."""
+    from csp_jax.data import load_split
 
-    with gzip.open(data_dir / dataset / "test.csv.gz", "rt", newline="") as f:
-        rows = [row for _, row in zip(range(num), csv.DictReader(f))]
-    return [Structure.from_str(row["cif"], fmt="cif") for row in rows]
+    test = load_split(dataset, "test", data_dir)
+    return [test.structure(i) for i in range(min(num, len(test)))]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Benchmark structure matching throughput.")
-    parser.add_argument("--data", type=Path, required=True, help="directory holding <dataset>/test.csv.gz")
+    parser.add_argument("--data", type=Path, required=True, help="data directory (holding <dataset>/test.csv[.gz])")
     parser.add_argument("--dataset", default="perov_5")
     parser.add_argument("--num", type=int, default=200, help="test structures (2 pairs each)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     from csp_jax import matching  # by its import name, so the workers can unpickle match_pair
 
-    print(matching.benchmark(_read_test_structures(args.data, args.dataset, args.num), args.workers))
+    print(matching.benchmark(_test_structures(args.data, args.dataset, args.num), args.workers))
