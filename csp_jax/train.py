@@ -25,7 +25,7 @@ from csp_jax.config import Config
 from csp_jax.crystal import Crystal
 from csp_jax.energy import EnergyModel
 from csp_jax.neighbors import NeighborCapacity, neighbor_list
-from csp_jax.sampler import annealing_schedule, mala, random_crystal, run_chain
+from csp_jax.sampler import annealing_schedule, chunked_vmap, mala, random_crystal, run_chain
 
 
 @struct.dataclass
@@ -89,7 +89,7 @@ def sample_chains(model: EnergyModel, variables, species, key, capacity: Neighbo
         needs = jnp.maximum(neighbor_list(state.crystal, capacity).needs, jnp.max(info.needs, axis=0))
         return final, info, state.overflow | jnp.any(info.overflow), needs
 
-    final, info, overflow, needs = jax.vmap(chain)(jax.random.split(key, species.shape[0]), species)
+    final, info, overflow, needs = chunked_vmap(chain)(jax.random.split(key, species.shape[0]), species)
     return final, info, jnp.any(overflow), jnp.max(needs, axis=0)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from csp_jax.config import get_config
 from csp_jax.energy import EnergyModel
 from csp_jax.neighbors import NeighborCapacity
-from csp_jax.sampler import annealing_schedule, mala, random_crystal, run_chain
+from csp_jax.sampler import CHAIN_CHUNK, annealing_schedule, chunked_vmap, mala, random_crystal, run_chain
 
 # SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
 BASELINE = {
@@ -64,11 +64,11 @@ def species_for(num_atoms: int, batch: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.integers(1, 84, (batch, num_atoms)), axis=1).astype(np.int32)
 
 
-def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = 0):
+def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = CHAIN_CHUNK):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) -> (states, info)).
 
-    chunk > 0: the batch runs as `lax.map` over chunks of `chunk` chains
-    (B a multiple of chunk), each chunk vmapped; same numbers, smaller working set.
+    The batch runs as `lax.map` over chunks of `chunk` chains, each chunk
+    vmapped (`sampler.chunked_vmap`; chunk 0: one vmap of the whole batch).
     """
     energy_fn = model.energy_fn(capacity)
 
@@ -79,11 +79,7 @@ def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = 0)
             state, info, _ = run_chain(key, state, step_fn, step_sizes, betas, 0, first_step)
             return state, info
 
-        if not chunk:
-            return jax.vmap(chain)(keys, states)
-        split = lambda a: a.reshape((-1, chunk) + a.shape[1:])
-        out = jax.lax.map(lambda ks: jax.vmap(chain)(*ks), jax.tree.map(split, (keys, states)))
-        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        return chunked_vmap(chain, chunk)(keys, states)
 
     return jax.jit(segment)
 
@@ -101,7 +97,7 @@ def make_init(model: EnergyModel, capacity: NeighborCapacity):
 
 def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int = 20,
           warmup: int = 300, repeats: int = 7, seed: int = 0, max_images: int | None = None,
-          edge_factor: float | None = None, chunk: int = 0, log=print) -> dict:
+          edge_factor: float | None = None, chunk: int = CHAIN_CHUNK, log=print) -> dict:
     """Time one MALA step for `batch` crystals of `atoms` atoms with `config`'s model.
 
     Returns a dict: ms_per_step (median), all repeats, crystal_steps_per_s,
@@ -306,7 +302,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--max-images", type=int)
     p.add_argument("--edge-factor", type=float)
-    p.add_argument("--chunk", type=int, default=0, help="run the batch as lax.map over chunks of this many chains")
+    p.add_argument("--chunk", type=int, default=CHAIN_CHUNK,
+                   help="chains vmapped together; the batch runs as lax.map over such chunks (0: one vmap)")
     p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])

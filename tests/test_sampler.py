@@ -295,3 +295,19 @@ def test_non_finite_proposals_are_rejected(poison):
     np.testing.assert_array_equal(info.acceptance_probability, 0.0)
     np.testing.assert_array_equal(final.crystal.positions, state.crystal.positions)
     assert np.isfinite(final.energy)
+
+
+def test_chunked_vmap_equals_vmap():
+    """Chunks keep every element's result and order (leading axis not a multiple falls back)."""
+    from csp_jax.sampler import chunked_vmap
+
+    def fn(x, y):
+        return {"sum": jnp.sum(x) * y, "scaled": x * y}
+
+    for size in (48, 50, 8):
+        x = jnp.arange(size * 3, dtype=jnp.float32).reshape(size, 3)
+        y = jnp.linspace(0.5, 2.0, size)
+        expected = jax.vmap(fn)(x, y)
+        got = jax.jit(chunked_vmap(fn, 16))(x, y)
+        for key in expected:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]))
