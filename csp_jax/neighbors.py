@@ -22,7 +22,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import jraph
-import numpy as np
 from flax import struct
 
 from csp_jax.crystal import Crystal
