@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 
 from csp_jax.config import Config
 from csp_jax.energy import EnergyModel
+from csp_jax.train import init_train_state
 
 CONFIG_FILE = "config.json"
 
@@ -56,8 +57,6 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None):
 
 def load_model(run_dir) -> tuple[Config, EnergyModel, dict]:
     """(config, model, variables) of the newest checkpoint in a run directory."""
-    from csp_jax.train import init_train_state  # the state layout lives with training
-
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     template = init_train_state(config, jax.random.PRNGKey(0))

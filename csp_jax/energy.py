@@ -77,9 +77,12 @@ class EnergyModel:
         energy = nn_out + density_penalty(crystal, self.rho0, self.density_weight)
         return jnp.where(nbrs.valid, energy, jnp.nan), nbrs
 
-    def energy_fn(self, capacity: NeighborCapacity):
-        """`(crystal, variables) -> (energy, NeighborList)`, the form `csp_jax.sampler.sample` takes."""
-        return lambda crystal, variables: self.energy(variables, crystal, capacity)
+    @property
+    def energy_fn(self) -> "EnergyFnFactory":
+        """`capacity -> ((crystal, variables) -> (energy, NeighborList))`, the
+        `make_energy_fn` that `csp_jax.sampler.sample` takes. Equal models give
+        equal factories, so the sampler's compiled functions are shared."""
+        return EnergyFnFactory(self)
 
     def batch_energy(self, variables, crystals: Crystal, capacity: NeighborCapacity):
         """H for a batch (species [B, N]): returns (energies [B], NeighborList [B, ...])."""
@@ -100,6 +103,16 @@ class EnergyModel:
             updated[module + ("uv", "u")] = u
             updated[module + ("uv", "v")] = v
         return {"params": variables["params"], "spectral": traverse_util.unflatten_dict(updated)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyFnFactory:
+    """Hashable by value: `EnergyFnFactory(model)(capacity)(crystal, variables)`."""
+
+    model: EnergyModel
+
+    def __call__(self, capacity: NeighborCapacity):
+        return lambda crystal, variables: self.model.energy(variables, crystal, capacity)
 
 
 def num_parameters(variables) -> int:

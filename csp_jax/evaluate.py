@@ -13,7 +13,6 @@ chains from `fold_in(key, chunk index)`).
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -34,17 +33,6 @@ from csp_jax.sampler import sample
 from csp_jax.train import schedule
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
-
-
-@functools.lru_cache(maxsize=8)
-def _energy_factory(model: EnergyModel):
-    """`model.energy_fn`, one object per model value.
-
-    The sampler caches its compiled functions by energy factory, and bound
-    methods of two equal models compare unequal (by instance): this keeps one
-    compilation for equal models (e.g. the same run loaded twice).
-    """
-    return model.energy_fn
 
 
 def sample_species(config: Config, model: EnergyModel, variables, species, key, *,
@@ -71,7 +59,7 @@ def sample_species(config: Config, model: EnergyModel, variables, species, key, 
         start_time = time.perf_counter()
         rows = species[i * chunk:(i + 1) * chunk]
         filled = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), axis=0)])
-        result = sample(jax.random.fold_in(key, i), filled, _energy_factory(model), None, capacity,
+        result = sample(jax.random.fold_in(key, i), filled, model.energy_fn, None, capacity,
                         steps, energy_args=(variables,),
                         segment_length=min(config.sampler.segment_length, num_steps))
         capacity = result.capacity

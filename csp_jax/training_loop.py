@@ -51,14 +51,14 @@ class Capacities:
     def sample(self, atoms: int) -> NeighborCapacity:
         return self.samples.setdefault(atoms, self._default(atoms))
 
-    def grow(self, atoms: int, data_needs, sample_needs) -> None:
-        """Grow what overflowed, to hold the needs ([image slots, edges]) seen."""
-        data_needs, sample_needs = np.asarray(data_needs), np.asarray(sample_needs)
-        if np.any(data_needs > np.array(self.data)):
-            self.data = self.data.grow(*data_needs)
-        sample = self.sample(atoms)
-        if np.any(sample_needs > np.array(sample)):
+    def grow(self, atoms: int, data_needs, sample_needs) -> bool:
+        """Grow what the needs ([image slots, edges]) exceed; False when nothing did."""
+        data, sample = self.data, self.sample(atoms)
+        if np.any(np.asarray(data_needs) > np.array(data)):
+            self.data = data.grow(*data_needs)
+        if np.any(np.asarray(sample_needs) > np.array(sample)):
             self.samples[atoms] = sample.grow(*sample_needs)
+        return (self.data, self.samples[atoms]) != (data, sample)
 
     def to_json(self) -> dict:
         return {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.samples.items()}}
@@ -88,11 +88,9 @@ def run_until_no_overflow(step_fn, capacities: Capacities, batch: Batch, log):
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
         if not bool(metrics["overflow"]):
             return out, metrics, reruns
-        if not (np.any(metrics["data_needs"] > np.array(capacities.data))
-                or np.any(metrics["sample_needs"] > np.array(capacities.sample(atoms)))):
+        if not capacities.grow(atoms, metrics["data_needs"], metrics["sample_needs"]):
             raise RuntimeError(f"neighbour lists overflow although capacities {capacities.data}, "
                                f"{capacities.sample(atoms)} hold the reported needs")
-        capacities.grow(atoms, metrics["data_needs"], metrics["sample_needs"])
         reruns += 1
         log(f"  neighbour capacity exceeded; repeating the step with {capacities.sample(atoms)}")
         if reruns > 20:
