@@ -32,8 +32,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NeighborConfig:
-    max_images: int = 343  # lattice translations per crystal (slots)
-    edge_factor: float = 1.5  # edge capacity / mean edge count
+    max_images: int = 216  # lattice translations tried per atom pair (slots)
+    edge_factor: float = 1.5  # pair-edge capacity / mean pair-edge count
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,9 +14,9 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jraph
 
 from csp_jax.crystal import MAX_Z
+from csp_jax.pair_conv import pair_conv
 
 GAUSSIAN_STOP = 20.0  # mu = linspace(0, 20, d_e)
 GAUSSIAN_WIDTH = 3.0  # s = 3 * spacing of the centres
@@ -45,6 +45,17 @@ class Linear(nn.Module):
     def __call__(self, x):
         kernel, bias = linear_params(self, x.shape[-1], self.features)
         return x @ kernel + bias
+
+
+class LinearParams(nn.Module):
+    """The (kernel [fan_in, features], bias [features]) of a linear layer, not applied."""
+
+    fan_in: int
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        return linear_params(self, self.fan_in, self.features)
 
 
 def l2_normalize(x):
@@ -86,23 +97,20 @@ class SpectralLinear(nn.Module):
 
 
 class GraphConv(nn.Module):
-    """One CGCNN' convolution (SPEC §2.6), sum aggregation over incoming edges.
+    """One CGCNN' convolution (SPEC §2.6) over pair edges, softplus included.
 
-    nodes: [N, d]; edge_features: [E, d_e]; edge_weight: [E] (0 on padding edges);
-    senders, receivers: [E]. Returns updated nodes [N, d] (before softplus).
+    nodes: [N, d]; edge_features: [E, d_e]; edge_weight: [E] (0 on padding
+    edges); receivers, senders: [E], the two atoms of each pair edge (both
+    directions carry a message, `csp_jax.pair_conv`). Returns [N, d].
     """
 
     @nn.compact
-    def __call__(self, nodes, edge_features, edge_weight, senders, receivers):
-        d = nodes.shape[-1]
-        # W1 v and W2 v once per node, gathered per edge.
-        z_recv = Linear(2 * d, name="W1")(nodes)[receivers]
-        z_send = Linear(2 * d, name="W2")(nodes)[senders]
-        z = (z_recv + z_send) * Linear(2 * d, name="W3")(edge_features)
-        gate, core = jnp.split(z, 2, axis=-1)
-        messages = edge_weight[:, None] * jax.nn.sigmoid(gate) * core
-        aggregated = jraph.segment_sum(messages, receivers, num_segments=nodes.shape[0])
-        return nodes + jnp.tanh(aggregated)
+    def __call__(self, nodes, edge_features, edge_weight, receivers, senders):
+        d, d_e = nodes.shape[-1], edge_features.shape[-1]
+        w1, b1 = LinearParams(d, 2 * d, name="W1")()
+        w2, b2 = LinearParams(d, 2 * d, name="W2")()
+        w3, b3 = LinearParams(d_e, 2 * d, name="W3")()
+        return pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, receivers, senders)
 
 
 def gaussian_smearing(dist, num: int):
@@ -120,8 +128,9 @@ def edge_weight(dist, cutoff):
 class CGCNN(nn.Module):
     """The network NN of H = NN + density penalty, for one crystal.
 
-    species: [N] int (0 = padding); dist: [E] edge lengths; cutoff: scalar D;
-    senders, receivers: [E]; edge_mask: [E] bool. Returns a scalar.
+    species: [N] int (0 = padding); dist: [E] pair-edge lengths; cutoff: scalar D;
+    senders, receivers: [E], the two atoms of each pair edge (`csp_jax.neighbors`:
+    each stands for both directions); edge_mask: [E] bool. Returns a scalar.
     """
 
     features: int
@@ -136,8 +145,7 @@ class CGCNN(nn.Module):
         weight = jnp.where(edge_mask, edge_weight(dist, cutoff), 0.0)
         edge_features = gaussian_smearing(dist, self.features)
         for _ in range(self.num_conv):
-            nodes = GraphConv()(nodes, edge_features, weight, senders, receivers)
-            nodes = jax.nn.softplus(nodes)
+            nodes = GraphConv()(nodes, edge_features, weight, receivers, senders)
         pooled = jnp.sum(jnp.where(node_mask[:, None], nodes, 0.0), 0) / jnp.maximum(jnp.sum(node_mask), 1)
         h = pooled
         for _ in range(self.num_fc - 1):
