@@ -28,6 +28,10 @@ from csp_jax.model import CGCNN, power_iteration_step
 from csp_jax.neighbors import (
     NeighborCapacity, NeighborList, cutoff_radius, edge_vectors, neighbor_list, safe_norm)
 
+# Pair-edge features (edges x width) per vmapped chunk of chains: measured best
+# on a 2-core CPU with 1 MB of L2 per core (docs/performance.md).
+CHUNK_WORK = 2**18
+
 
 def density_penalty(crystal: Crystal, rho0: float, weight: float) -> jax.Array:
     """weight * log(rho / rho0)^2 with rho = n / |det L|. Shape [...]."""
@@ -84,6 +88,16 @@ class EnergyModel:
         equal factories, so the sampler's compiled functions are shared."""
         return EnergyFnFactory(self)
 
+    def chains_per_chunk(self, capacity: NeighborCapacity) -> int:
+        """Chains to vmap together when a batch runs in chunks (`sampler.chunked_vmap`).
+
+        The largest power of two, at least 1, with at most CHUNK_WORK pair-edge
+        features (chains x edge capacity x width) per chunk, so that a chunk's
+        per-edge arrays stay in cache: 16 for perov5 (5 atoms), 2 for mp20 (20).
+        """
+        target = max(1, CHUNK_WORK // (capacity.max_edges * self.features))
+        return 1 << (target.bit_length() - 1)
+
     def batch_energy(self, variables, crystals: Crystal, capacity: NeighborCapacity):
         """H for a batch (species [B, N]): returns (energies [B], NeighborList [B, ...])."""
         return jax.vmap(self.energy, in_axes=(None, 0, None))(variables, crystals, capacity)
@@ -113,6 +127,9 @@ class EnergyFnFactory:
 
     def __call__(self, capacity: NeighborCapacity):
         return lambda crystal, variables: self.model.energy(variables, crystal, capacity)
+
+    def chains_per_chunk(self, capacity: NeighborCapacity) -> int:
+        return self.model.chains_per_chunk(capacity)
 
 
 def num_parameters(variables) -> int:

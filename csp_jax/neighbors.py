@@ -43,6 +43,9 @@ MEAN_NEIGHBORS = 4.0 / 3.0 * math.pi * CUTOFF_SCALE**3
 # A cell needing more translations than this is degenerate (a needle or a sheet
 # far thinner than its cutoff): its list is marked invalid, never allocated.
 MAX_IMAGE_SLOTS = 32768
+IMAGE_ROOM = 1.25  # image slots given per slot needed
+EDGE_ROOM = 1.1  # pair edges given per edge needed
+SHRINK_BELOW = 0.8  # `fit` shrinks a capacity when the need with room is below this fraction
 
 
 class NeighborCapacity(NamedTuple):
@@ -74,14 +77,31 @@ class NeighborCapacity(NamedTuple):
         """
         needed_images, needed_edges = int(needed_images), int(needed_edges)
         if needed_images <= self.max_images and needed_edges <= self.max_edges:
-            return NeighborCapacity(int(math.ceil(1.5 * self.max_images)), _round32(1.5 * self.max_edges))
-        images = self.max_images if needed_images <= self.max_images else int(math.ceil(1.25 * needed_images))
-        edges = self.max_edges if needed_edges <= self.max_edges else _round32(1.1 * needed_edges)
+            return NeighborCapacity(_round8(1.5 * self.max_images), _round32(1.5 * self.max_edges))
+        images = self.max_images if needed_images <= self.max_images else _round8(IMAGE_ROOM * needed_images)
+        edges = self.max_edges if needed_edges <= self.max_edges else _round32(EDGE_ROOM * needed_edges)
         return NeighborCapacity(images, edges)
+
+    def fit(self, needed_images: int, needed_edges: int) -> "NeighborCapacity":
+        """The capacity for states like those that needed this much, with room.
+
+        Grows like `grow`, and shrinks a part to its need with room (1.25x the
+        image slots, 1.1x the edges) once that is below 4/5 of the current
+        value, so that small changes of the need do not cost a new compilation.
+        """
+        images, edges = _round8(IMAGE_ROOM * int(needed_images)), _round32(EDGE_ROOM * int(needed_edges))
+        keep_images = SHRINK_BELOW * self.max_images <= images <= self.max_images
+        keep_edges = SHRINK_BELOW * self.max_edges <= edges <= self.max_edges
+        return NeighborCapacity(self.max_images if keep_images else images,
+                                self.max_edges if keep_edges else edges)
+
+
+def _round8(x: float) -> int:
+    return max(8, int(math.ceil(x / 8.0)) * 8)
 
 
 def _round32(x: float) -> int:
-    return int(math.ceil(x / 32.0)) * 32
+    return max(32, int(math.ceil(x / 32.0)) * 32)
 
 
 @struct.dataclass

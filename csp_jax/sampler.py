@@ -25,6 +25,7 @@ are left out of every sum. Lift one chain to a batch with `jax.vmap`
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -254,23 +255,22 @@ CHAIN_CHUNK = 16  # chains vmapped together; a batch runs as lax.map over such c
 
 
 def chunked_vmap(fn: Callable, chunk: int = CHAIN_CHUNK) -> Callable:
-    """`jax.vmap(fn)` over the leading axis, run as `lax.map` over chunks of `chunk`.
+    """`jax.vmap(fn)` over the leading axis, run as `lax.map` over chunks of chains.
 
-    The per-chunk working set stays in cache (on 2 CPU cores the perov5 MALA
-    step is about 1.35x faster in chunks of 16 than as one vmap of 128; see
-    docs/performance.md). Chunk c holds elements c, c + M, c + 2M, ... (M the
-    number of chunks), so a batch split over devices along its leading axis
-    stays split inside every chunk. Batches that `chunk` does not divide, or
-    not larger than it, run as one vmap.
+    The per-chunk working set stays in cache (see docs/performance.md). The
+    chunk holds gcd(batch, `chunk`) elements, so every batch size works;
+    chunk c holds elements c, c + M, c + 2M, ... (M the number of chunks), so
+    a batch split over devices along its leading axis stays split inside
+    every chunk. `chunk <= 0`, or a batch not larger than it, runs as one vmap.
     """
     batched = jax.vmap(fn)
 
     def mapped(*args):
         size = jax.tree.leaves(args)[0].shape[0]
-        if chunk <= 0 or size <= chunk or size % chunk:
+        if chunk <= 0 or size <= chunk:
             return batched(*args)
-        num = size // chunk
-        split = lambda a: a.reshape((chunk, num) + a.shape[1:]).swapaxes(0, 1)  # noqa: E731
+        num = size // math.gcd(size, chunk)
+        split = lambda a: a.reshape((size // num, num) + a.shape[1:]).swapaxes(0, 1)  # noqa: E731
         merge = lambda a: a.swapaxes(0, 1).reshape((size,) + a.shape[2:])  # noqa: E731
         out = lax.map(lambda chunk_args: batched(*chunk_args), jax.tree.map(split, args))
         return jax.tree.map(merge, out)
@@ -278,21 +278,35 @@ def chunked_vmap(fn: Callable, chunk: int = CHAIN_CHUNK) -> Callable:
     return mapped
 
 
-def _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0):
+def chains_per_chunk(make_energy_fn: Callable, capacity) -> int:
+    """Chains per vmapped chunk for an energy factory at a capacity.
+
+    `make_energy_fn.chains_per_chunk(capacity)` where the factory defines it
+    (`csp_jax.energy.EnergyFnFactory` does, from the model's width and the edge
+    capacity), else CHAIN_CHUNK.
+    """
+    choose = getattr(make_energy_fn, "chains_per_chunk", None)
+    return CHAIN_CHUNK if choose is None else int(choose(capacity))
+
+
+def _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0,
+                    chunk=CHAIN_CHUNK):
     def chain(key, state):
         return run_chain(key, state, step_fn, step_sizes, betas, record_every, first_step)
 
-    return chunked_vmap(chain)(keys, init_states)
+    return chunked_vmap(chain, chunk)(keys, init_states)
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "record_every"))
-def run_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0):
+@functools.partial(jax.jit, static_argnames=("step_fn", "record_every", "chunk"))
+def run_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0,
+               chunk=CHAIN_CHUNK):
     """`run_chain` over a batch: keys [B], init_states [B, ...], one chain per key.
 
     Returns (states [B, ...], info [B, K], trajectory [B, K / r, ...] or None).
-    Compiled once per shape, step_fn and record_every (keep step_fn's identity).
+    Compiled once per shape, step_fn, record_every and chunk (keep step_fn's
+    identity); chains run in vmapped chunks of `chunk` (`chunked_vmap`).
     """
-    return _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every, first_step)
+    return _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every, first_step, chunk)
 
 
 class SampleResult(NamedTuple):
@@ -318,11 +332,11 @@ def _bind(energy_fn, energy_args):
 @functools.lru_cache(maxsize=32)
 def _compiled_init(make_energy_fn, reduce_fn, capacity, rho0):
     """jit((energy_args, keys [B], species [B, N]) -> states [B]) at one capacity."""
-    energy_fn = make_energy_fn(capacity)
+    energy_fn, chunk = make_energy_fn(capacity), chains_per_chunk(make_energy_fn, capacity)
 
     def init(energy_args, keys, species):
         init_fn, _ = mala(_bind(energy_fn, energy_args), reduce_fn)
-        return chunked_vmap(lambda key, s: init_fn(random_crystal(key, s, rho0)))(keys, species)
+        return chunked_vmap(lambda key, s: init_fn(random_crystal(key, s, rho0)), chunk)(keys, species)
 
     return jax.jit(init)
 
@@ -330,19 +344,30 @@ def _compiled_init(make_energy_fn, reduce_fn, capacity, rho0):
 @functools.lru_cache(maxsize=32)
 def _compiled_segment(make_energy_fn, reduce_fn, capacity):
     """jit((energy_args, keys, states, step_sizes, betas, first_step) -> (states, info)) at one capacity."""
-    energy_fn = make_energy_fn(capacity)
+    energy_fn, chunk = make_energy_fn(capacity), chains_per_chunk(make_energy_fn, capacity)
 
     def segment(energy_args, keys, states, step_sizes, betas, first_step):
         _, step_fn = mala(_bind(energy_fn, energy_args), reduce_fn)
-        states, info, _ = _batched_chains(keys, states, step_fn, step_sizes, betas, 0, first_step)
+        states, info, _ = _batched_chains(keys, states, step_fn, step_sizes, betas, 0, first_step, chunk)
         return states, info
 
     return jax.jit(segment)
 
 
+def _largest(needs) -> tuple:
+    """The largest value of each need over all chains and steps: needs [..., M] -> M ints."""
+    needs = np.asarray(jax.device_get(needs))
+    return tuple(int(n) for n in needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
+
+
+def _default_fit(capacity, needs):
+    fit = getattr(capacity, "fit", None)
+    return capacity if fit is None or not needs else fit(*needs)
+
+
 def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, capacity,
            schedule, *, energy_args=(), segment_length: int = 100,
-           grow_fn: Callable | None = None, max_reruns: int = 16,
+           grow_fn: Callable | None = None, fit_fn: Callable | None = None, max_reruns: int = 16,
            rho0: float = RHO0) -> SampleResult:
     """Annealed MALA from random starts for a batch of species vectors, on the host.
 
@@ -355,7 +380,11 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     reduce_fn: None for Niggli + wrap. capacity: hashable; grown by
     `grow_fn(capacity, needs)`, default `capacity.grow(*needs)`, where `needs`
     is the largest `aux.needs` seen in the overflowing segment (empty when the
-    aux reports none, or when the initialisation overflowed).
+    aux reports none, or when the initialisation overflowed). Before every
+    segment but the first, the capacity is refitted to the largest needs the
+    previous one saw, `fit_fn(capacity, needs)`, default `capacity.fit(*needs)` where the
+    capacity has `fit` (chains need fewer neighbours as they settle, and the
+    work is per edge of capacity).
 
     The chains run in segments of `segment_length` steps, each jitted once per
     capacity and shape. After a segment (and after the initialisation) the
@@ -367,6 +396,7 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     species = jnp.asarray(species, jnp.int32)
     step_sizes, betas = (jnp.asarray(a) for a in schedule)
     grow = (lambda c, needs: c.grow(*needs)) if grow_fn is None else grow_fn
+    fit = _default_fit if fit_fn is None else fit_fn
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     chain_keys = jax.vmap(jax.random.split)(jax.random.split(key, species.shape[0]))
     init_keys, run_keys = chain_keys[:, 0], chain_keys[:, 1]
@@ -382,9 +412,7 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
             if reruns == max_reruns:
                 raise RuntimeError(f"energy capacity {capacity} overflows {where} "
                                    f"after {reruns} re-runs")
-            needs = np.asarray(jax.device_get(needs_of(out)))
-            largest = tuple(needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
-            capacity = grow(capacity, largest)
+            capacity = grow(capacity, _largest(needs_of(out)))
             reruns += 1
 
     states = without_overflow("at initialisation", functools.partial(_compiled_init, rho0=rho0),
@@ -393,6 +421,8 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     infos = []
     for start in range(0, step_sizes.shape[0], segment_length):
         stop = start + segment_length
+        if infos:
+            capacity = fit(capacity, _largest(infos[-1].needs))
         states, info = without_overflow(
             f"in the segment from step {start}", _compiled_segment, lambda out: out[1].overflow,
             lambda out: out[1].needs, run_keys, states, step_sizes[start:stop], betas[start:stop], start)

@@ -89,7 +89,8 @@ def sample_chains(model: EnergyModel, variables, species, key, capacity: Neighbo
         needs = jnp.maximum(neighbor_list(state.crystal, capacity).needs, jnp.max(info.needs, axis=0))
         return final, info, state.overflow | jnp.any(info.overflow), needs
 
-    final, info, overflow, needs = chunked_vmap(chain)(jax.random.split(key, species.shape[0]), species)
+    chunk = model.chains_per_chunk(capacity)
+    final, info, overflow, needs = chunked_vmap(chain, chunk)(jax.random.split(key, species.shape[0]), species)
     return final, info, jnp.any(overflow), jnp.max(needs, axis=0)
 
 

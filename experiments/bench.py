@@ -12,7 +12,8 @@ the median over repeats divided by `steps` is the time per step. The start
 states are random crystals (`sampler.random_crystal`) advanced by `warmup`
 steps of the real 1000-step annealing schedule, so the cells are the ones a
 chain actually visits; the timed steps are the schedule's next `steps` steps.
-A neighbour-capacity overflow grows the capacity and re-runs (reported).
+Between segments the neighbour capacity is refitted to the chains' needs, and an
+overflow grows it and re-runs the segment, as `sampler.sample` does (reported).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import numpy as np
 from csp_jax.config import get_config
 from csp_jax.energy import EnergyModel
 from csp_jax.neighbors import NeighborCapacity
-from csp_jax.sampler import CHAIN_CHUNK, annealing_schedule, chunked_vmap, mala, random_crystal, run_chain
+from csp_jax.sampler import annealing_schedule, chunked_vmap, mala, random_crystal, run_chain
 
 # SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
 BASELINE = {
@@ -64,13 +65,15 @@ def species_for(num_atoms: int, batch: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.integers(1, 84, (batch, num_atoms)), axis=1).astype(np.int32)
 
 
-def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = CHAIN_CHUNK):
+def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int | None = None):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) -> (states, info)).
 
     The batch runs as `lax.map` over chunks of `chunk` chains, each chunk
-    vmapped (`sampler.chunked_vmap`; chunk 0: one vmap of the whole batch).
+    vmapped (`sampler.chunked_vmap`; None: the library's choice,
+    `model.chains_per_chunk(capacity)`; 0: one vmap of the whole batch).
     """
     energy_fn = model.energy_fn(capacity)
+    chunk = model.chains_per_chunk(capacity) if chunk is None else chunk
 
     def segment(variables, keys, states, step_sizes, betas, first_step):
         _, step_fn = mala(lambda crystal: energy_fn(crystal, variables))
@@ -82,6 +85,11 @@ def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int = CH
         return chunked_vmap(chain, chunk)(keys, states)
 
     return jax.jit(segment)
+
+
+def largest_needs(needs) -> np.ndarray:
+    """[2] the most image slots and pair edges any chain needed (needs [..., 2])."""
+    return np.max(np.asarray(needs).reshape(-1, 2), axis=0)
 
 
 def make_init(model: EnergyModel, capacity: NeighborCapacity):
@@ -97,7 +105,7 @@ def make_init(model: EnergyModel, capacity: NeighborCapacity):
 
 def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int = 20,
           warmup: int = 300, repeats: int = 7, seed: int = 0, max_images: int | None = None,
-          edge_factor: float | None = None, chunk: int = CHAIN_CHUNK, log=print) -> dict:
+          edge_factor: float | None = None, chunk: int | None = None, log=print) -> dict:
     """Time one MALA step for `batch` crystals of `atoms` atoms with `config`'s model.
 
     Returns a dict: ms_per_step (median), all repeats, crystal_steps_per_s,
@@ -124,36 +132,29 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
             break
         capacity, reruns = capacity.grow(), reruns + 1
 
-    def run_segment(states, start):
-        """Steps [start, start + steps) of the schedule; grows the capacity on overflow."""
-        nonlocal capacity, reruns
-        while True:
-            args = (variables, run_keys, states, step_sizes[start:start + steps],
-                    betas[start:start + steps], start)
-            t0 = time.perf_counter()
-            compiled = make_segment(model, capacity, chunk).lower(*args).compile()
-            compile_s = time.perf_counter() - t0
-            out = compiled(*args)
-            if not bool(jnp.any(out[1].overflow)):
-                return out, compiled, args, compile_s
-            capacity, reruns = capacity.grow(*np.max(np.asarray(out[1].needs).reshape(-1, 2), 0)), reruns + 1
-
     compiled_for = {}
-    start = 0
-    while start < warmup:
-        if capacity not in compiled_for:
-            (states, _), compiled, _, compile_s = run_segment(states, start)
-            compiled_for[capacity] = compiled
-        else:
-            args = (variables, run_keys, states, step_sizes[start:start + steps],
-                    betas[start:start + steps], start)
-            states, info = compiled_for[capacity](*args)
-            if bool(jnp.any(info.overflow)):
-                (states, _), compiled, _, _ = run_segment(args[2], start)
-                compiled_for[capacity] = compiled
-        start += steps
 
-    (_, info), compiled, args, compile_s = run_segment(states, warmup)
+    def run_segment(states, start):
+        """Steps [start, start + steps) of the schedule, as `sampler.sample` runs a segment: at the
+        capacity fitted to the previous segment's needs, grown and re-run on overflow."""
+        nonlocal capacity, reruns
+        args = (variables, run_keys, states, step_sizes[start:start + steps], betas[start:start + steps], start)
+        while True:
+            if capacity not in compiled_for:
+                t0 = time.perf_counter()
+                compiled_for[capacity] = make_segment(model, capacity, chunk).lower(*args).compile()
+                compile_s[capacity] = time.perf_counter() - t0
+            out = compiled_for[capacity](*args)
+            if not bool(jnp.any(out[1].overflow)):
+                return out, args
+            capacity, reruns = capacity.grow(*largest_needs(out[1].needs)), reruns + 1
+
+    compile_s = {}
+    for start in range(0, warmup, steps):
+        (states, info), _ = run_segment(states, start)
+        capacity = capacity.fit(*largest_needs(info.needs))
+    (_, info), args = run_segment(states, warmup)
+    compiled, compile_s = compiled_for[capacity], compile_s[capacity]
     nbrs = jax.jit(model.batch_energy, static_argnums=2)(variables, states.crystal, capacity)[1]
     times = []
     for _ in range(repeats):
@@ -165,7 +166,8 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
     xla_bytes = None if memory is None else int(
         memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
     result = {
-        "config": config, "batch": batch, "atoms": atoms, "chunk": chunk, "steps": steps, "warmup": warmup,
+        "config": config, "batch": batch, "atoms": atoms, "steps": steps, "warmup": warmup,
+        "chunk": model.chains_per_chunk(capacity) if chunk is None else chunk,
         "ms_per_step": ms, "ms_per_step_repeats": [1e3 * t / steps for t in times],
         "crystal_steps_per_s": batch * 1e3 / ms, "compile_s": compile_s,
         "capacity": {"max_images": capacity.max_images, "max_edges": capacity.max_edges},
@@ -176,7 +178,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         "xla_memory_bytes": xla_bytes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
-    log(f"{config} batch {batch} x {atoms} atoms (chunk {chunk or batch}): {ms:.2f} ms/step, "
+    log(f"{config} batch {batch} x {atoms} atoms (chunk {result['chunk'] or batch}): {ms:.2f} ms/step, "
         f"{result['crystal_steps_per_s']:.0f} crystal-steps/s, compile {compile_s:.1f} s, "
         f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}, "
         f"timed start states need edges mean/max {result['start_edges_mean_max']}, "
@@ -302,8 +304,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--max-images", type=int)
     p.add_argument("--edge-factor", type=float)
-    p.add_argument("--chunk", type=int, default=CHAIN_CHUNK,
-                   help="chains vmapped together; the batch runs as lax.map over such chunks (0: one vmap)")
+    p.add_argument("--chunk", type=int,
+                   help="chains vmapped together; the batch runs as lax.map over such chunks "
+                        "(default: the library's choice for the capacity; 0: one vmap)")
     p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])

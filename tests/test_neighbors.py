@@ -101,9 +101,19 @@ def test_vmapped_over_padded_batch():
 
 def test_grow_to_the_needs():
     cap = NeighborCapacity(max_images=216, max_edges=320)
-    assert cap.grow(400, 100) == NeighborCapacity(500, 320)  # only images overflowed
+    assert cap.grow(400, 100) == NeighborCapacity(504, 320)  # only images: 1.25 x 400, rounded to 8
     assert cap.grow(100, 1000) == NeighborCapacity(216, 1120)  # only edges: 1.1 x 1000, rounded to 32
-    assert cap.grow() == NeighborCapacity(324, 480)  # no needs given: both 1.5x
+    assert cap.grow() == NeighborCapacity(328, 480)  # no needs given: both 1.5x
+
+
+def test_fit_follows_the_needs_with_hysteresis():
+    cap = NeighborCapacity(max_images=216, max_edges=448)
+    assert cap.fit(27, 296) == NeighborCapacity(40, 352)  # both far below: shrink to the need with room
+    assert cap.fit(160, 380) == cap  # 1.25 x 160 = 200 and 1.1 x 380 = 418 are within 4/5: keep
+    assert cap.fit(300, 100) == NeighborCapacity(376, 128)  # images grow, edges shrink
+    for needs in [(27, 296), (160, 380), (300, 100), (1, 1)]:
+        fitted = cap.fit(*needs)
+        assert fitted.max_images >= needs[0] and fitted.max_edges >= needs[1]
 
 
 @pytest.mark.parametrize("lattice", [np.diag([1e-6, 10.0, 10.0]), np.full((3, 3), np.nan),

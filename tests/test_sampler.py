@@ -298,7 +298,7 @@ def test_non_finite_proposals_are_rejected(poison):
 
 
 def test_chunked_vmap_equals_vmap():
-    """Chunks keep every element's result and order (leading axis not a multiple falls back)."""
+    """Chunks keep every element's result and order (a size 16 does not divide runs in gcd-sized chunks)."""
     from csp_jax.sampler import chunked_vmap
 
     def fn(x, y):
@@ -311,3 +311,30 @@ def test_chunked_vmap_equals_vmap():
         got = jax.jit(chunked_vmap(fn, 16))(x, y)
         for key in expected:
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]))
+
+
+def test_capacity_refit_between_segments_keeps_the_samples():
+    """`sample` shrinks an oversized neighbour capacity to the chains' needs between segments;
+    the samples equal those of a run that keeps the large capacity throughout."""
+    from csp_jax.config import get_config
+    from csp_jax.energy import EnergyModel
+    from csp_jax.neighbors import NeighborCapacity
+
+    model = EnergyModel.from_config(get_config("perov5").model)
+    variables = model.init(jax.random.key(14))
+    species = jnp.tile(jnp.array([[38, 22, 8, 8, 8]], jnp.int32), (4, 1))
+    large = NeighborCapacity(max_images=512, max_edges=1024)
+
+    def run(**kwargs):
+        schedule = tuple(a[200:260] for a in annealing_schedule(1000))  # past the hottest steps
+        return sample(jax.random.key(15), species, model.energy_fn, None, large, schedule,
+                      energy_args=(variables,), segment_length=20, **kwargs)
+
+    fitted, fixed = run(), run(fit_fn=lambda capacity, needs: capacity)
+    assert fixed.capacity == large and fitted.num_overflow_reruns == 0
+    assert fitted.capacity.max_edges < large.max_edges / 2 and fitted.capacity.max_images < large.max_images / 2
+    assert fitted.capacity.max_edges >= int(np.max(fitted.info.needs[..., 1]))
+    np.testing.assert_array_equal(fitted.info.accepted, fixed.info.accepted)
+    # Equal up to float32 summation order (other padded shapes and chunk sizes).
+    np.testing.assert_allclose(fitted.states.crystal.positions, fixed.states.crystal.positions, atol=1e-4)
+    np.testing.assert_allclose(fitted.states.crystal.lattice, fixed.states.crystal.lattice, atol=1e-4)
