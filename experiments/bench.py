@@ -3,7 +3,7 @@
     python experiments/bench.py                       # both SPEC §8 workloads
     python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
     python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
-    python experiments/bench.py --profile --max-images 343 --max-edges 896   # parts of a step
+    python experiments/bench.py --profile --max-images 128 --max-edges 352   # parts of a step
 
 What is timed: `steps` MALA steps of `csp_jax.sampler.mala` (real `EnergyModel`
 energy with random weights, Niggli reduce) in one jitted `lax.scan`, vmapped
@@ -186,8 +186,8 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
     return result
 
 
-def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images: int = 343,
-            max_edges: int = 896, repeats: int = 5, seed: int = 0, log=print) -> dict:
+def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images: int = 128,
+            max_edges: int = 352, repeats: int = 5, seed: int = 0, log=print) -> dict:
     """Median wall and CPU ms of the parts of one step, on reduced random crystals.
 
     Parts (each jitted and vmapped over the batch): Niggli reduce + wrap, the
@@ -313,7 +313,7 @@ def main(argv=None) -> None:
     p.add_argument("--scaling-warmup", type=int, default=100)
     p.add_argument("--profile", action="store_true",
                    help="time the parts of a step (with --config/--batch/--atoms, --max-images, --max-edges)")
-    p.add_argument("--max-edges", type=int, default=896, help="edge capacity for --profile")
+    p.add_argument("--max-edges", type=int, default=352, help="pair-edge capacity for --profile")
     p.add_argument("--json", help="write the results and the machine description here")
     args = p.parse_args(argv)
 
@@ -322,7 +322,7 @@ def main(argv=None) -> None:
           f"jax {info['jax']}, backend {info['backend']}", flush=True)
     if args.profile:
         result = profile(args.config or "perov5", args.batch or 128, args.atoms or 5,
-                         args.max_images or 343, args.max_edges, args.repeats)
+                         args.max_images or 128, args.max_edges, args.repeats)
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "profile": result}, indent=1))
