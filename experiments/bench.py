@@ -187,11 +187,13 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
 
 
 def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images: int = 128,
-            max_edges: int = 352, repeats: int = 5, seed: int = 0, log=print) -> dict:
+            max_edges: int = 352, repeats: int = 5, seed: int = 0, chunk: int | None = None,
+            log=print) -> dict:
     """Median wall and CPU ms of the parts of one step, on reduced random crystals.
 
-    Parts (each jitted and vmapped over the batch): Niggli reduce + wrap, the
-    neighbour list, the energy, the energy with its gradient w.r.t. X and L.
+    Parts (each jitted, over the batch in vmapped chunks of `chunk` chains as
+    the sampler runs them; None: the library's choice): Niggli reduce + wrap,
+    the neighbour list, the energy, the energy with its gradient w.r.t. X and L.
     """
     from csp_jax.neighbors import neighbor_list
     from csp_jax.niggli import reduce_crystal
@@ -204,22 +206,24 @@ def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images
     positions, lattice, _ = jax.vmap(reduce_crystal)(crystals.positions, crystals.lattice)
     crystals = crystals.replace(positions=positions, lattice=lattice)
 
-    def energy_and_grad(variables, crystal):
+    def energy_and_grad(variables, crystal):  # value and gradient, as the sampler evaluates them
         def energy(positions, lattice):
             return model.energy(variables, crystal.replace(positions=positions, lattice=lattice), capacity)[0]
-        return jax.grad(energy, argnums=(0, 1))(crystal.positions, crystal.lattice)
+        return jax.value_and_grad(energy, argnums=(0, 1))(crystal.positions, crystal.lattice)
 
+    chunk = model.chains_per_chunk(capacity) if chunk is None else chunk
+    over_batch = lambda fn: chunked_vmap(fn, chunk)  # noqa: E731
     parts = {
-        "niggli_reduce": (lambda c: jax.vmap(reduce_crystal)(c.positions, c.lattice), (crystals,)),
-        "neighbor_list": (lambda c: jax.vmap(lambda x: neighbor_list(x, capacity))(c), (crystals,)),
-        "energy": (lambda v, c: model.batch_energy(v, c, capacity)[0], (variables, crystals)),
-        "energy_and_grad": (lambda v, c: jax.vmap(energy_and_grad, (None, 0))(v, c), (variables, crystals)),
+        "niggli_reduce": (over_batch(lambda c: reduce_crystal(c.positions, c.lattice)), (crystals,)),
+        "neighbor_list": (over_batch(lambda c: neighbor_list(c, capacity)), (crystals,)),
+        "energy": (over_batch(lambda c: model.energy(variables, c, capacity)[0]), (crystals,)),
+        "energy_and_grad": (over_batch(lambda c: energy_and_grad(variables, c)), (crystals,)),
     }
     nbrs = parts["neighbor_list"][0](crystals)
-    result = {"config": config, "batch": batch, "atoms": atoms, "capacity": list(capacity),
+    result = {"config": config, "batch": batch, "atoms": atoms, "capacity": list(capacity), "chunk": chunk,
               "edges_mean_max": [float(jnp.mean(nbrs.num_edges)), int(jnp.max(nbrs.num_edges))],
               "images_max": int(jnp.max(nbrs.num_images)), "overflow": int(jnp.sum(nbrs.overflow))}
-    log(f"{config} batch {batch} x {atoms} atoms, capacity {tuple(capacity)}: edges mean/max "
+    log(f"{config} batch {batch} x {atoms} atoms (chunk {chunk}), capacity {tuple(capacity)}: edges mean/max "
         f"{result['edges_mean_max']}, images max {result['images_max']}, overflow {result['overflow']}")
     for name, (fn, args) in parts.items():
         fn = jax.jit(fn)
@@ -322,7 +326,7 @@ def main(argv=None) -> None:
           f"jax {info['jax']}, backend {info['backend']}", flush=True)
     if args.profile:
         result = profile(args.config or "perov5", args.batch or 128, args.atoms or 5,
-                         args.max_images or 128, args.max_edges, args.repeats)
+                         args.max_images or 128, args.max_edges, args.repeats, chunk=args.chunk)
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "profile": result}, indent=1))
