@@ -23,26 +23,32 @@ import jax.numpy as jnp
 import jraph
 
 
+def _node_terms(p, q, receivers, senders):
+    """(gate, core) halves of P_i + Q_j ("in": to the receiver) and P_j + Q_i ("out"), each [E, d]."""
+    d = p.shape[-1] // 2
+    p_r, p_s, q_r, q_s = p[receivers], p[senders], q[receivers], q[senders]
+    return (p_r[:, :d] + q_s[:, :d], p_r[:, d:] + q_s[:, d:],
+            p_s[:, :d] + q_r[:, :d], p_s[:, d:] + q_r[:, d:])
+
+
 def _forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, receivers, senders):
-    """The layer and the intermediates its gradient reuses."""
+    """The layer and what its gradient keeps (the per-edge node terms are gathered again there:
+    cheaper than keeping them on a memory-bound CPU)."""
     num_nodes, d = nodes.shape
     p = nodes @ w1 + b1
     q = nodes @ w2 + b2
     f_gate = edge_features @ w3[:, :d] + b3[:d]
     f_core = edge_features @ w3[:, d:] + b3[d:]
-    p_r, p_s, q_r, q_s = p[receivers], p[senders], q[receivers], q[senders]
-    # Direction "in": message to the receiver from the sender; "out": the reverse.
-    a_in_gate, a_in_core = p_r[:, :d] + q_s[:, :d], p_r[:, d:] + q_s[:, d:]
-    a_out_gate, a_out_core = p_s[:, :d] + q_r[:, :d], p_s[:, d:] + q_r[:, d:]
-    gate_in, core_in = jax.nn.sigmoid(a_in_gate * f_gate), a_in_core * f_core
-    gate_out, core_out = jax.nn.sigmoid(a_out_gate * f_gate), a_out_core * f_core
+    a_in_gate, a_in_core, a_out_gate, a_out_core = _node_terms(p, q, receivers, senders)
+    gate_in, gate_out = jax.nn.sigmoid(a_in_gate * f_gate), jax.nn.sigmoid(a_out_gate * f_gate)
+    # sigmoid(z_gate) * z_core per direction; the message is w times it.
+    product_in, product_out = gate_in * a_in_core * f_core, gate_out * a_out_core * f_core
     w = edge_weight[:, None]
-    aggregated = (jraph.segment_sum(w * gate_in * core_in, receivers, num_nodes)
-                  + jraph.segment_sum(w * gate_out * core_out, senders, num_nodes))
+    aggregated = (jraph.segment_sum(w * product_in, receivers, num_nodes)
+                  + jraph.segment_sum(w * product_out, senders, num_nodes))
     update = jnp.tanh(aggregated)
     pre = nodes + update
-    saved = (f_gate, f_core, a_in_gate, a_in_core, a_out_gate, a_out_core,
-             gate_in, core_in, gate_out, core_out, update, pre)
+    saved = (p, q, f_gate, f_core, gate_in, product_in, gate_out, product_out, update, pre)
     return jax.nn.softplus(pre), saved
 
 
@@ -65,19 +71,19 @@ def _pair_conv_fwd(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, re
 
 def _pair_conv_bwd(residuals, grad_out):
     nodes, w1, w2, w3, edge_features, edge_weight, receivers, senders, saved = residuals
-    (f_gate, f_core, a_in_gate, a_in_core, a_out_gate, a_out_core,
-     gate_in, core_in, gate_out, core_out, update, pre) = saved
+    p, q, f_gate, f_core, gate_in, product_in, gate_out, product_out, update, pre = saved
     num_nodes = nodes.shape[0]
+    a_in_gate, a_in_core, a_out_gate, a_out_core = _node_terms(p, q, receivers, senders)
     grad_pre = grad_out * jax.nn.sigmoid(pre)  # softplus' = sigmoid
     grad_agg = grad_pre * (1.0 - update**2)
     g_in, g_out = grad_agg[receivers], grad_agg[senders]  # d loss / d message, per direction
     w = edge_weight[:, None]
-    grad_weight = jnp.sum(g_in * gate_in * core_in + g_out * gate_out * core_out, axis=-1)
+    grad_weight = jnp.sum(g_in * product_in + g_out * product_out, axis=-1)
     # d/dz of m = w sigmoid(z_gate) z_core, per direction.
     dz_in_core = g_in * w * gate_in
-    dz_in_gate = g_in * w * core_in * gate_in * (1.0 - gate_in)
+    dz_in_gate = g_in * w * product_in * (1.0 - gate_in)
     dz_out_core = g_out * w * gate_out
-    dz_out_gate = g_out * w * core_out * gate_out * (1.0 - gate_out)
+    dz_out_gate = g_out * w * product_out * (1.0 - gate_out)
     grad_a_in = jnp.concatenate([dz_in_gate * f_gate, dz_in_core * f_core], axis=-1)
     grad_a_out = jnp.concatenate([dz_out_gate * f_gate, dz_out_core * f_core], axis=-1)
     grad_f = jnp.concatenate([dz_in_gate * a_in_gate + dz_out_gate * a_out_gate,
