@@ -354,8 +354,9 @@ def _compiled_segment(make_energy_fn, reduce_fn, capacity):
     return jax.jit(segment)
 
 
-def _largest(needs) -> tuple:
-    """The largest value of each need over all chains and steps: needs [..., M] -> M ints."""
+def largest_needs(needs) -> tuple:
+    """The largest value of each need over all chains and steps: needs [..., M] -> M ints
+    (`MALAInfo.needs` of a batch; the arguments of `capacity.grow` and `capacity.fit`)."""
     needs = np.asarray(jax.device_get(needs))
     return tuple(int(n) for n in needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
 
@@ -382,9 +383,9 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     is the largest `aux.needs` seen in the overflowing segment (empty when the
     aux reports none, or when the initialisation overflowed). Before every
     segment but the first, the capacity is refitted to the largest needs the
-    previous one saw, `fit_fn(capacity, needs)`, default `capacity.fit(*needs)` where the
-    capacity has `fit` (chains need fewer neighbours as they settle, and the
-    work is per edge of capacity).
+    previous one saw, `fit_fn(capacity, needs)`, default `capacity.fit(*needs)`
+    where the capacity has `fit` (chains need fewer neighbours as they settle,
+    and the work is per edge of capacity).
 
     The chains run in segments of `segment_length` steps, each jitted once per
     capacity and shape. After a segment (and after the initialisation) the
@@ -412,7 +413,7 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
             if reruns == max_reruns:
                 raise RuntimeError(f"energy capacity {capacity} overflows {where} "
                                    f"after {reruns} re-runs")
-            capacity = grow(capacity, _largest(needs_of(out)))
+            capacity = grow(capacity, largest_needs(needs_of(out)))
             reruns += 1
 
     states = without_overflow("at initialisation", functools.partial(_compiled_init, rho0=rho0),
@@ -422,7 +423,7 @@ def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, c
     for start in range(0, step_sizes.shape[0], segment_length):
         stop = start + segment_length
         if infos:
-            capacity = fit(capacity, _largest(infos[-1].needs))
+            capacity = fit(capacity, largest_needs(infos[-1].needs))
         states, info = without_overflow(
             f"in the segment from step {start}", _compiled_segment, lambda out: out[1].overflow,
             lambda out: out[1].needs, run_keys, states, step_sizes[start:stop], betas[start:stop], start)

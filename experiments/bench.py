@@ -34,7 +34,7 @@ import numpy as np
 from csp_jax.config import get_config
 from csp_jax.energy import EnergyModel
 from csp_jax.neighbors import NeighborCapacity
-from csp_jax.sampler import annealing_schedule, chunked_vmap, mala, random_crystal, run_chain
+from csp_jax.sampler import annealing_schedule, chunked_vmap, largest_needs, mala, random_crystal, run_chain
 
 # SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
 BASELINE = {
@@ -85,11 +85,6 @@ def make_segment(model: EnergyModel, capacity: NeighborCapacity, chunk: int | No
         return chunked_vmap(chain, chunk)(keys, states)
 
     return jax.jit(segment)
-
-
-def largest_needs(needs) -> np.ndarray:
-    """[2] the most image slots and pair edges any chain needed (needs [..., 2])."""
-    return np.max(np.asarray(needs).reshape(-1, 2), axis=0)
 
 
 def make_init(model: EnergyModel, capacity: NeighborCapacity):
