@@ -100,17 +100,19 @@ class GraphConv(nn.Module):
     """One CGCNN' convolution (SPEC §2.6) over pair edges, softplus included.
 
     nodes: [N, d]; edge_features: [E, d_e]; edge_weight: [E] (0 on padding
-    edges); receivers, senders: [E], the two atoms of each pair edge (both
-    directions carry a message, `csp_jax.pair_conv`). Returns [N, d].
+    edges); edge_mask: [E] bool (False on padding edges); receivers, senders:
+    [E], the two atoms of each pair edge (both directions carry a message,
+    `csp_jax.pair_conv`). Returns [N, d].
     """
 
     @nn.compact
-    def __call__(self, nodes, edge_features, edge_weight, receivers, senders):
+    def __call__(self, nodes, edge_features, edge_weight, edge_mask, receivers, senders):
         d, d_e = nodes.shape[-1], edge_features.shape[-1]
         w1, b1 = LinearParams(d, 2 * d, name="W1")()
         w2, b2 = LinearParams(d, 2 * d, name="W2")()
         w3, b3 = LinearParams(d_e, 2 * d, name="W3")()
-        return pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, receivers, senders)
+        return pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask,
+                         receivers, senders)
 
 
 def gaussian_smearing(dist, num: int):
@@ -145,7 +147,7 @@ class CGCNN(nn.Module):
         weight = jnp.where(edge_mask, edge_weight(dist, cutoff), 0.0)
         edge_features = gaussian_smearing(dist, self.features)
         for _ in range(self.num_conv):
-            nodes = GraphConv()(nodes, edge_features, weight, receivers, senders)
+            nodes = GraphConv()(nodes, edge_features, weight, edge_mask, receivers, senders)
         pooled = jnp.sum(jnp.where(node_mask[:, None], nodes, 0.0), 0) / jnp.maximum(jnp.sum(node_mask), 1)
         h = pooled
         for _ in range(self.num_fc - 1):
