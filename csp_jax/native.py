@@ -98,9 +98,18 @@ def available() -> bool:
 
 
 def usable(*arrays) -> bool:
-    """Whether a call on these arrays runs the kernel: built, float32, CPU default backend."""
-    return (jax.default_backend() == "cpu" and all(a.dtype == jnp.float32 for a in arrays)
-            and available())
+    """Whether a call on these arrays runs the kernel: float32 on one CPU device, kernel built.
+
+    With several devices the XLA version runs: the kernel has no sharding rule,
+    so XLA's partitioner would gather a sharded batch onto every device.
+    """
+    return (jax.default_backend() == "cpu" and jax.device_count() == 1
+            and all(a.dtype == jnp.float32 for a in arrays) and available())
+
+
+def _require():
+    if not available():
+        raise RuntimeError("csp_jax: the fused CPU kernel is not available (see the warning above)")
 
 
 def aggregate(p, q, f, w, mask, receivers, senders):
@@ -109,6 +118,7 @@ def aggregate(p, q, f, w, mask, receivers, senders):
     p, q: [N, 2d] node projections; f: [E, 2d] edge terms; w: [E] edge
     weights; mask: [E] bool (False on padding); receivers, senders: [E] int.
     """
+    _require()
     n, d = p.shape[0], p.shape[1] // 2
     call = jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct((n, d), jnp.float32),
                             vmap_method="broadcast_all")
@@ -117,6 +127,7 @@ def aggregate(p, q, f, w, mask, receivers, senders):
 
 def aggregate_vjp(p, q, f, w, mask, receivers, senders, grad_aggregated):
     """Cotangents (of p, q, f, w) of `aggregate` given grad_aggregated: [N, d]."""
+    _require()
     shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (p, q, f, w))
     call = jax.ffi.ffi_call(BACKWARD_TARGET, shapes, vmap_method="broadcast_all")
     return call(p, q, f, w, mask, receivers.astype(jnp.int32), senders.astype(jnp.int32),

@@ -39,8 +39,8 @@ def pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_ma
     nodes: [N, d]; w1, w2: [d, 2d], b1, b2: [2d] (receiver and sender
     projections); w3: [d_e, 2d], b3: [2d]; edge_features: [E, d_e] (Gaussian
     smearing of d); edge_weight: [E] (w(d), 0 on padding edges); edge_mask:
-    [E] bool (False on padding edges); receivers, senders: [E] int, the pair's
-    two atoms. Returns [N, d].
+    [E] bool (False on padding edges, which carry no message and get zero
+    cotangents); receivers, senders: [E] int, the pair's two atoms. Returns [N, d].
     """
     args = (nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders)
     if native.usable(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight):
@@ -115,7 +115,8 @@ def _node_terms(p, q, receivers, senders):
 
 def _xla_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders):
     """The layer and what its gradient keeps (the per-edge node terms are gathered again there:
-    cheaper than keeping them on a memory-bound CPU). Padding edges have weight 0."""
+    cheaper than keeping them on a memory-bound CPU). Padding edges have weight 0, hence no
+    message; their weight cotangent is 0 as in the kernel."""
     num_nodes, d = nodes.shape
     p, q, f = _terms(nodes, w1, b1, w2, b2, w3, b3, edge_features)
     f_gate, f_core = f[:, :d], f[:, d:]
@@ -127,7 +128,7 @@ def _xla_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge
     aggregated = (jraph.segment_sum(w * product_in, receivers, num_nodes)
                   + jraph.segment_sum(w * product_out, senders, num_nodes))
     out, (update, pre) = _node_update(nodes, aggregated)
-    return out, (nodes, w1, w2, w3, edge_features, edge_weight, receivers, senders,
+    return out, (nodes, w1, w2, w3, edge_features, edge_weight, edge_mask, receivers, senders,
                  p, q, f_gate, f_core, gate_in, product_in, gate_out, product_out, update, pre)
 
 
@@ -137,14 +138,14 @@ def _xla_pair_conv(*args):
 
 
 def _xla_backward(residuals, grad_out):
-    (nodes, w1, w2, w3, edge_features, edge_weight, receivers, senders,
+    (nodes, w1, w2, w3, edge_features, edge_weight, edge_mask, receivers, senders,
      p, q, f_gate, f_core, gate_in, product_in, gate_out, product_out, update, pre) = residuals
     num_nodes = nodes.shape[0]
     a_in_gate, a_in_core, a_out_gate, a_out_core = _node_terms(p, q, receivers, senders)
     grad_pre, grad_agg = _grad_aggregated(grad_out, update, pre)
     g_in, g_out = grad_agg[receivers], grad_agg[senders]  # d loss / d message, per direction
     w = edge_weight[:, None]
-    grad_weight = jnp.sum(g_in * product_in + g_out * product_out, axis=-1)
+    grad_weight = jnp.where(edge_mask, jnp.sum(g_in * product_in + g_out * product_out, axis=-1), 0.0)
     # d/dz of m = w sigmoid(z_gate) z_core, per direction.
     dz_in_core = g_in * w * gate_in
     dz_in_gate = g_in * w * product_in * (1.0 - gate_in)
