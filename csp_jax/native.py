@@ -112,23 +112,25 @@ def _require():
         raise RuntimeError("csp_jax: the fused CPU kernel is not available (see the warning above)")
 
 
-def aggregate(p, q, f, w, mask, receivers, senders):
+def aggregate(p, q, u, b3, w, mask, receivers, senders):
     """Summed messages [N, d] of one crystal (vmappable).
 
-    p, q: [N, 2d] node projections; f: [E, 2d] edge terms; w: [E] edge
-    weights; mask: [E] bool (False on padding); receivers, senders: [E] int.
+    p, q: [N, 2d] node projections; u: [E, 2d] edge terms W3 e without their
+    bias b3: [2d]; w: [E] edge weights; mask: [E] bool (False on padding);
+    receivers, senders: [E] int.
     """
     _require()
     n, d = p.shape[0], p.shape[1] // 2
     call = jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct((n, d), jnp.float32),
                             vmap_method="broadcast_all")
-    return call(p, q, f, w, mask, receivers.astype(jnp.int32), senders.astype(jnp.int32))
+    return call(p, q, u, b3, w, mask, receivers.astype(jnp.int32), senders.astype(jnp.int32))
 
 
-def aggregate_vjp(p, q, f, w, mask, receivers, senders, grad_aggregated):
-    """Cotangents (of p, q, f, w) of `aggregate` given grad_aggregated: [N, d]."""
+def aggregate_vjp(p, q, u, b3, w, mask, receivers, senders, grad_aggregated):
+    """Cotangents of p, q, u and w (that of b3 is the sum of u's over edges) of `aggregate`,
+    given grad_aggregated: [N, d]."""
     _require()
-    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (p, q, f, w))
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (p, q, u, w))
     call = jax.ffi.ffi_call(BACKWARD_TARGET, shapes, vmap_method="broadcast_all")
-    return call(p, q, f, w, mask, receivers.astype(jnp.int32), senders.astype(jnp.int32),
+    return call(p, q, u, b3, w, mask, receivers.astype(jnp.int32), senders.astype(jnp.int32),
                 grad_aggregated)

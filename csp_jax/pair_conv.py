@@ -50,9 +50,9 @@ def pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_ma
 
 # Shared by both implementations: everything but the per-edge part.
 
-def _terms(nodes, w1, b1, w2, b2, w3, b3, edge_features):
-    """P, Q: [N, 2d] and the edge term f = W3 e + b3: [E, 2d]."""
-    return nodes @ w1 + b1, nodes @ w2 + b2, edge_features @ w3 + b3
+def _terms(nodes, w1, b1, w2, b2, w3, edge_features):
+    """P, Q: [N, 2d] and the edge term without its bias, W3 e: [E, 2d]."""
+    return nodes @ w1 + b1, nodes @ w2 + b2, edge_features @ w3
 
 
 def _node_update(nodes, aggregated):
@@ -78,11 +78,11 @@ def _input_cotangents(nodes, w1, w2, w3, edge_features, grad_pre, grad_p, grad_q
 # The fused CPU kernel.
 
 def _native_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders):
-    p, q, f = _terms(nodes, w1, b1, w2, b2, w3, b3, edge_features)
-    aggregated = native.aggregate(p, q, f, edge_weight, edge_mask, receivers, senders)
+    p, q, u = _terms(nodes, w1, b1, w2, b2, w3, edge_features)  # b3 is added in the kernel
+    aggregated = native.aggregate(p, q, u, b3, edge_weight, edge_mask, receivers, senders)
     out, (update, pre) = _node_update(nodes, aggregated)
-    return out, (nodes, w1, w2, w3, edge_features, edge_weight, edge_mask, receivers, senders,
-                 p, q, f, update, pre)
+    return out, (nodes, w1, w2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders,
+                 p, q, u, update, pre)
 
 
 @jax.custom_vjp
@@ -91,11 +91,11 @@ def _native_pair_conv(*args):
 
 
 def _native_backward(residuals, grad_out):
-    (nodes, w1, w2, w3, edge_features, edge_weight, edge_mask, receivers, senders,
-     p, q, f, update, pre) = residuals
+    (nodes, w1, w2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders,
+     p, q, u, update, pre) = residuals
     grad_pre, grad_agg = _grad_aggregated(grad_out, update, pre)
     grad_p, grad_q, grad_f, grad_weight = native.aggregate_vjp(
-        p, q, f, edge_weight, edge_mask, receivers, senders, grad_agg)
+        p, q, u, b3, edge_weight, edge_mask, receivers, senders, grad_agg)
     return _input_cotangents(nodes, w1, w2, w3, edge_features, grad_pre, grad_p, grad_q, grad_f,
                              grad_weight)
 
@@ -118,7 +118,8 @@ def _xla_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge
     cheaper than keeping them on a memory-bound CPU). Padding edges have weight 0, hence no
     message; their weight cotangent is 0 as in the kernel."""
     num_nodes, d = nodes.shape
-    p, q, f = _terms(nodes, w1, b1, w2, b2, w3, b3, edge_features)
+    p, q, u = _terms(nodes, w1, b1, w2, b2, w3, edge_features)
+    f = u + b3
     f_gate, f_core = f[:, :d], f[:, d:]
     a_in_gate, a_in_core, a_out_gate, a_out_core = _node_terms(p, q, receivers, senders)
     gate_in, gate_out = jax.nn.sigmoid(a_in_gate * f_gate), jax.nn.sigmoid(a_out_gate * f_gate)
