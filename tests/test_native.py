@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_crystal
 
 from csp_jax import native
 from csp_jax.config import get_config
 from csp_jax.energy import EnergyModel
 from csp_jax.neighbors import NeighborCapacity
 from csp_jax.pair_conv import _native_pair_conv, _xla_pair_conv
-from helpers import random_crystal
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler")
 
