@@ -61,7 +61,7 @@ def test_layer_matches_xla_version(d, batch):
     grad_out = rng.normal(0, 1, batch + (7, d)).astype(np.float32)
     results = []
     for conv in (_native_pair_conv, _xla_pair_conv):
-        out, vjp = jax.vjp(lambda *a: batched(conv)(*a, *args[9:]), *args[:9])
+        out, vjp = jax.vjp(lambda *a, conv=conv: batched(conv)(*a, *args[9:]), *args[:9])
         results.append((out, vjp(grad_out)))
     (out, cotangents), (ref_out, ref_cotangents) = results
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
