@@ -23,14 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from csp_jax import native
 from csp_jax.crystal import Crystal
 from csp_jax.model import CGCNN, power_iteration_step
 from csp_jax.neighbors import (
     NeighborCapacity, NeighborList, cutoff_radius, edge_vectors, neighbor_list, safe_norm)
 
-# Pair-edge features (edges x width) per vmapped chunk of chains: measured best
-# on a 2-core CPU with 1 MB of L2 per core (docs/performance.md).
+# Pair-edge features (edges x width) per vmapped chunk of chains, measured best
+# on a 2-core CPU with 1 MB of L2 per core (docs/performance.md): with XLA ops,
+# whose per-edge arrays should stay in cache, and with the fused CPU kernel
+# (`csp_jax.native`), which keeps only the matmuls' outputs.
 CHUNK_WORK = 2**18
+CHUNK_WORK_NATIVE = 2**21
 
 
 def density_penalty(crystal: Crystal, rho0: float, weight: float) -> jax.Array:
@@ -93,9 +97,11 @@ class EnergyModel:
 
         The largest power of two, at least 1, with at most CHUNK_WORK pair-edge
         features (chains x edge capacity x width) per chunk, so that a chunk's
-        per-edge arrays stay in cache: 16 for perov5 (5 atoms), 2 for mp20 (20).
+        per-edge arrays stay in cache: 16 for perov5 (5 atoms), 2 for mp20 (20);
+        with the fused CPU kernel CHUNK_WORK_NATIVE: 128 and 16.
         """
-        target = max(1, CHUNK_WORK // (capacity.max_edges * self.features))
+        work = CHUNK_WORK_NATIVE if native.active() else CHUNK_WORK
+        target = max(1, work // (capacity.max_edges * self.features))
         return 1 << (target.bit_length() - 1)
 
     def batch_energy(self, variables, crystals: Crystal, capacity: NeighborCapacity):

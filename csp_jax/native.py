@@ -97,14 +97,19 @@ def available() -> bool:
     return True
 
 
-def usable(*arrays) -> bool:
-    """Whether a call on these arrays runs the kernel: float32 on one CPU device, kernel built.
+def active(dtype=jnp.float32) -> bool:
+    """Whether the kernel runs for arrays of `dtype` here: float32 on one CPU device, built.
 
     With several devices the XLA version runs: the kernel has no sharding rule,
     so XLA's partitioner would gather a sharded batch onto every device.
     """
     return (jax.default_backend() == "cpu" and jax.device_count() == 1
-            and all(a.dtype == jnp.float32 for a in arrays) and available())
+            and jnp.dtype(dtype) == jnp.float32 and available())
+
+
+def usable(*arrays) -> bool:
+    """Whether a call on these arrays runs the kernel (`active` for all their dtypes)."""
+    return all(a.dtype == jnp.float32 for a in arrays) and active()
 
 
 def _require():
