@@ -45,7 +45,7 @@ MEAN_NEIGHBORS = 4.0 / 3.0 * math.pi * CUTOFF_SCALE**3
 MAX_IMAGE_SLOTS = 32768
 IMAGE_ROOM = 1.25  # image slots given per slot needed
 EDGE_ROOM = 1.1  # pair edges given per edge needed
-SHRINK_BELOW = 0.9  # `fit` shrinks a capacity when the need with room is below this fraction
+SHRINK_BELOW = 0.95  # `fit` shrinks a capacity when the need with room is below this fraction
 
 
 class NeighborCapacity(NamedTuple):
@@ -86,7 +86,7 @@ class NeighborCapacity(NamedTuple):
         """The capacity for states like those that needed this much, with room.
 
         Grows like `grow`, and shrinks a part to its need with room (1.25x the
-        image slots, 1.1x the edges) once that is below 9/10 of the current
+        image slots, 1.1x the edges) once that is below 19/20 of the current
         value, so that small changes of the need do not cost a new compilation.
         """
         images, edges = _round8(IMAGE_ROOM * int(needed_images)), _round32(EDGE_ROOM * int(needed_edges))
