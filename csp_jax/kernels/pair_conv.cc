@@ -219,32 +219,27 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 p, F32 q, F32 u, F32 b, F32 w, Pre
   return ffi::Error::Success();
 }
 
+// The inputs both handlers take, in this order.
+auto BindInputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<F32>()    // P
+      .Arg<F32>()    // Q
+      .Arg<F32>()    // u = W3 e
+      .Arg<F32>()    // b3
+      .Arg<F32>()    // w
+      .Arg<Pred>()   // mask
+      .Arg<S32>()    // receivers
+      .Arg<S32>();   // senders
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CspPairConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()    // P
-                                  .Arg<F32>()    // Q
-                                  .Arg<F32>()    // u = W3 e
-                                  .Arg<F32>()    // b3
-                                  .Arg<F32>()    // w
-                                  .Arg<Pred>()   // mask
-                                  .Arg<S32>()    // receivers
-                                  .Arg<S32>()    // senders
-                                  .Ret<F32>());  // aggregated messages [N, d]
+                              BindInputs().Ret<F32>());  // aggregated messages [N, d]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CspPairConvBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()    // P
-                                  .Arg<F32>()    // Q
-                                  .Arg<F32>()    // u = W3 e
-                                  .Arg<F32>()    // b3
-                                  .Arg<F32>()    // w
-                                  .Arg<Pred>()   // mask
-                                  .Arg<S32>()    // receivers
-                                  .Arg<S32>()    // senders
+                              BindInputs()
                                   .Arg<F32>()    // d loss / d aggregated [N, d]
                                   .Ret<F32>()    // d loss / d P
                                   .Ret<F32>()    // d loss / d Q
