@@ -32,7 +32,8 @@ def read_config(run_dir: Path) -> Config:
     return Config.from_dict(json.loads(path.read_text()))
 
 
-def manager(run_dir: Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
+def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
+    """The run's checkpoint manager; `max_to_keep` None keeps every checkpoint."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
 

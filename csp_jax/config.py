@@ -57,6 +57,7 @@ class TrainConfig:
     regularization: float = 0.1  # weight of mean(E_data^2) + mean(E_sample^2)
     checkpoint_every: int = 20  # steps
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
+    keep_checkpoints: int = 3  # newest checkpoints kept (0 = keep all)
     seed: int = 0
 
 
@@ -67,6 +68,7 @@ class EvalConfig:
     batch_size: int = 128
     limit: int = 0  # evaluate the first N test crystals of a fixed shuffle (0 = all)
     match_timeout: float = 60.0  # seconds per structure pair
+    num_steps: int = 0  # MALA steps of evaluation and prediction chains (0 = sampler.num_steps)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ def sample_species(config: Config, model: EnergyModel, variables, species, key, 
     num_rows, max_atoms = species.shape
     chunk = min(batch_size, num_rows)
     num_chunks = -(-num_rows // chunk)
-    steps = schedule(config)
+    steps = schedule(config, evaluation=True)
     num_steps = int(steps[0].shape[0])
     capacity = NeighborCapacity.for_atoms(max_atoms, config.neighbors.max_images,
                                           config.neighbors.edge_factor)

@@ -65,10 +65,16 @@ def init_train_state(config: Config, key) -> TrainState:
                       optimizer(config).init(variables["params"]), run_key)
 
 
-def schedule(config: Config):
-    """(step_sizes [K], betas [K]) of the config's sampler."""
+def schedule(config: Config, evaluation: bool = False):
+    """(step_sizes [K], betas [K]) of the config's sampler.
+
+    K is `sampler.num_steps` for training chains; with `evaluation`, it is
+    `eval.num_steps` where set (evaluation and prediction chains), with the
+    same end points.
+    """
     s = config.sampler
-    return annealing_schedule(s.num_steps, (s.step_size_start, s.step_size_end),
+    num_steps = config.eval.num_steps if evaluation and config.eval.num_steps else s.num_steps
+    return annealing_schedule(num_steps, (s.step_size_start, s.step_size_end),
                               (s.temperature_start, s.temperature_end))
 
 

@@ -144,7 +144,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     steps_per_epoch = len(train_set) // batch_size
     total_steps = t.num_epochs * steps_per_epoch
 
-    mngr = checkpoint.manager(run_dir)
+    mngr = checkpoint.manager(run_dir, t.keep_checkpoints or None)
     state = init_train_state(config, jax.random.PRNGKey(t.seed))
     if resume and mngr.latest_step() is not None:
         state, meta = checkpoint.restore(mngr, state)
