@@ -69,6 +69,7 @@ class EvalConfig:
     limit: int = 0  # evaluate the first N test crystals of a fixed shuffle (0 = all)
     match_timeout: float = 60.0  # seconds per structure pair
     num_steps: int = 0  # MALA steps of evaluation and prediction chains (0 = sampler.num_steps)
+    max_atoms: int = 100  # largest cell `predict` samples
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from csp_jax.config import Config
-from csp_jax.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
-from csp_jax.energy import EnergyModel
-from csp_jax.evaluate import sample_species
+from csp_jax.energy.base import Energy
+from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.sampling.driver import sample_rows, schedule
 
 SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
 ANGLE_TOLERANCE = 5.0  # degrees
@@ -72,7 +73,7 @@ def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
     size = formula_units * reduced_size
     if size > max_atoms:
         raise ValueError(f"{reduced_formula} with {size} atoms exceeds the model's cap of "
-                         f"{max_atoms} atoms (config data.max_atoms)")
+                         f"{max_atoms} atoms (config eval.max_atoms)")
     name = reduced_formula if formula_units == 1 else f"{reduced_formula}_Z{formula_units}"
     return name, expand_composition(reduced, formula_units)
 
@@ -111,27 +112,29 @@ def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def predict(config: Config, model: EnergyModel, variables, formulas: Sequence[str], out_dir, *,
+def predict(config: Config, model: Energy, variables, formulas: Sequence[str], out_dir, *,
             num_samples: int = 20, num_atoms: int | None = None, formula_units: int | None = None,
             key=None, batch_size: int | None = None,
             log: Callable[[str], None] = print) -> list[dict]:
     """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
 
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
-    every formula; cells are capped at `config.data.max_atoms`. All formulas
+    every formula; cells are capped at `config.eval.max_atoms`. All formulas
     are checked before anything is sampled. Samples with a non-finite energy
     or crystal are left out of the ranking (and logged). Returns the summary
     rows (SUMMARY_FIELDS), by formula then rank.
     """
-    cells = [cell_species(f, config.data.max_atoms, num_atoms, formula_units) for f in formulas]
+    cells = [cell_species(f, config.eval.max_atoms, num_atoms, formula_units) for f in formulas]
     key = jax.random.PRNGKey(0) if key is None else key
     batch_size = config.eval.batch_size if batch_size is None else batch_size
     width = max(len(species) for _, species in cells)
     species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
                         num_samples, axis=0)
-    log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {config.sampler.num_steps} steps")
-    crystals, energies, _ = sample_species(config, model, variables, species, key,
-                                           batch_size=batch_size, log=log)
+    steps = schedule(config.sampler, config.eval.num_steps)
+    log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {steps[0].shape[0]} steps")
+    crystals, energies, _, _ = sample_rows(
+        key, species, model, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
+        batch_size=batch_size, segment_length=config.sampler.segment_length, log=log)
 
     from pymatgen.io.cif import CifWriter
 

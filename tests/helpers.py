@@ -1,7 +1,7 @@
 """Small crystal builders shared by the tests."""
 import numpy as np
 
-from csp_jax.crystal import Crystal
+from csp_jax.geometry.crystal import Crystal
 
 
 def random_crystal(rng, n, max_atoms=None, density=0.05, skew=0.3, dtype=np.float64):

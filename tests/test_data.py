@@ -1,4 +1,4 @@
-"""Tests of csp_jax.data: finding, downloading, parsing, caching and bad rows."""
+"""Tests of csp_jax.data.datasets: finding, downloading, parsing, caching and bad rows."""
 import csv
 import gzip
 import hashlib
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from csp_jax import data
+from csp_jax.data import datasets as data
 
 # A cubic perovskite written in a skewed (non-reduced) basis of the cubic cell.
 SKEWED_LATTICE = [[3.9, 0.0, 0.0], [3.9, 3.9, 0.0], [0.0, 3.9, 3.9]]
@@ -268,7 +268,7 @@ def test_download_http_error_is_one_line(file_server, tmp_path):
 # ---- the real benchmark files (skipped without a data directory) ----
 
 def read_cifs(path, rows):
-    """The `cif` text of the given data records, read independently of csp_jax.data."""
+    """The `cif` text of the given data records, read independently of csp_jax.data.datasets."""
     csv.field_size_limit(2**31 - 1)
     with gzip.open(path, "rt", newline="") as f:
         records = list(csv.DictReader(f))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from csp_jax.config import get_config
-from csp_jax.crystal import Crystal
-from csp_jax.data import load_split
-from csp_jax.displacement import CSV_FIELDS, displaced_energies, displacement_experiment
-from csp_jax.energy import EnergyModel
-from csp_jax.neighbors import NeighborCapacity
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.data.datasets import load_split
+from csp_jax.evaluation.displacement import CSV_FIELDS, displaced_energies, displacement_experiment
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.neighbors import NeighborCapacity
 
 from helpers import perovskite
 

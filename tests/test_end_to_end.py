@@ -1,26 +1,27 @@
 """The run command end to end on the `test` config: train, resume, predict, evaluate."""
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pymatgen.core import Structure
 
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "experiments"))
-import run  # noqa: E402
+from csp_jax import cli as run
+from csp_jax.config import available_configs
 
 
 def test_train_resume_predict_evaluate(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     common = ["--config", "test", "--out", str(out), "--data-dir", str(data_dir)]
     assert run.main(common + ["--max-steps", "2"]) == 0
-    assert "step 2/4" in capsys.readouterr().out
+    assert "training:  50% 2/4 [" in capsys.readouterr().out
     assert run.main(common) == 1  # the run exists: resume must be asked for
     assert "--resume" in capsys.readouterr().err
     assert run.main(common + ["--resume", "--set", "train.checkpoint_every=4"]) == 0
     printed = capsys.readouterr().out
-    assert "resumed from step 2" in printed and "step 4/4" in printed and "validation loss" in printed
+    assert "resumed from step 2" in printed and "100% 4/4 [" in printed and "validation loss" in printed
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4]  # four training steps, then the epoch's validation
 
@@ -48,3 +49,16 @@ def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert run.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+
+def test_run_script_and_console_script_are_the_cli():
+    """`python experiments/run.py` and the installed `csp-jax` both reach `csp_jax.cli.main`."""
+    script = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--config", "nope"],
+                            capture_output=True, text=True, timeout=300)
+    assert script.returncode == 1
+    assert script.stderr.strip() == f"error: unknown config 'nope'; choose from {', '.join(available_configs())}"
+    console = subprocess.run([str(Path(sys.executable).parent / "csp-jax"), "--help"],
+                             capture_output=True, text=True, timeout=300)
+    assert console.returncode == 0
+    assert all(c in console.stdout for c in ("train", "evaluate", "predict", "displacement", "bench"))

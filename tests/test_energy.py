@@ -8,9 +8,9 @@ import pytest
 from scipy.stats import special_ortho_group
 
 from csp_jax.config import get_config
-from csp_jax.crystal import Crystal
-from csp_jax.energy import EnergyModel, density_penalty, num_parameters
-from csp_jax.neighbors import NeighborCapacity, cutoff_radius
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.energy.continuousp import EnergyModel, density_penalty, num_parameters
+from csp_jax.geometry.neighbors import NeighborCapacity, cutoff_radius
 from helpers import perovskite, random_crystal
 
 CAP = NeighborCapacity(max_images=729, max_edges=6000)
@@ -197,7 +197,7 @@ def test_float32_matches_float64(model, variables64):
 
 def test_power_iteration_changes_only_spectral_state(model):
     variables = model.init(jax.random.key(0))
-    updated = model.power_iteration(variables)
+    updated = model.training_variables(variables)
     assert jax.tree.structure(updated) == jax.tree.structure(variables)
     assert updated["params"] is variables["params"]
     u0 = variables["spectral"]["SpectralLinear_0"]["uv"]["u"]
@@ -208,7 +208,7 @@ def test_power_iteration_changes_only_spectral_state(model):
 
 def test_continuous_through_niggli_basis_change(model, variables64):
     """H(R(x(t))) is continuous where the Niggli-reduced basis of L(t) jumps."""
-    from csp_jax.niggli import niggli_reduce, reduce_crystal
+    from csp_jax.geometry.niggli import niggli_reduce, reduce_crystal
 
     rng = np.random.default_rng(4)
     base = random_crystal(rng, 3, skew=0.0)

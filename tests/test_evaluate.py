@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from csp_jax.config import get_config, override
-from csp_jax.data import load_split
-from csp_jax.energy import EnergyModel
-from csp_jax.evaluate import evaluate, recompute, subset_indices
-from csp_jax.metrics import load_samples
-from csp_jax.neighbors import NeighborCapacity
+from csp_jax.data.datasets import load_split
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.evaluation.evaluate import evaluate, recompute, subset_indices
+from csp_jax.evaluation.metrics import load_samples
+from csp_jax.geometry.neighbors import NeighborCapacity
 
 METRIC_KEYS = ("num_crystals", "samples_per_crystal", "match_rate", "rmse", "match_rate_k1",
                "rmse_k1", "pair_counts", "outcome", "rms")
@@ -36,7 +36,8 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     results = evaluate(config, model, variables, dataset, tmp_path, num_samples=2, limit=3,
                        batch_size=4, key=jax.random.PRNGKey(1), timeout_s=60, workers=2,
                        log=lines.append)
-    assert any(line.startswith("chunk 2/2") for line in lines)
+    assert any("6/6 chains" in line for line in lines)
+    assert not (tmp_path / "test_parts").exists()  # the batches were merged into test_samples.npz
 
     samples, energies, material_ids = load_samples(tmp_path / "test_samples.npz")
     picked = subset_indices(len(dataset), 3)
@@ -77,4 +78,41 @@ def test_recompute_refuses_samples_of_another_split(data_dir, tmp_path):
     np.savez(path, species=np.ones((1, 1, 5), np.int32), positions=np.zeros((1, 1, 5, 3)),
              lattice=np.eye(3)[None, None], energies=np.zeros((1, 1)), material_ids=np.array(["none"]))
     with pytest.raises(ValueError, match="not in the dataset"):
-        recompute(path, dataset, "perov_5")
+        recompute(path, dataset, "perov_5", timeout_s=60)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_evaluation_resumes_to_the_same_result(data_dir, tmp_path):
+    """Killed after its first batch of chains, `evaluate(resume=True)` samples only the rest and
+    gives the samples and metrics of an uninterrupted run; without resume it refuses to start."""
+    config = override(get_config("perov5"), "sampler.num_steps", "10")
+    model = EnergyModel.from_config(config.model)
+    variables = model.init(jax.random.PRNGKey(0))
+    dataset = load_split("perov_5", "test", data_dir)
+    options = dict(num_samples=2, limit=5, batch_size=4, key=jax.random.PRNGKey(3), timeout_s=60, workers=1)
+    whole = evaluate(config, model, variables, dataset, tmp_path / "whole", log=lambda _: None, **options)
+
+    def stop_after_first_batch(line):
+        if "4/10 chains" in line:
+            raise Interrupted
+    with pytest.raises(Interrupted):
+        evaluate(config, model, variables, dataset, tmp_path / "cut", log=stop_after_first_batch, **options)
+    assert sorted(p.name for p in (tmp_path / "cut" / "test_parts").glob("rows_*")) == ["rows_00000000.npz"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate(config, model, variables, dataset, tmp_path / "cut", log=lambda _: None, **options)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, log=lambda _: None,
+                 **dict(options, num_samples=3))
+    lines = []
+    resumed = evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, log=lines.append,
+                       **options)
+    assert any("resuming: 1 batches" in line for line in lines)
+    assert any("6/6 chains" in line for line in lines)  # only the 6 chains left were sampled
+    for key in METRIC_KEYS:
+        assert resumed[key] == whole[key]
+    first, second = (np.load(tmp_path / run / "test_samples.npz") for run in ("whole", "cut"))
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])

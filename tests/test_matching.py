@@ -7,8 +7,8 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-from csp_jax.crystal import Crystal, from_structure, pad
-from csp_jax.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
+from csp_jax.geometry.crystal import Crystal, from_structure, pad
+from csp_jax.evaluation.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
                               PairResult, match_pair, match_pairs, sample_structure)
 
 
@@ -114,7 +114,7 @@ def test_pool_agrees_with_serial_matching():
     stretched = Structure(Lattice.tetragonal(3.905, 1.6 * 3.905), gt.species, gt.frac_coords)
     pairs = [(gt, perturbed(gt, s, seed)) for seed, s in enumerate([0.02, 0.1, 0.3, 0.0])]
     pairs.append((gt, from_structure(stretched, dtype=np.float64)))
-    parallel = match_pairs(pairs, workers=2)
+    parallel = match_pairs(pairs, timeout_s=60.0, workers=2)
     serial = [match_pair(*pair) for pair in pairs]
     assert [r.outcome for r in parallel] == [r.outcome for r in serial]
     assert {r.outcome for r in serial} >= {MATCH, NO_MATCH}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from csp_jax.crystal import from_structure, stack, to_structure
-from csp_jax.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
-from csp_jax.metrics import (PAPER_TABLE1, aggregate, evaluate_samples, load_samples,
+from csp_jax.geometry.crystal import from_structure, stack, to_structure
+from csp_jax.evaluation.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
+from csp_jax.evaluation.metrics import (PAPER_TABLE1, aggregate, evaluate_samples, load_samples,
                              markdown_report, sample_at, save_samples, write_report)
 
 
@@ -73,7 +73,7 @@ def test_samples_file_round_trip(tmp_path):
 
 def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     gts, samples = make_samples()
-    results = evaluate_samples(gts, samples, workers=2)
+    results = evaluate_samples(gts, samples, timeout_s=60.0, workers=2)
     assert results["outcome"] == [[MATCH, NO_MATCH, INVALID], [NO_MATCH, MATCH, MATCH]]
     for t in range(2):
         for k in range(3):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from helpers import random_crystal
 
-from csp_jax import native
+from csp_jax.energy import native
 from csp_jax.config import get_config
-from csp_jax.energy import EnergyModel
-from csp_jax.neighbors import NeighborCapacity
-from csp_jax.pair_conv import _native_pair_conv, _xla_pair_conv
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.energy.pair_conv import _native_pair_conv, _xla_pair_conv
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler")
 

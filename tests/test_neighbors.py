@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from csp_jax.crystal import Crystal
-from csp_jax.neighbors import (
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.neighbors import (
     NeighborCapacity, cutoff_radius, edge_vectors, neighbor_list, safe_norm)
 from helpers import brute_force_edges, perovskite, random_crystal
 
@@ -122,7 +122,7 @@ def test_degenerate_cells_are_invalid_not_overflowing(lattice):
     """A cell needing absurd image counts (or non-finite, or flat) is flagged invalid: no edges,
     no overflow (nothing to grow), and the energy is NaN so MALA rejects it."""
     from csp_jax.config import get_config
-    from csp_jax.energy import EnergyModel
+    from csp_jax.energy.continuousp import EnergyModel
 
     crystal = Crystal(np.array([6, 8], np.int32), np.array([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]]), lattice)
     cap = NeighborCapacity.for_atoms(2)
@@ -137,7 +137,7 @@ def test_degenerate_cells_are_invalid_not_overflowing(lattice):
 def test_graphs_tuple_feeds_jraph():
     import jraph
 
-    from csp_jax.neighbors import graphs_tuple
+    from csp_jax.geometry.neighbors import graphs_tuple
 
     crystal = jax.tree.map(np.asarray, perovskite())
     nbrs = neighbor_list(crystal, NeighborCapacity.for_atoms(5))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from csp_jax.niggli import niggli_reduce, reduce_crystal
+from csp_jax.geometry.niggli import niggli_reduce, reduce_crystal
 
 NUM_CELLS = 2000
 

@@ -7,11 +7,11 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from csp_jax.config import get_config
-    from csp_jax.batching import expanded_species
-    from csp_jax.neighbors import NeighborCapacity
-    from csp_jax.parallel import replicate, shard_batch
-    from csp_jax.train import Batch, init_train_state, train_step
-    from csp_jax.crystal import Crystal
+    from csp_jax.data.species import expanded_species
+    from csp_jax.training.loop import Batch, Capacities, run_step
+    from csp_jax.training.parallel import replicate, shard_batch
+    from csp_jax.training.step import init_train_state, update_step
+    from csp_jax.geometry.crystal import Crystal
     assert jax.device_count() == 2, jax.devices()
     config = get_config("test")
     rng = np.random.default_rng(0)
@@ -21,12 +21,11 @@ SCRIPT = textwrap.dedent("""
     batch = Batch(data, expanded_species(species, np.array([1, 2, 1, 1]), 10).species)
     batch = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else jnp.asarray(x), batch)
     state = init_train_state(config, jax.random.PRNGKey(0))
-    caps = dict(data_capacity=NeighborCapacity.for_atoms(5), sample_capacity=NeighborCapacity.for_atoms(10))
     key = jax.random.PRNGKey(1)
-    one, m1 = train_step(state, batch, key, config=config, **caps)
+    (one, _), m1, _ = run_step(update_step, config, state, batch, key, Capacities(config, 5))
     sharded = shard_batch(batch)
     assert len(sharded.data.positions.sharding.device_set) == 2
-    two, m2 = train_step(replicate(state), sharded, key, config=config, **caps)
+    (two, _), m2, _ = run_step(update_step, config, replicate(state), sharded, key, Capacities(config, 5))
     assert len(two.variables["params"]["out"]["kernel"].sharding.device_set) == 2
     for k in m1:
         np.testing.assert_allclose(np.asarray(m1[k]), np.asarray(m2[k]), rtol=1e-5, atol=1e-6)

@@ -2,24 +2,20 @@
 import argparse
 import csv
 import re
-import sys
 
 import jax
 import pytest
 from pymatgen.core import Structure
 
-from csp_jax import checkpoint
+from csp_jax.training import checkpoint
 from csp_jax.config import get_config, override
-from csp_jax.crystal import from_structure
-from csp_jax.energy import EnergyModel
-from csp_jax.neighbors import NeighborCapacity
+from csp_jax.geometry.crystal import from_structure
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.predict import cell_species, predict
-from csp_jax.train import init_train_state
+from csp_jax.training.step import init_train_state
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "experiments"))
-import commands  # noqa: E402
+from csp_jax import cli
 
 FORMULAS = ("SrTiO3", "KNbO3")
 
@@ -110,7 +106,7 @@ def test_predict_checks_every_formula_before_sampling(tmp_path):
 
 def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     subparsers = argparse.ArgumentParser().add_subparsers(dest="command")
-    for add in (commands.add_evaluate, commands.add_predict, commands.add_displacement):
+    for add in (cli.add_evaluate, cli.add_predict, cli.add_displacement):
         add(subparsers)
     parser = subparsers._name_parser_map  # the sub-command parsers by name
     assert set(parser) == {"evaluate", "predict", "displacement"}

@@ -1,17 +1,20 @@
 """Tests of the annealed MALA sampler (SPEC §3): target distribution, the
 Metropolis-Hastings ratio against numpy, reproducibility, NaN rejection and the
-overflow re-run path of `sample`."""
+chain driver's overflow re-runs and capacity refits."""
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csp_jax.crystal import Crystal
-from csp_jax.niggli import reduce_crystal
-from csp_jax.sampler import (
-    annealing_schedule, mala, random_crystal, run_chain, run_chains, sample)
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.niggli import reduce_crystal
+from csp_jax.config import SamplerConfig
+from csp_jax.sampling import driver
+from csp_jax.sampling.driver import sample, schedule as config_schedule
+from csp_jax.sampling.mala import annealing_schedule, mala, random_crystal, run_chain
 
 SPECIES = jnp.array([8, 8, 8, 0], jnp.int32)  # three real atoms and one padding atom
 NO_OVERFLOW = {"overflow": jnp.array(False)}
@@ -32,17 +35,40 @@ def harmonic_energy_fn(crystal):
     return harmonic_energy(crystal), NO_OVERFLOW
 
 
-def harmonic_energy_factory(capacity):
-    return harmonic_energy_fn
+@dataclasses.dataclass(frozen=True)
+class FunctionEnergy:
+    """An `Energy` (csp_jax.energy.base) made of a function (crystal, capacity) -> (energy, aux)."""
+
+    fn: Callable
+    rho0: float = 0.05
+    width: int = 32
+
+    def init(self, key):
+        return {"params": {}}
+
+    def energy(self, variables, crystal, capacity):
+        return self.fn(crystal, capacity)
+
+    def training_variables(self, variables):
+        return variables
+
+
+HARMONIC = FunctionEnergy(lambda crystal, capacity: harmonic_energy_fn(crystal))
 
 
 def init_batch(key, init_fn, num_chains, species=SPECIES):
     keys = jax.random.split(key, num_chains)
-    return jax.jit(jax.vmap(lambda k: init_fn(random_crystal(k, species))))(keys)
+    return jax.jit(jax.vmap(lambda k: init_fn(random_crystal(k, species, 0.05))))(keys)
+
+
+def run_chains(keys, states, step_fn, step_sizes, betas):
+    """`run_chain` for a batch of chains: (states [B], info [B, K])."""
+    run = jax.vmap(lambda k, s: run_chain(k, s, step_fn, step_sizes, betas)[:2])
+    return jax.jit(run)(keys, states)
 
 
 def test_random_crystal_density_and_padding():
-    crystals = jax.jit(jax.vmap(lambda k: random_crystal(k, SPECIES)))(jax.random.split(jax.random.key(0), 20000))
+    crystals = jax.jit(jax.vmap(lambda k: random_crystal(k, SPECIES, 0.05)))(jax.random.split(jax.random.key(0), 20000))
     assert crystals.positions.shape == (20000, 4, 3) and crystals.lattice.shape == (20000, 3, 3)
     # E|det L| = n / rho0 with n = 3 real atoms; |det G| has a CV of about 1.16.
     mean_volume = float(jnp.mean(crystals.volume))
@@ -56,7 +82,8 @@ def test_random_crystal_density_and_padding():
 
 
 def test_annealing_schedule_is_geometric():
-    step_sizes, betas = annealing_schedule()
+    """The config's default schedule is the paper's."""
+    step_sizes, betas = config_schedule(SamplerConfig())
     assert step_sizes.shape == betas.shape == (1000,)
     np.testing.assert_allclose([step_sizes[0], step_sizes[-1]], [0.5, 5e-4], rtol=1e-6)
     np.testing.assert_allclose([betas[0], betas[-1]], [1.0, 1e3], rtol=1e-5)
@@ -71,7 +98,7 @@ def test_harmonic_target_mean_and_variance():
     states = init_batch(jax.random.key(1), init_fn, num_chains)
     keys = jax.random.split(jax.random.key(2), num_chains)
     schedule = (jnp.full(num_steps, step_size), jnp.full(num_steps, beta))
-    final, info, _ = run_chains(keys, states, step_fn, *schedule)
+    final, info = run_chains(keys, states, step_fn, *schedule)
     assert info.accepted.shape == (num_chains, num_steps)
 
     variance = 1.0 / beta  # unadjusted Langevin would give 1 / beta * 2 / (2 - alpha beta) = 0.71
@@ -188,8 +215,9 @@ def repulsive_energy_fn(crystal):
 
 def test_annealed_samples_are_finite_reduced_crystals():
     species = jnp.tile(jnp.array([[14, 8, 8, 8, 0]], jnp.int32), (8, 1))
-    result = sample(jax.random.key(5), species, lambda capacity: repulsive_energy_fn,
-                    reduce_crystal, None, annealing_schedule(200), segment_length=100)
+    result = sample(jax.random.split(jax.random.key(5), 8), species,
+                    FunctionEnergy(lambda crystal, capacity: repulsive_energy_fn(crystal)), {}, None,
+                    config_schedule(SamplerConfig(), 200), reduce_fn=reduce_crystal, segment_length=100)
     crystal = result.states.crystal
     assert crystal.positions.shape == (8, 5, 3) and result.info.energy.shape == (8, 200)
     assert np.all(np.isfinite(crystal.positions)) and np.all(np.isfinite(crystal.lattice))
@@ -208,8 +236,9 @@ def test_annealed_samples_are_finite_reduced_crystals():
 
 def test_same_key_same_samples_different_keys_differ():
     species = jnp.tile(SPECIES[None], (4, 1))
-    run = lambda key: sample(key, species, harmonic_energy_factory, identity_reduce,
-                             None, annealing_schedule(40), segment_length=20)
+    run = lambda key: sample(jax.random.split(key, 4), species, HARMONIC, {}, None,
+                             config_schedule(SamplerConfig(), 40), reduce_fn=identity_reduce,
+                             segment_length=20)
     first, again, other = run(jax.random.key(6)), run(jax.random.key(6)), run(jax.random.key(7))
     np.testing.assert_array_equal(first.states.crystal.positions, again.states.crystal.positions)
     np.testing.assert_array_equal(first.info.accepted, again.info.accepted)
@@ -220,9 +249,9 @@ def test_same_key_same_samples_different_keys_differ():
 
 def test_segments_and_recording_equal_one_scan():
     init_fn, step_fn = mala(harmonic_energy_fn, identity_reduce)
-    state = jax.jit(init_fn)(random_crystal(jax.random.key(8), SPECIES))
+    state = jax.jit(init_fn)(random_crystal(jax.random.key(8), SPECIES, 0.05))
     key = jax.random.key(9)
-    step_sizes, betas = annealing_schedule(30)
+    step_sizes, betas = annealing_schedule(30, (0.5, 5e-4), (1.0, 1e-3))
     whole, info, trajectory = run_chain(key, state, step_fn, step_sizes, betas, record_every=10)
     half, _, none = run_chain(key, state, step_fn, step_sizes[:20], betas[:20])
     rest, _, _ = run_chain(key, half, step_fn, step_sizes[20:], betas[20:], first_step=20)
@@ -241,16 +270,12 @@ class FakeCapacity:
         return FakeCapacity(2 * self.size)
 
 
-def make_truncating_energy_fn(capacity):
+def truncating_energy(crystal, capacity):
     """A harmonic well around L = 10 I whose 'neighbour count' is |L|_F: past the
     capacity it flags overflow and returns a wrong (halved) energy."""
-
-    def energy_fn(crystal):
-        energy = harmonic_energy(crystal, lattice_center=10.0)
-        overflow = jnp.sqrt(jnp.sum(crystal.lattice**2)) > capacity.size
-        return jnp.where(overflow, 0.5 * energy, energy), {"overflow": overflow}
-
-    return energy_fn
+    energy = harmonic_energy(crystal, lattice_center=10.0)
+    overflow = jnp.sqrt(jnp.sum(crystal.lattice**2)) > capacity.size
+    return jnp.where(overflow, 0.5 * energy, energy), {"overflow": overflow}
 
 
 def test_overflow_reruns_equal_a_large_capacity_run():
@@ -259,9 +284,9 @@ def test_overflow_reruns_equal_a_large_capacity_run():
     species = jnp.tile(SPECIES[None], (6, 1))
     schedule = (jnp.full(60, 0.05), jnp.full(60, 1.0))
 
-    def run(capacity, **kwargs):
-        return sample(jax.random.key(10), species, make_truncating_energy_fn, identity_reduce,
-                      capacity, schedule, segment_length=20, **kwargs)
+    def run(capacity):
+        return sample(jax.random.split(jax.random.key(10), 6), species, FunctionEnergy(truncating_energy),
+                      {}, capacity, schedule, reduce_fn=identity_reduce, segment_length=20)
 
     small, large = run(FakeCapacity(9)), run(FakeCapacity(36))
     assert large.num_overflow_reruns == 0 and small.num_overflow_reruns == 2
@@ -270,8 +295,10 @@ def test_overflow_reruns_equal_a_large_capacity_run():
     np.testing.assert_allclose(small.states.crystal.lattice, large.states.crystal.lattice, rtol=1e-6)
     np.testing.assert_allclose(small.states.crystal.positions, large.states.crystal.positions, rtol=1e-6)
     # Capacity 18 is enough to start but overflows mid-chain, where the energy is wrong.
-    with pytest.raises(RuntimeError, match="overflows in the segment from step"):
-        run(FakeCapacity(18), max_reruns=0)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(
+            RuntimeError, match="overflows in the segment from step"):
+        patch.setattr(driver, "MAX_RERUNS", 0)
+        run(FakeCapacity(18))
 
 
 @pytest.mark.parametrize("poison", ["energy", "gradient"])
@@ -299,7 +326,7 @@ def test_non_finite_proposals_are_rejected(poison):
 
 def test_chunked_vmap_equals_vmap():
     """Chunks keep every element's result and order (a size 16 does not divide runs in gcd-sized chunks)."""
-    from csp_jax.sampler import chunked_vmap
+    from csp_jax.sampling.driver import chunked_vmap
 
     def fn(x, y):
         return {"sum": jnp.sum(x) * y, "scaled": x * y}
@@ -317,20 +344,20 @@ def test_capacity_refit_between_segments_keeps_the_samples():
     """`sample` shrinks an oversized neighbour capacity to the chains' needs between segments;
     the samples equal those of a run that keeps the large capacity throughout."""
     from csp_jax.config import get_config
-    from csp_jax.energy import EnergyModel
-    from csp_jax.neighbors import NeighborCapacity
+    from csp_jax.energy.continuousp import EnergyModel
+    from csp_jax.geometry.neighbors import NeighborCapacity
 
     model = EnergyModel.from_config(get_config("perov5").model)
     variables = model.init(jax.random.key(14))
     species = jnp.tile(jnp.array([[38, 22, 8, 8, 8]], jnp.int32), (4, 1))
     large = NeighborCapacity(max_images=512, max_edges=1024)
 
-    def run(**kwargs):
-        schedule = tuple(a[200:260] for a in annealing_schedule(1000))  # past the hottest steps
-        return sample(jax.random.key(15), species, model.energy_fn, None, large, schedule,
-                      energy_args=(variables,), segment_length=20, **kwargs)
+    def run(refit):
+        schedule = tuple(a[200:260] for a in config_schedule(SamplerConfig()))  # past the hottest steps
+        return sample(jax.random.split(jax.random.key(15), 4), species, model, variables, large, schedule,
+                      segment_length=20, refit=refit)
 
-    fitted, fixed = run(), run(fit_fn=lambda capacity, needs: capacity)
+    fitted, fixed = run(True), run(False)
     assert fixed.capacity == large and fitted.num_overflow_reruns == 0
     assert fitted.capacity.max_edges < large.max_edges / 2 and fitted.capacity.max_images < large.max_images / 2
     assert fitted.capacity.max_edges >= int(np.max(fitted.info.needs[..., 1]))

@@ -1,4 +1,5 @@
 """Training: the loss of SPEC §4, batches, exact resume, non-finite steps, overflow."""
+import functools
 import json
 
 import jax
@@ -6,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csp_jax import checkpoint
-from csp_jax.batching import bucket_sizes, draw_multipliers, expanded_species
+from csp_jax.training import checkpoint
+from csp_jax.data.species import bucket_sizes, draw_multipliers, expanded_species
 from csp_jax.config import get_config, override
-from csp_jax.train import contrastive_loss, init_train_state
-from csp_jax import training_loop
-from csp_jax.training_loop import TrainingDiverged, train
+from csp_jax.data.datasets import load_split
+from csp_jax.training.step import contrastive_loss, init_train_state
+from csp_jax.training import loop as training_loop
+from csp_jax.training.loop import TrainingDiverged, train
 
 
 def test_contrastive_loss_formula():
@@ -75,15 +77,15 @@ def test_existing_run_needs_resume(tmp_path, data_dir, config):
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monkeypatch):
     config = override(config, "train.max_bad_steps", "2")
-    real_step = training_loop.train_step
+    real_step = training_loop.update_step
 
-    def poisoned(state, batch, key, **kw):
-        new_state, metrics = real_step(state, batch, key, **kw)
+    def poisoned(state, data, samples, **kw):
+        new_state, metrics = real_step(state, data, samples, **kw)
         if int(state.step) >= 2:
             metrics = dict(metrics, loss=jnp.float32(np.nan))
         return new_state, metrics
 
-    monkeypatch.setattr(training_loop, "train_step", poisoned)
+    monkeypatch.setattr(training_loop, "update_step", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(config, tmp_path, data_dir, log=lambda *_: None)
     assert checkpoint.manager(tmp_path).latest_step() == 2
@@ -91,41 +93,46 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
     assert [r["skipped"] for r in records if r["kind"] == "train"] == [False, False, True, True]
 
 
-def test_overflow_repeats_step_with_grown_capacity(config):
+def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
     """A step whose neighbour lists overflow is repeated with grown capacities until none does."""
+    train_set = load_split("perov_5", "train", data_dir).subset(slice(0, 2))
     capacities = training_loop.Capacities(config, data_atoms=5)
-    batch = training_loop.Batch(None, np.zeros((2, 16), np.int32))
+    batch, _ = training_loop.make_batch(config, train_set, np.arange(2), np.random.default_rng(0))
+    state = init_train_state(config, jax.random.PRNGKey(0))
     seen = []
 
-    def step(data_capacity, sample_capacity):
+    def step(state, data, samples, *, data_capacity, sample_capacity, **_):
         seen.append((data_capacity, sample_capacity))
-        overflow = sample_capacity.max_edges < 5000
+        overflow = data_capacity.max_edges < 5000
         return None, {"loss": np.float32(1.0), "overflow": np.bool_(overflow),
-                      "data_needs": np.array([100, 500]), "sample_needs": np.array([300, 5000])}
+                      "data_needs": np.array([100, 5000]), "sample_needs": np.array([10, 10])}
 
-    messages = []
-    _, metrics, reruns = training_loop.run_until_no_overflow(step, capacities, batch, messages.append)
-    assert not metrics["overflow"] and reruns == len(seen) - 1 == 1  # grown to the need at once
-    assert [s.max_edges for _, s in seen] == sorted(s.max_edges for _, s in seen)
-    assert capacities.sample(16).max_edges >= 5000 and len(messages) == reruns
+    _, metrics, reruns = training_loop.run_step(step, config, state, batch, jax.random.PRNGKey(1),
+                                                capacities)
+    assert not metrics["overflow"] and len(seen) == 2 and reruns >= 1  # grown to the need at once
+    assert seen[1][0].max_edges >= 5000 > seen[0][0].max_edges
+    assert seen[0][1] == seen[1][1]  # the samples' capacity held what they needed
+    assert 0.0 < metrics["acceptance"] <= 1.0
     # The grown capacities are kept (and saved with checkpoints).
     restored = training_loop.Capacities(config, 5, capacities.to_json())
-    assert restored.sample(16) == capacities.sample(16) and restored.data == capacities.data
+    assert restored.data == capacities.data and restored.data.max_edges >= 5000
+    assert restored.samples == capacities.samples and capacities.samples
 
 
-def test_train_step_reports_overflow_of_a_small_capacity(config):
-    """The jitted step flags (never hides) a chain whose neighbour lists do not fit."""
-    from csp_jax.crystal import Crystal
-    from csp_jax.neighbors import NeighborCapacity
-    from csp_jax.train import Batch, train_step
+def test_update_step_reports_overflow_of_a_small_capacity(config):
+    """The jitted step flags (never hides) crystals whose neighbour lists do not fit."""
+    from csp_jax.geometry.crystal import Crystal
+    from csp_jax.geometry.neighbors import NeighborCapacity
+    from csp_jax.training.step import energy_of, update_step
 
     rng = np.random.default_rng(0)
     lattice = np.stack([6.0 * np.eye(3)] * 2).astype(np.float32)
     species = np.array([[38, 22, 8, 8, 8]] * 2, np.int32)
     data = Crystal(species, (rng.uniform(0, 1, (2, 5, 3)) @ lattice).astype(np.float32), lattice)
-    batch = Batch(data, species)
     state = init_train_state(config, jax.random.PRNGKey(0))
-    new_state, metrics = train_step(state, batch, jax.random.PRNGKey(1), config=config,
-                                    data_capacity=NeighborCapacity.for_atoms(5),
-                                    sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
-    assert bool(metrics["overflow"])
+    step = functools.partial(update_step, state, data, data, energy=energy_of(config), config=config,
+                             data_capacity=NeighborCapacity.for_atoms(5))
+    _, metrics = step(sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
+    assert bool(metrics["overflow"]) and np.any(np.asarray(metrics["sample_needs"]) > np.array([8, 64]))
+    _, metrics = step(sample_capacity=NeighborCapacity.for_atoms(5))
+    assert not bool(metrics["overflow"])

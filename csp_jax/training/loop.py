@@ -1,10 +1,11 @@
-"""The host side of training: data order, capacities, checkpoints, logs, plots.
+"""The host side of training: data order, negatives, capacities, checkpoints, logs, plots.
 
-`train(config, run_dir)` runs the jitted `csp_jax.train.train_step` over the
-epochs. Everything random is derived from the config's seed and the step
-number (batch order from (seed, epoch), expansions j from (seed, step), chain
-keys from fold_in(key, step)), so `resume=True` continues exactly where the
-newest checkpoint left off.
+`train(config, run_dir)` runs the epochs: per step, the negatives come from
+the chain driver (`csp_jax.sampling.sample`) and `update_step` applies the
+loss. Everything random is derived from the config's seed and the step number
+(batch order from (seed, epoch), expansions j from (seed, step), chain keys
+from fold_in(key, step)), so `resume=True` continues exactly where the newest
+checkpoint left off.
 """
 from __future__ import annotations
 
@@ -12,20 +13,23 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csp_jax import checkpoint
-from csp_jax.batching import draw_multipliers, expanded_species
 from csp_jax.config import Config
-from csp_jax.data import CrystalDataset, load_split
-from csp_jax.neighbors import NeighborCapacity
-from csp_jax.parallel import replicate, shard_batch
-from csp_jax.progress import format_duration
-from csp_jax.plots import plot_training_curve, read_metrics
-from csp_jax.train import Batch, eval_step, init_train_state, train_step
+from csp_jax.data.datasets import CrystalDataset, load_split
+from csp_jax.data.species import draw_multipliers, expanded_species
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.progress import Progress, format_duration
+from csp_jax.sampling.driver import grow_until_no_overflow, sample, schedule
+from csp_jax.training import checkpoint
+from csp_jax.training.curves import plot_training_curve, read_metrics
+from csp_jax.training.parallel import replicate, shard_batch
+from csp_jax.training.step import energy_of, init_train_state, update_step, validation_step
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
@@ -36,8 +40,15 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses; the last good checkpoint is kept."""
 
 
+class Batch(NamedTuple):
+    """data: Crystal [B, N_data]; sample_species: [B, N_sample] int32 for the chains."""
+
+    data: Crystal
+    sample_species: jax.Array
+
+
 class Capacities:
-    """Neighbour capacities in use: one for the data, one per sample bucket size."""
+    """Neighbour capacities in use: one for the data, one per sample size (at the chains' starts)."""
 
     def __init__(self, config: Config, data_atoms: int, saved: dict | None = None):
         self.config = config
@@ -45,23 +56,18 @@ class Capacities:
         self.samples = {int(n): NeighborCapacity(*c) for n, c in (saved or {}).get("samples", {}).items()}
 
     def _default(self, atoms: int) -> NeighborCapacity:
-        n = self.config.neighbors
-        return NeighborCapacity.for_atoms(atoms, n.max_images, n.edge_factor)
+        return NeighborCapacity.from_config(self.config.neighbors, atoms)
 
     def sample(self, atoms: int) -> NeighborCapacity:
         return self.samples.setdefault(atoms, self._default(atoms))
 
-    def grow(self, atoms: int, data_needs, sample_needs) -> bool:
-        """Grow what the needs ([image slots, edges]) exceed; False when nothing did."""
-        data, sample = self.data, self.sample(atoms)
-        if np.any(np.asarray(data_needs) > np.array(data)):
-            self.data = data.grow(*data_needs)
-        if np.any(np.asarray(sample_needs) > np.array(sample)):
-            self.samples[atoms] = sample.grow(*sample_needs)
-        return (self.data, self.samples[atoms]) != (data, sample)
-
     def to_json(self) -> dict:
         return {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.samples.items()}}
+
+
+def grow_exceeded(capacity: NeighborCapacity, needs) -> NeighborCapacity:
+    """`capacity` grown where `needs` ([image slots, edges]) exceed it, else unchanged."""
+    return capacity.grow(*needs) if np.any(np.asarray(needs) > np.array(capacity)) else capacity
 
 
 def _limited(dataset: CrystalDataset, limit: int) -> CrystalDataset:
@@ -76,25 +82,34 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
 
-def run_until_no_overflow(step_fn, capacities: Capacities, batch: Batch, log):
-    """Call `step_fn(data_capacity, sample_capacity)`, growing capacities on overflow.
+def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capacities):
+    """Negatives for `batch` by the chain driver, then `step_fn(state, data, samples, ...)`.
 
-    Returns (outputs, metrics as numpy, number of re-runs).
+    step_fn: `update_step` or `validation_step`. The chains start at the
+    capacity kept for their size (grown there when the starts need more);
+    the step's capacities grow until nothing overflows. Returns (output of
+    step_fn, metrics as numpy with the chains' mean acceptance, overflow
+    re-runs).
     """
-    atoms = batch.sample_species.shape[1]
-    reruns = 0
-    while True:
-        out = step_fn(capacities.data, capacities.sample(atoms))
+    energy = energy_of(config)
+    species = batch.sample_species
+    atoms = int(species.shape[1])
+    chains = sample(jax.random.split(key, species.shape[0]), species, energy, state.variables,
+                    capacities.sample(atoms), schedule(config.sampler),
+                    segment_length=config.sampler.segment_length)
+    capacities.samples[atoms] = chains.start_capacity
+
+    def step_at(caps):
+        out = step_fn(state, batch.data, chains.states.crystal, energy=energy, config=config,
+                      data_capacity=caps[0], sample_capacity=caps[1])
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
-        if not bool(metrics["overflow"]):
-            return out, metrics, reruns
-        if not capacities.grow(atoms, metrics["data_needs"], metrics["sample_needs"]):
-            raise RuntimeError(f"neighbour lists overflow although capacities {capacities.data}, "
-                               f"{capacities.sample(atoms)} hold the reported needs")
-        reruns += 1
-        log(f"  neighbour capacity exceeded; repeating the step with {capacities.sample(atoms)}")
-        if reruns > 20:
-            raise RuntimeError("neighbour capacity keeps overflowing (non-finite crystals?)")
+        return (out, metrics), metrics["overflow"], (metrics["data_needs"], metrics["sample_needs"])
+
+    (out, metrics), (capacities.data, _), reruns = grow_until_no_overflow(
+        step_at, (capacities.data, chains.capacity), "in the training step",
+        grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
+    metrics = dict(metrics, acceptance=float(np.mean(chains.info.acceptance_probability)))
+    return out, metrics, reruns + chains.num_overflow_reruns
 
 
 class MetricsLog:
@@ -110,7 +125,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def validation_loss(config, state, val_set, capacities, log) -> float:
+def validation_loss(config, state, val_set, capacities) -> float:
     """Mean loss over the full validation batches (chains with frozen spectral state)."""
     batch_size = min(config.train.batch_size, len(val_set))
     losses = []
@@ -118,9 +133,7 @@ def validation_loss(config, state, val_set, capacities, log) -> float:
         indices = np.arange(b * batch_size, (b + 1) * batch_size)
         batch, _ = make_batch(config, val_set, indices, np.random.default_rng([config.train.seed, 2, b]))
         key = jax.random.fold_in(state.key, VAL_KEY_OFFSET + b)
-        _, metrics, _ = run_until_no_overflow(
-            lambda dc, sc: eval_step(state, batch, key, config=config, data_capacity=dc, sample_capacity=sc),
-            capacities, batch, log)
+        _, metrics, _ = run_step(validation_step, config, state, batch, key, capacities)
         losses.append(float(metrics["loss"]))
     return float(np.mean(losses)) if losses else math.nan
 
@@ -134,6 +147,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     """
     run_dir = Path(run_dir)
     t = config.train
+    started = time.perf_counter()
     train_set = _limited(load_split(config.data.dataset, "train", data_dir, download=True),
                          config.data.train_limit)
     val_set = _limited(load_split(config.data.dataset, "val", data_dir, download=True),
@@ -165,24 +179,23 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     stop = total_steps if max_steps is None else min(total_steps, start + max_steps)
     log(f"training {config.name}: {len(train_set)} crystals, {steps_per_epoch} steps/epoch, "
         f"{t.num_epochs} epochs, steps {start}..{stop} of {total_steps}")
-    bad_in_row, step_seconds = 0, []
+    progress = Progress(stop, "training", unit="steps", log=log, initial=start)
+    bad_in_row = 0
     for step in range(start, stop):
         epoch, b = divmod(step, steps_per_epoch)
         order = np.random.default_rng([t.seed, epoch]).permutation(len(train_set))
         indices = np.sort(order[b * batch_size:(b + 1) * batch_size])
         batch, capped = make_batch(config, train_set, indices, np.random.default_rng([t.seed, 1, step]))
         key = jax.random.fold_in(state.key, step)
-        tic = time.time()
-        (new_state, _), metrics, reruns = run_until_no_overflow(
-            lambda dc, sc: train_step(state, batch, key, config=config, data_capacity=dc, sample_capacity=sc),
-            capacities, batch, log)
-        seconds = time.time() - tic
+        tic = time.perf_counter()
+        (new_state, _), metrics, reruns = run_step(update_step, config, state, batch, key, capacities)
+        seconds = time.perf_counter() - tic
         finite = bool(np.isfinite(metrics["loss"]))
         if finite:
             state, bad_in_row = new_state, 0
         else:
             state, bad_in_row = state.replace(step=state.step + 1), bad_in_row + 1
-            log(f"step {step + 1}: non-finite loss, update skipped ({bad_in_row} in a row)")
+            progress.write(f"step {step + 1}: non-finite loss, update skipped ({bad_in_row} in a row)")
         rate = batch_size * config.sampler.num_steps / seconds
         record = {"kind": "train", "step": step + 1, "epoch": epoch + 1,
                   **{k: float(metrics[k]) for k in ("loss", "e_data", "e_sample", "acceptance")},
@@ -194,21 +207,20 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
             raise TrainingDiverged(
                 f"{bad_in_row} non-finite losses in a row at step {step + 1}; the last good "
                 f"checkpoint (step {mngr.latest_step()}) in {run_dir} is kept")
-        step_seconds.append(seconds)
-        steady = step_seconds[1:] or step_seconds  # the first step of a call includes compilation
-        eta = float(np.median(steady)) * (stop - step - 1)
-        speed = "compiling" if len(step_seconds) == 1 else f"{rate:.0f} crystal-steps/s"
-        log(f"step {step + 1}/{total_steps} epoch {epoch + 1}/{t.num_epochs} "
-            f"loss {record['loss']:.4f} E_data {record['e_data']:.3f} E_sample {record['e_sample']:.3f} "
-            f"acc {record['acceptance']:.2f} | {speed} | ETA {format_duration(eta)}"
-            + (f" | capped {capped}" if capped else ""))
+        progress.update(1, f"epoch {epoch + 1}/{t.num_epochs} loss {record['loss']:.4f} "
+                           f"E_data {record['e_data']:.3f} E_sample {record['e_sample']:.3f} "
+                           f"acc {record['acceptance']:.2f} | {rate:.0f} crystal-steps/s"
+                           + (f" | capped {capped}" if capped else "")
+                           + (f" | overflow re-runs {reruns}" if reruns else ""))
         end_of_epoch = (step + 1) % steps_per_epoch == 0
         if finite and ((step + 1) % t.checkpoint_every == 0 or end_of_epoch or step + 1 == stop):
             save()
         if end_of_epoch:
-            val = validation_loss(config, state, val_set, capacities, log)
+            val = validation_loss(config, state, val_set, capacities)
             metrics_log.write({"kind": "val", "step": step + 1, "epoch": epoch + 1, "loss": val})
-            log(f"epoch {epoch + 1}: validation loss {val:.4f}")
+            progress.write(f"epoch {epoch + 1}: validation loss {val:.4f}")
             plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+    progress.close()
     plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+    log(f"trained steps {start}..{stop} in {format_duration(time.perf_counter() - started)} (wall time)")
     return state

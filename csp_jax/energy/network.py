@@ -1,10 +1,10 @@
 """The CGCNN' network of ContinuouSP (SPEC §2.3-2.7), as Flax Linen modules.
 
 `CGCNN` maps one crystal's species and edge lengths to the network's scalar
-output NN (the density penalty is added in `csp_jax.energy`). Spectral
+output NN (the density penalty is added in `csp_jax.energy.continuousp`). Spectral
 normalisation of the readout keeps its power-iteration vectors `u`, `v` in the
 `"spectral"` collection; they are state, not parameters, and are advanced only
-by `csp_jax.energy.power_iteration` (once per training forward pass), so the
+by `EnergyModel.training_variables` (once per training forward pass), so the
 network itself is a pure function of (params, spectral state, inputs).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from csp_jax.crystal import MAX_Z
-from csp_jax.pair_conv import pair_conv
+from csp_jax.geometry.crystal import MAX_Z
+from csp_jax.energy.pair_conv import pair_conv
 
 GAUSSIAN_STOP = 20.0  # mu = linspace(0, 20, d_e)
 GAUSSIAN_WIDTH = 3.0  # s = 3 * spacing of the centres
@@ -102,7 +102,7 @@ class GraphConv(nn.Module):
     nodes: [N, d]; edge_features: [E, d_e]; edge_weight: [E] (0 on padding
     edges); edge_mask: [E] bool (False on padding edges); receivers, senders:
     [E], the two atoms of each pair edge (both directions carry a message,
-    `csp_jax.pair_conv`). Returns [N, d].
+    `csp_jax.energy.pair_conv`). Returns [N, d].
     """
 
     @nn.compact
@@ -131,7 +131,7 @@ class CGCNN(nn.Module):
     """The network NN of H = NN + density penalty, for one crystal.
 
     species: [N] int (0 = padding); dist: [E] pair-edge lengths; cutoff: scalar D;
-    senders, receivers: [E], the two atoms of each pair edge (`csp_jax.neighbors`:
+    senders, receivers: [E], the two atoms of each pair edge (`csp_jax.geometry.neighbors`:
     each stands for both directions); edge_mask: [E] bool. Returns a scalar.
     """
 

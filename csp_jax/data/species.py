@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from csp_jax.crystal import expand_composition, reduce_composition
+from csp_jax.geometry.crystal import expand_composition, reduce_composition
 
 
 def bucket_sizes(max_atoms: int, base: int = 8) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ pair (i, j) of real atoms and lattice translation k in Z^3 with
 The directed edges come in reversed pairs of equal length: (i, j, k) and
 (j, i, -k). The list stores each such pair once, as a **pair edge** (i, j, s)
 with i <= j (and s lexicographically positive when i = j), and the network
-evaluates both directions from it (`csp_jax.pair_conv`), so everything that
+evaluates both directions from it (`csp_jax.energy.pair_conv`), so everything that
 depends on the length alone is computed once per pair.
 
 The translations tried for atom pair (i, j) are, per axis a, the
@@ -34,7 +34,8 @@ import jraph
 import numpy as np
 from flax import struct
 
-from csp_jax.crystal import Crystal
+from csp_jax.config import NeighborConfig
+from csp_jax.geometry.crystal import Crystal
 
 CUTOFF_SCALE = 3.0  # D = 3 (V / n)^(1/3)
 MIN_DIST_SQ = 1e-4  # pairs closer than 0.01 A carry no edge
@@ -46,6 +47,7 @@ MAX_IMAGE_SLOTS = 32768
 IMAGE_ROOM = 1.25  # image slots given per slot needed
 EDGE_ROOM = 1.1  # pair edges given per edge needed
 SHRINK_BELOW = 0.95  # `fit` shrinks a capacity when the need with room is below this fraction
+_DEFAULTS = NeighborConfig()
 
 
 class NeighborCapacity(NamedTuple):
@@ -61,13 +63,20 @@ class NeighborCapacity(NamedTuple):
     max_edges: int
 
     @classmethod
-    def for_atoms(cls, max_atoms: int, max_images: int = 216, edge_factor: float = 1.25):
+    def for_atoms(cls, max_atoms: int, max_images: int = _DEFAULTS.max_images,
+                  edge_factor: float = _DEFAULTS.edge_factor):
         """A capacity for crystals of up to `max_atoms` atoms.
 
         The edge capacity is `edge_factor` times the mean pair-edge count
         `MEAN_NEIGHBORS * max_atoms / 2` (rounded up to a multiple of 32).
+        The defaults are `csp_jax.config.NeighborConfig`'s.
         """
         return cls(max_images, _round32(edge_factor * MEAN_NEIGHBORS * max_atoms / 2))
+
+    @classmethod
+    def from_config(cls, neighbors: NeighborConfig, max_atoms: int) -> "NeighborCapacity":
+        """`for_atoms` with a config's `neighbors` section."""
+        return cls.for_atoms(max_atoms, neighbors.max_images, neighbors.edge_factor)
 
     def grow(self, needed_images: int = 0, needed_edges: int = 0) -> "NeighborCapacity":
         """A capacity that holds what was needed (`NeighborList.needs`), with some room.

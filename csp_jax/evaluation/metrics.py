@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from csp_jax.crystal import Crystal
-from csp_jax.matching import (DEFAULT_TIMEOUT_S, MATCH, OUTCOME_NAMES, PairResult,
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.evaluation.matching import (MATCH, OUTCOME_NAMES, PairResult,
                               match_pair, match_pairs)
 
 DATASET_NAMES = {"perov_5": "Perov-5", "mp_20": "MP-20", "mpts_52": "MPTS-52"}
@@ -74,7 +74,7 @@ def _match_rate_and_rmse(outcome: np.ndarray, rms: np.ndarray) -> tuple[float, f
 def aggregate(outcome, rms) -> dict:
     """Table 1 metrics from per-pair outcomes.
 
-    outcome: [T, K] outcome codes of `csp_jax.matching`; rms: [T, K], read only where MATCH.
+    outcome: [T, K] outcome codes of `csp_jax.evaluation.matching`; rms: [T, K], read only where MATCH.
     match_rate: % of test crystals with at least one matching sample; rmse: mean
     over those crystals of their smallest RMS (None when nothing matched); the
     `_k1` pair uses the first sample only. pair_counts: pairs per outcome.
@@ -97,7 +97,7 @@ def aggregate(outcome, rms) -> dict:
 def evaluate_samples(
     gt_structures: Sequence,
     samples: Crystal,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float,
     workers: int | None = None,
     match_fn=match_pair,
 ) -> dict:

@@ -1,15 +1,60 @@
-"""The `evaluate`, `predict` and `displacement` sub-commands of `experiments/run.py`.
+"""The `csp-jax` command: train, evaluate, predict, displacement, bench.
 
-Each `add_*(subparsers)` defines one sub-command whose `func(args)` loads the
-newest checkpoint of a training run (`--checkpoint DIR`) and the data, then
-calls the library function in `csp_jax.evaluate`, `csp_jax.predict` or
-`csp_jax.displacement`. Options left unset take the run's config values.
+    csp-jax train --config perov5 [--out DIR] [--resume] [--set sampler.num_steps=200]
+    csp-jax evaluate --checkpoint DIR [--limit 200] [--resume]
+    csp-jax predict --checkpoint DIR --formula SrTiO3 --num-samples 20
+    csp-jax displacement --checkpoint DIR
+    csp-jax bench [--whole-chain]
+
+`python experiments/run.py ...` is the same command (`--config X` alone
+trains). Each sub-command parses its options and calls library functions;
+options left unset take the run's config values. Errors a user can fix (a
+missing file, a bad value) end with one `error:` line and exit status 1.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import jax
+
+from csp_jax.config import available_configs, get_config, override
+
+SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
+
+
+def add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (the default sub-command)")
+    p.add_argument("--config", required=True, help=f"one of: {', '.join(available_configs())}")
+    p.add_argument("--out", help="run directory (default runs/<config>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. sampler.num_steps=200 (repeatable)")
+    p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (checkpointed)")
+    p.set_defaults(func=run_train)
+
+
+def build_config(args):
+    config = get_config(args.config)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        config = override(config, key, value)
+    return config
+
+
+def run_train(args) -> None:
+    from csp_jax.training.loop import train
+
+    config = build_config(args)
+    out = Path(args.out or f"runs/{config.name}")
+    if args.resume and not out.is_dir():
+        raise FileNotFoundError(f"--resume: run directory {out} does not exist")
+    train(config, out, args.data_dir, resume=args.resume, max_steps=args.max_steps)
+    print(f"done: checkpoints, metrics.jsonl and training_curve.png in {out}")
 
 
 def _add_checkpoint(p) -> None:
@@ -22,7 +67,7 @@ def _add_data_dir(p) -> None:
 
 
 def _load_split(config, split: str, data_dir):
-    from csp_jax.data import load_split
+    from csp_jax.data.datasets import load_split
 
     return load_split(config.data.dataset, split, data_dir)
 
@@ -42,12 +87,14 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--recompute", action="store_true",
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted evaluation from the samples saved in <out>/<split>_parts")
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args) -> None:
-    from csp_jax.checkpoint import load_model, read_config
-    from csp_jax.evaluate import evaluate, recompute
+    from csp_jax.training.checkpoint import load_model, read_config
+    from csp_jax.evaluation.evaluate import evaluate, recompute
 
     out = Path(args.out or Path(args.checkpoint) / "eval")
     if args.recompute:
@@ -64,7 +111,7 @@ def run_evaluate(args) -> None:
     evaluate(config, model, variables, _load_split(config, split, args.data_dir), out,
              split=split, num_samples=args.num_samples, limit=args.limit,
              batch_size=args.batch_size, key=jax.random.PRNGKey(args.seed),
-             timeout_s=args.timeout, workers=args.workers)
+             timeout_s=args.timeout, workers=args.workers, resume=args.resume)
 
 
 def add_predict(subparsers) -> None:
@@ -83,7 +130,7 @@ def add_predict(subparsers) -> None:
 
 
 def run_predict(args) -> None:
-    from csp_jax.checkpoint import load_model
+    from csp_jax.training.checkpoint import load_model
     from csp_jax.predict import predict
 
     config, model, variables = load_model(args.checkpoint)
@@ -106,11 +153,49 @@ def add_displacement(subparsers) -> None:
 
 
 def run_displacement(args) -> None:
-    from csp_jax.checkpoint import load_model
-    from csp_jax.displacement import displacement_experiment
+    from csp_jax.training.checkpoint import load_model
+    from csp_jax.evaluation.displacement import displacement_experiment
 
     config, model, variables = load_model(args.checkpoint)
     displacement_experiment(config, model, variables, _load_split(config, args.split, args.data_dir),
                             Path(args.out or Path(args.checkpoint) / "displacement"),
                             sigma=args.sigma, num_crystals=args.num_crystals,
                             num_draws=args.num_draws, seed=args.seed)
+
+
+def add_bench(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="speed of the MALA step against the authors' code",
+                              add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of experiments/bench.py")
+    p.set_defaults(func=lambda args: __import__("csp_jax.benchmark").benchmark.main(args.bench_args))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="csp-jax", description=__doc__.split("\n\n")[0])
+    subparsers = p.add_subparsers(dest="command")
+    for add in (add_train, add_evaluate, add_predict, add_displacement, add_bench):
+        add(subparsers)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run one sub-command; `--config X` with no sub-command trains. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["train"] + argv
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help()
+        return 2
+    from csp_jax.sampling.driver import enable_compilation_cache
+
+    enable_compilation_cache()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the newest checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+    return 0

@@ -10,7 +10,7 @@ as two XLA FFI targets for the CPU platform.
 
 `available()` says whether the kernel can be used. Without a compiler, or
 with `CSP_JAX_NATIVE=0`, it is False (with one warning line in the first
-case) and `csp_jax.pair_conv` runs its XLA version: same numbers, slower.
+case) and `csp_jax.energy.pair_conv` runs its XLA version: same numbers, slower.
 """
 from __future__ import annotations
 

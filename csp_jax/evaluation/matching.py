@@ -8,12 +8,10 @@ worker processes; a worker whose pair runs past its deadline is killed and
 replaced, so one pathological pair cannot hang the evaluation.
 
 Benchmark the matching throughput on this machine with
-`python -m csp_jax.matching --data ../shared/data --dataset perov_5 --num 200`.
+`python experiments/bench_matching.py --dataset perov_5 --num 200`.
 """
 from __future__ import annotations
 
-import argparse
-import collections
 import math
 import os
 import signal
@@ -22,12 +20,11 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from csp_jax.crystal import Crystal, from_structure, to_structure
+from csp_jax.geometry.crystal import Crystal, to_structure
 
 MATCH, NO_MATCH, INVALID, ERROR, TIMEOUT = range(5)
 OUTCOME_NAMES = ("match", "no_match", "invalid", "error", "timeout")
@@ -35,7 +32,6 @@ OUTCOME_NAMES = ("match", "no_match", "invalid", "error", "timeout")
 MATCHER_KWARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
 MIN_VOLUME = 0.1  # Angstrom^3
 MIN_DISTANCE = 0.5  # Angstrom
-DEFAULT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ def match_pair(ground_truth, sample: Crystal) -> PairResult:
     return PairResult(MATCH, float(rms[0]))
 
 
-_WORKER_COMMAND = "from csp_jax.matching import _serve; _serve()"
+_WORKER_COMMAND = "from csp_jax.evaluation.matching import _serve; _serve()"
 
 
 def _serve() -> None:
@@ -160,7 +156,7 @@ class _Worker:
 
 def match_pairs(
     pairs: Sequence[tuple[object, Crystal]],
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float,
     workers: int | None = None,
     match_fn: Callable[..., PairResult] = match_pair,
 ) -> list[PairResult]:
@@ -223,49 +219,3 @@ def match_pairs(
         for worker in live:
             worker.stop()
     return results
-
-
-def benchmark(structures, workers: int | None = None, sigma: float = 0.1, seed: int = 0) -> dict:
-    """Matching throughput on `structures`, each matched against two samples.
-
-    One sample is the structure with Gaussian noise `sigma` (Angstrom) on every
-    Cartesian coordinate (mostly matches), the other has uniformly random
-    fractional coordinates in the same lattice (mostly does not). Returns
-    {"pairs", "seconds", "pairs_per_s", "workers", outcome name: count}; the
-    seconds include starting the worker processes (a few seconds).
-    """
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for structure in structures:
-        crystal = from_structure(structure, dtype=np.float64)
-        noisy = crystal.positions + sigma * rng.standard_normal(crystal.positions.shape)
-        random = rng.random(crystal.positions.shape) @ crystal.lattice
-        pairs += [(structure, crystal.replace(positions=noisy)),
-                  (structure, crystal.replace(positions=random))]
-    start = time.perf_counter()
-    results = match_pairs(pairs, workers=workers)
-    seconds = time.perf_counter() - start
-    counts = collections.Counter(OUTCOME_NAMES[r.outcome] for r in results)
-    return {"pairs": len(pairs), "seconds": round(seconds, 2),
-            "pairs_per_s": round(len(pairs) / seconds, 1),
-            "workers": workers or os.cpu_count(), **counts}
-
-
-def _test_structures(data_dir: Path, dataset: str, num: int):
-    """The first `num` test crystals of a dataset, as pymatgen structures."""
-    from csp_jax.data import load_split
-
-    test = load_split(dataset, "test", data_dir)
-    return [test.structure(i) for i in range(min(num, len(test)))]
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Benchmark structure matching throughput.")
-    parser.add_argument("--data", type=Path, required=True, help="data directory (holding <dataset>/test.csv[.gz])")
-    parser.add_argument("--dataset", default="perov_5")
-    parser.add_argument("--num", type=int, default=200, help="test structures (2 pairs each)")
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args()
-    from csp_jax import matching  # by its import name, so the workers can unpickle match_pair
-
-    print(matching.benchmark(_test_structures(args.data, args.dataset, args.num), args.workers))

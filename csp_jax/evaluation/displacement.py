@@ -19,33 +19,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from csp_jax.config import Config
-from csp_jax.crystal import Crystal
-from csp_jax.data import CrystalDataset
-from csp_jax.energy import EnergyModel
-from csp_jax.neighbors import NeighborCapacity
+from csp_jax.data.datasets import CrystalDataset
+from csp_jax.energy.base import Energy
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.sampling.driver import grow_until_no_overflow, largest_needs
 
 CSV_FIELDS = ("material_id", "atom_index", "element", "displacement", "energy", "energy_undisplaced")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "capacity", "num_draws"))
-def _energies(model: EnergyModel, variables, crystal: Crystal, atom, key, sigma, *,
-              num_draws: int, capacity: NeighborCapacity):
-    """(|displacement| [D], H [D], H undisplaced [], overflow []) for D draws on one atom."""
+def _energies(model: Energy, variables, crystal: Crystal, atom, key, sigma, *,
+              num_draws: int, capacity):
+    """(|displacement| [D], H [D], H undisplaced [], overflow [], needs [D + 1, M]) for D draws on one atom."""
     noise = sigma * jax.random.normal(key, (num_draws, 3), crystal.positions.dtype)
 
     def energy_of(shift):
         moved = crystal.replace(positions=crystal.positions.at[atom].add(shift))
-        energy, nbrs = model.energy(variables, moved, capacity)
-        return energy, nbrs.overflow
+        energy, aux = model.energy(variables, moved, capacity)
+        return energy, aux.overflow, aux.needs
 
-    energies, overflow = jax.vmap(energy_of)(noise)
-    undisplaced, overflow_0 = energy_of(jnp.zeros(3, noise.dtype))
-    return jnp.linalg.norm(noise, axis=-1), energies, undisplaced, jnp.any(overflow) | overflow_0
+    energies, overflow, needs = jax.vmap(energy_of)(noise)
+    undisplaced, overflow_0, needs_0 = energy_of(jnp.zeros(3, noise.dtype))
+    return (jnp.linalg.norm(noise, axis=-1), energies, undisplaced, jnp.any(overflow) | overflow_0,
+            jnp.concatenate([needs, needs_0[None]]))
 
 
-def displaced_energies(model: EnergyModel, variables, crystal: Crystal, atom: int, key, *,
-                       sigma: float = 0.1, num_draws: int = 1000,
-                       capacity: NeighborCapacity | None = None, max_grows: int = 8):
+def displaced_energies(model: Energy, variables, crystal: Crystal, atom: int, key, *,
+                       sigma: float = 0.1, num_draws: int = 1000, capacity=None):
     """H with atom `atom` of one crystal moved by N(0, sigma^2) noise per Cartesian component.
 
     crystal: one padded Crystal (species [N]). Returns numpy (displacement
@@ -54,13 +55,15 @@ def displaced_energies(model: EnergyModel, variables, crystal: Crystal, atom: in
     the draws repeated while any evaluation overflows it.
     """
     capacity = NeighborCapacity.for_atoms(crystal.species.shape[-1]) if capacity is None else capacity
-    for _ in range(max_grows + 1):
-        displacement, energies, undisplaced, overflow = jax.device_get(_energies(
-            model, variables, crystal, atom, key, sigma, num_draws=num_draws, capacity=capacity))
-        if not overflow:
-            return displacement, energies, undisplaced
-        capacity = capacity.grow()
-    raise RuntimeError(f"neighbour capacity still overflows after {max_grows} grows: {capacity}")
+
+    def run(capacity):
+        out = jax.device_get(_energies(model, variables, crystal, atom, key, sigma,
+                                       num_draws=num_draws, capacity=capacity))
+        return out[:3], out[3], largest_needs(out[4])
+
+    (displacement, energies, undisplaced), _, _ = grow_until_no_overflow(
+        run, capacity, "in the displaced crystals")
+    return displacement, energies, undisplaced
 
 
 def _plot(panels: list[dict], sigma: float, path: Path) -> None:
@@ -82,7 +85,7 @@ def _plot(panels: list[dict], sigma: float, path: Path) -> None:
     plt.close(fig)
 
 
-def displacement_experiment(config: Config, model: EnergyModel, variables, dataset: CrystalDataset,
+def displacement_experiment(config: Config, model: Energy, variables, dataset: CrystalDataset,
                             out_dir, *, sigma: float = 0.1, num_crystals: int = 5,
                             num_draws: int = 1000, seed: int = 0,
                             log: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -96,8 +99,7 @@ def displacement_experiment(config: Config, model: EnergyModel, variables, datas
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(dataset), size=min(num_crystals, len(dataset)), replace=False)
-    capacity = NeighborCapacity.for_atoms(dataset.max_atoms, config.neighbors.max_images,
-                                          config.neighbors.edge_factor)
+    capacity = NeighborCapacity.from_config(config.neighbors, dataset.max_atoms)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = []

@@ -1,6 +1,6 @@
 """One CGCNN' convolution (SPEC §2.6) on pair edges, with a hand-written gradient.
 
-A pair edge (i, j, s) of `csp_jax.neighbors` stands for the directed edges
+A pair edge (i, j, s) of `csp_jax.geometry.neighbors` stands for the directed edges
 i <- j and j <- i, which share their length d and hence the edge term
 `f = W3 e(d) + b3` and the weight w(d). For node features v ([N, d_v]):
 
@@ -12,7 +12,7 @@ i <- j and j <- i, which share their length d and hence the edge term
 Two implementations of the per-edge part (gathers, gate and core, messages,
 their sum, and the gradient of all that), with the same inputs and numbers:
 
-- on CPU in float32, the fused kernel of `csp_jax.native` (one pass over the
+- on CPU in float32, the fused kernel of `csp_jax.energy.native` (one pass over the
   edges forward, one backward; about 1.5-2x faster for a whole MALA step);
 - otherwise (GPU, float64, no C++ compiler) XLA ops, with the gradient written
   out (`jax.custom_vjp`): XLA's CPU fusion of the derived one recomputes
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from csp_jax import native
+from csp_jax.energy import native
 
 
 def pair_conv(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders):

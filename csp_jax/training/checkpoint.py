@@ -14,8 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from csp_jax.config import Config
-from csp_jax.energy import EnergyModel
-from csp_jax.train import init_train_state
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.training.step import init_train_state
 
 CONFIG_FILE = "config.json"
 

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from csp_jax.crystal import Crystal, from_structure, pad, stack, to_structure
+from csp_jax.geometry.crystal import Crystal, from_structure, pad, stack, to_structure
 
 SPLITS = ("train", "val", "test")
 # Published maximum cell size of each dataset: the default padding of `load_split`.

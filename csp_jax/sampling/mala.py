@@ -1,9 +1,8 @@
-"""Annealed MALA sampling of crystals (SPEC §3).
+"""The annealed MALA kernel for one crystal (SPEC §3), as pure functions.
 
 Owns the Metropolis-adjusted Langevin kernel on (X, L), the random initial
-crystals, the geometric annealing schedule, the scanned chain, and the
-host-side driver `sample` that never keeps a result computed with too small an
-energy capacity.
+crystals, the geometric annealing schedule and the scanned chain. Batches of
+chains, capacities and overflow are the host driver's (`csp_jax.sampling.driver`).
 
 Factories return pure functions, as in jax-md and BlackJAX:
 
@@ -15,30 +14,26 @@ Factories return pure functions, as in jax-md and BlackJAX:
   or an object) has a bool `overflow`: the evaluation exceeded its capacity and
   is not to be trusted.
 - `reduce_fn(positions [N, 3], lattice [3, 3]) -> (positions, lattice,
-  converged)` re-describes the crystal (Niggli + wrap, `csp_jax.niggli.
+  converged)` re-describes the crystal (Niggli + wrap, `csp_jax.geometry.niggli.
   reduce_crystal` by default), differentiably in its inputs.
 
 Padding atoms (species 0) get no noise and no drift, stay where they are, and
-are left out of every sum. Lift one chain to a batch with `jax.vmap`
-(`run_chains` does it for whole chains).
+are left out of every sum. Lift one chain to a batch with `jax.vmap` (the
+driver does, in chunks).
 """
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from csp_jax.crystal import Crystal
-from csp_jax.niggli import reduce_crystal
-
-RHO0 = 0.05  # reference density, atoms per A^3 (SPEC §1)
-
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.niggli import reduce_crystal
 
 class MALAState(NamedTuple):
     """The chain state of one crystal, with what the next step needs cached.
@@ -190,7 +185,7 @@ def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
     return init_fn, step_fn
 
 
-def random_crystal(key, species, rho0: float = RHO0) -> Crystal:
+def random_crystal(key, species, rho0: float) -> Crystal:
     """A random start (SPEC §3): L = c G, fractional coordinates uniform in [0, 1)^3.
 
     species: [N] int, 0 for padding. G is standard normal 3 x 3 and
@@ -208,10 +203,11 @@ def random_crystal(key, species, rho0: float = RHO0) -> Crystal:
     return Crystal(species, frac @ lattice, lattice)
 
 
-def annealing_schedule(num_steps: int = 1000, step_size=(0.5, 5e-4), temperature=(1.0, 1e-3)):
+def annealing_schedule(num_steps: int, step_size: tuple[float, float], temperature: tuple[float, float]):
     """Geometric step sizes and temperatures (SPEC §3): (step_sizes [K], betas [K]).
 
-    step_size, temperature: (first, last); beta = 1 / temperature.
+    step_size, temperature: (first, last); beta = 1 / temperature. The
+    paper's values are `csp_jax.config.SamplerConfig`'s defaults.
     """
     step_sizes = np.geomspace(step_size[0], step_size[1], num_steps)
     betas = 1.0 / np.geomspace(temperature[0], temperature[1], num_steps)
@@ -249,184 +245,3 @@ def run_chain(key, init_state: MALAState, step_fn, step_sizes, betas,
     state, (info, trajectory) = lax.scan(block, init_state, blocks)
     info = jax.tree.map(lambda a: a.reshape((num_steps,) + a.shape[2:]), info)
     return state, info, trajectory
-
-
-CHAIN_CHUNK = 16  # chains vmapped together; a batch runs as lax.map over such chunks
-
-
-def chunked_vmap(fn: Callable, chunk: int = CHAIN_CHUNK) -> Callable:
-    """`jax.vmap(fn)` over the leading axis, run as `lax.map` over chunks of chains.
-
-    The per-chunk working set stays in cache (see docs/performance.md). The
-    chunk holds gcd(batch, `chunk`) elements, so every batch size works;
-    chunk c holds elements c, c + M, c + 2M, ... (M the number of chunks), so
-    a batch split over devices along its leading axis stays split inside
-    every chunk. `chunk <= 0`, or a batch not larger than it, runs as one vmap.
-    """
-    batched = jax.vmap(fn)
-
-    def mapped(*args):
-        size = jax.tree.leaves(args)[0].shape[0]
-        if chunk <= 0 or size <= chunk:
-            return batched(*args)
-        num = size // math.gcd(size, chunk)
-        split = lambda a: a.reshape((size // num, num) + a.shape[1:]).swapaxes(0, 1)  # noqa: E731
-        merge = lambda a: a.swapaxes(0, 1).reshape((size,) + a.shape[2:])  # noqa: E731
-        out = lax.map(lambda chunk_args: batched(*chunk_args), jax.tree.map(split, args))
-        return jax.tree.map(merge, out)
-
-    return mapped
-
-
-def chains_per_chunk(make_energy_fn: Callable, capacity) -> int:
-    """Chains per vmapped chunk for an energy factory at a capacity.
-
-    `make_energy_fn.chains_per_chunk(capacity)` where the factory defines it
-    (`csp_jax.energy.EnergyFnFactory` does, from the model's width and the edge
-    capacity), else CHAIN_CHUNK.
-    """
-    choose = getattr(make_energy_fn, "chains_per_chunk", None)
-    return CHAIN_CHUNK if choose is None else int(choose(capacity))
-
-
-def _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0,
-                    chunk=CHAIN_CHUNK):
-    def chain(key, state):
-        return run_chain(key, state, step_fn, step_sizes, betas, record_every, first_step)
-
-    return chunked_vmap(chain, chunk)(keys, init_states)
-
-
-@functools.partial(jax.jit, static_argnames=("step_fn", "record_every", "chunk"))
-def run_chains(keys, init_states, step_fn, step_sizes, betas, record_every=0, first_step=0,
-               chunk=CHAIN_CHUNK):
-    """`run_chain` over a batch: keys [B], init_states [B, ...], one chain per key.
-
-    Returns (states [B, ...], info [B, K], trajectory [B, K / r, ...] or None).
-    Compiled once per shape, step_fn, record_every and chunk (keep step_fn's
-    identity); chains run in vmapped chunks of `chunk` (`chunked_vmap`).
-    """
-    return _batched_chains(keys, init_states, step_fn, step_sizes, betas, record_every, first_step, chunk)
-
-
-class SampleResult(NamedTuple):
-    """Output of `sample`.
-
-    states:              MALAState [B, ...], the final states.
-    info:                MALAInfo [B, K] (numpy), every step of every chain.
-    capacity:            the capacity the last segment ran with.
-    num_overflow_reruns: how many times a segment (or the initialisation) was
-                         run again with a grown capacity.
-    """
-
-    states: MALAState
-    info: MALAInfo
-    capacity: Any
-    num_overflow_reruns: int
-
-
-def _bind(energy_fn, energy_args):
-    return lambda crystal: energy_fn(crystal, *energy_args)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_init(make_energy_fn, reduce_fn, capacity, rho0):
-    """jit((energy_args, keys [B], species [B, N]) -> states [B]) at one capacity."""
-    energy_fn, chunk = make_energy_fn(capacity), chains_per_chunk(make_energy_fn, capacity)
-
-    def init(energy_args, keys, species):
-        init_fn, _ = mala(_bind(energy_fn, energy_args), reduce_fn)
-        return chunked_vmap(lambda key, s: init_fn(random_crystal(key, s, rho0)), chunk)(keys, species)
-
-    return jax.jit(init)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_segment(make_energy_fn, reduce_fn, capacity):
-    """jit((energy_args, keys, states, step_sizes, betas, first_step) -> (states, info)) at one capacity."""
-    energy_fn, chunk = make_energy_fn(capacity), chains_per_chunk(make_energy_fn, capacity)
-
-    def segment(energy_args, keys, states, step_sizes, betas, first_step):
-        _, step_fn = mala(_bind(energy_fn, energy_args), reduce_fn)
-        states, info, _ = _batched_chains(keys, states, step_fn, step_sizes, betas, 0, first_step, chunk)
-        return states, info
-
-    return jax.jit(segment)
-
-
-def largest_needs(needs) -> tuple:
-    """The largest value of each need over all chains and steps: needs [..., M] -> M ints
-    (`MALAInfo.needs` of a batch; the arguments of `capacity.grow` and `capacity.fit`)."""
-    needs = np.asarray(jax.device_get(needs))
-    return tuple(int(n) for n in needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
-
-
-def _default_fit(capacity, needs):
-    fit = getattr(capacity, "fit", None)
-    return capacity if fit is None or not needs else fit(*needs)
-
-
-def sample(key, species, make_energy_fn: Callable, reduce_fn: Callable | None, capacity,
-           schedule, *, energy_args=(), segment_length: int = 100,
-           grow_fn: Callable | None = None, fit_fn: Callable | None = None, max_reruns: int = 16,
-           rho0: float = RHO0) -> SampleResult:
-    """Annealed MALA from random starts for a batch of species vectors, on the host.
-
-    key: a PRNG key; species: [B, N] int (0 = padding); schedule: (step_sizes
-    [K], betas [K]), e.g. `annealing_schedule()`.
-    make_energy_fn(capacity) -> energy_fn(crystal, *energy_args) -> (energy,
-    aux with `overflow`); `energy_args` (e.g. the network's variables) are
-    traced, so new values do not recompile; compilations are cached per
-    (make_energy_fn, reduce_fn, capacity), so pass the same objects each call.
-    reduce_fn: None for Niggli + wrap. capacity: hashable; grown by
-    `grow_fn(capacity, needs)`, default `capacity.grow(*needs)`, where `needs`
-    is the largest `aux.needs` seen in the overflowing segment (empty when the
-    aux reports none, or when the initialisation overflowed). Before every
-    segment but the first, the capacity is refitted to the largest needs the
-    previous one saw, `fit_fn(capacity, needs)`, default `capacity.fit(*needs)`
-    where the capacity has `fit` (chains need fewer neighbours as they settle,
-    and the work is per edge of capacity).
-
-    The chains run in segments of `segment_length` steps, each jitted once per
-    capacity and shape. After a segment (and after the initialisation) the
-    overflow flags of every chain and step are checked; if any is set, the
-    capacity is grown and the segment is run again from its saved start states
-    and keys, so the result equals a run that had the final capacity from the
-    start. Raises RuntimeError after `max_reruns` re-runs.
-    """
-    species = jnp.asarray(species, jnp.int32)
-    step_sizes, betas = (jnp.asarray(a) for a in schedule)
-    grow = (lambda c, needs: c.grow(*needs)) if grow_fn is None else grow_fn
-    fit = _default_fit if fit_fn is None else fit_fn
-    reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
-    chain_keys = jax.vmap(jax.random.split)(jax.random.split(key, species.shape[0]))
-    init_keys, run_keys = chain_keys[:, 0], chain_keys[:, 1]
-    reruns = 0
-
-    def without_overflow(where, compile_at, overflow_of, needs_of, *args):
-        """Run `compile_at(...)(energy_args, *args)`, growing the capacity until no overflow."""
-        nonlocal capacity, reruns
-        while True:
-            out = compile_at(make_energy_fn, reduce_fn, capacity)(energy_args, *args)
-            if not bool(np.any(jax.device_get(overflow_of(out)))):
-                return out
-            if reruns == max_reruns:
-                raise RuntimeError(f"energy capacity {capacity} overflows {where} "
-                                   f"after {reruns} re-runs")
-            capacity = grow(capacity, largest_needs(needs_of(out)))
-            reruns += 1
-
-    states = without_overflow("at initialisation", functools.partial(_compiled_init, rho0=rho0),
-                              lambda s: s.overflow, lambda s: np.zeros((0,), np.int32),
-                              init_keys, species)
-    infos = []
-    for start in range(0, step_sizes.shape[0], segment_length):
-        stop = start + segment_length
-        if infos:
-            capacity = fit(capacity, largest_needs(infos[-1].needs))
-        states, info = without_overflow(
-            f"in the segment from step {start}", _compiled_segment, lambda out: out[1].overflow,
-            lambda out: out[1].needs, run_keys, states, step_sizes[start:stop], betas[start:stop], start)
-        infos.append(jax.device_get(info))
-    info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
-    return SampleResult(states, info, capacity, reruns)

@@ -1,0 +1,310 @@
+"""Speed of one annealed-MALA step (SPEC §3) on this machine, against SPEC §8's baseline.
+
+    python experiments/bench.py                       # both SPEC §8 workloads
+    python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
+    python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
+    python experiments/bench.py --profile --max-images 128 --max-edges 352   # parts of a step
+
+What is timed: `steps` MALA steps of `csp_jax.sampling.mala.mala` (real `EnergyModel`
+energy with random weights, Niggli reduce) in one jitted `lax.scan`, vmapped
+over the batch, after compilation, from the same start states each repeat;
+the median over repeats divided by `steps` is the time per step. The start
+states are random crystals (`sampler.random_crystal`) advanced by `warmup`
+steps of the real 1000-step annealing schedule, so the cells are the ones a
+chain actually visits; the timed steps are the schedule's next `steps` steps.
+Between segments the neighbour capacity is refitted to the chains' needs, and an
+overflow grows it and re-runs the segment, as `sampler.sample` does (reported).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from csp_jax.config import get_config
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.geometry.niggli import reduce_crystal
+from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_segment,
+                                     grow_until_no_overflow, largest_needs, sample, schedule)
+from csp_jax.sampling.mala import mala, random_crystal
+
+# SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
+BASELINE = {
+    "perov5": {"config": "perov5", "batch": 128, "atoms": 5, "ms_per_step": 309.0, "crystal_steps_per_s": 415.0},
+    "mp20": {"config": "mp20", "batch": 16, "atoms": 20, "ms_per_step": 578.0, "crystal_steps_per_s": 28.0},
+}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def machine() -> dict:
+    """CPU model, cores, load, jax version and backend."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "python": platform.python_version()}
+
+
+def species_for(num_atoms: int, batch: int, seed: int = 0) -> np.ndarray:
+    """[batch, num_atoms] species: SrTiO3 for 5 atoms, else random Z in 1..83 per crystal."""
+    if num_atoms == 5:
+        return np.tile(np.array([38, 22, 8, 8, 8], np.int32), (batch, 1))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.integers(1, 84, (batch, num_atoms)), axis=1).astype(np.int32)
+
+
+def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int = 20,
+          warmup: int = 300, repeats: int = 7, seed: int = 0, max_images: int | None = None,
+          edge_factor: float | None = None, chunk: int | None = None, log=print) -> dict:
+    """Time one MALA step for `batch` crystals of `atoms` atoms with `config`'s model.
+
+    Returns a dict: ms_per_step (median), ms_per_step_best (the fastest repeat,
+    the least disturbed by other work on a shared machine), all repeats, crystal_steps_per_s,
+    compile_s (the timed segment's lower + compile), capacity used, overflow
+    re-runs, acceptance rate of the timed steps, XLA's memory estimate of the
+    compiled segment and the process's peak RSS.
+    """
+    cfg = get_config(config)
+    model = EnergyModel.from_config(cfg.model)
+    capacity = NeighborCapacity.for_atoms(
+        atoms, cfg.neighbors.max_images if max_images is None else max_images,
+        cfg.neighbors.edge_factor if edge_factor is None else edge_factor)
+    variables = model.init(jax.random.key(seed))
+    step_sizes, betas = schedule(cfg.sampler)
+    keys = jax.random.split(jax.random.key(seed + 1), batch)
+    species = jnp.asarray(species_for(atoms, batch, seed))
+
+    # The first `warmup` steps through the library's driver, segments of `steps` steps.
+    warm = sample(keys, species, model, variables, capacity, (step_sizes[:warmup], betas[:warmup]),
+                  segment_length=steps, chunk=chunk)
+    states, reruns = warm.states, warm.num_overflow_reruns
+    capacity = warm.capacity.fit(*largest_needs(warm.info.needs[:, -steps:]))
+    run_keys = jax.vmap(jax.random.split)(keys)[:, 1]
+    compile_s = {}
+
+    def timed_segment(capacity):
+        """The driver's segment for the next `steps` steps, compiled ahead (timed) and run once."""
+        args = (variables, run_keys, states, step_sizes[warmup:warmup + steps],
+                betas[warmup:warmup + steps], warmup)
+        t0 = time.perf_counter()
+        compiled = compiled_segment(model, mala, reduce_crystal, capacity, chunk).lower(*args).compile()
+        compile_s[capacity] = time.perf_counter() - t0
+        out = compiled(*args)
+        return (compiled, args, out[1]), out[1].overflow, largest_needs(out[1].needs)
+
+    (compiled, args, info), capacity, more = grow_until_no_overflow(timed_segment, capacity, "in the timed segment")
+    reruns += more
+    compile_s = compile_s[capacity]
+    nbrs = jax.jit(model.batch_energy, static_argnums=2)(variables, states.crystal, capacity)[1]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    ms = 1e3 * statistics.median(times) / steps
+    memory = compiled.memory_analysis()
+    xla_bytes = None if memory is None else int(
+        memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
+    result = {
+        "config": config, "batch": batch, "atoms": atoms, "steps": steps, "warmup": warmup,
+        "chunk": chains_per_chunk(model, capacity) if chunk is None else chunk,
+        "ms_per_step": ms, "ms_per_step_best": 1e3 * min(times) / steps,
+        "ms_per_step_repeats": [1e3 * t / steps for t in times],
+        "crystal_steps_per_s": batch * 1e3 / ms, "compile_s": compile_s,
+        "capacity": {"max_images": capacity.max_images, "max_edges": capacity.max_edges},
+        "overflow_reruns": reruns,
+        "acceptance": float(jnp.mean(info.accepted)),
+        "start_edges_mean_max": [float(jnp.mean(nbrs.num_edges)), int(jnp.max(nbrs.num_edges))],
+        "start_images_max": int(jnp.max(nbrs.num_images)),
+        "xla_memory_bytes": xla_bytes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    log(f"{config} batch {batch} x {atoms} atoms (chunk {result['chunk'] or batch}): {ms:.2f} ms/step, "
+        f"{result['crystal_steps_per_s']:.0f} crystal-steps/s, compile {compile_s:.1f} s, "
+        f"capacity {tuple(capacity)}, re-runs {reruns}, acceptance {result['acceptance']:.2f}, "
+        f"timed start states need edges mean/max {result['start_edges_mean_max']}, "
+        f"images max {result['start_images_max']}")
+    return result
+
+
+def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images: int = 128,
+            max_edges: int = 352, repeats: int = 5, seed: int = 0, chunk: int | None = None,
+            log=print) -> dict:
+    """Median wall and CPU ms of the parts of one step, on reduced random crystals.
+
+    Parts (each jitted, over the batch in vmapped chunks of `chunk` chains as
+    the sampler runs them; None: the library's choice): Niggli reduce + wrap,
+    the neighbour list, the energy, the energy with its gradient w.r.t. X and L.
+    """
+    from csp_jax.geometry.neighbors import neighbor_list
+
+    model = EnergyModel.from_config(get_config(config).model)
+    capacity = NeighborCapacity(max_images, max_edges)
+    variables = model.init(jax.random.key(seed))
+    keys = jax.random.split(jax.random.key(seed + 1), batch)
+    rho0 = model.rho0
+    crystals = jax.vmap(lambda k, s: random_crystal(k, s, rho0))(keys, jnp.asarray(species_for(atoms, batch, seed)))
+    positions, lattice, _ = jax.vmap(reduce_crystal)(crystals.positions, crystals.lattice)
+    crystals = crystals.replace(positions=positions, lattice=lattice)
+
+    def energy_and_grad(variables, crystal):  # value and gradient, as the sampler evaluates them
+        def energy(positions, lattice):
+            return model.energy(variables, crystal.replace(positions=positions, lattice=lattice), capacity)[0]
+        return jax.value_and_grad(energy, argnums=(0, 1))(crystal.positions, crystal.lattice)
+
+    chunk = chains_per_chunk(model, capacity) if chunk is None else chunk
+    over_batch = lambda fn: chunked_vmap(fn, chunk)  # noqa: E731
+    parts = {
+        "niggli_reduce": (over_batch(lambda c: reduce_crystal(c.positions, c.lattice)), (crystals,)),
+        "neighbor_list": (over_batch(lambda c: neighbor_list(c, capacity)), (crystals,)),
+        "energy": (over_batch(lambda c: model.energy(variables, c, capacity)[0]), (crystals,)),
+        "energy_and_grad": (over_batch(lambda c: energy_and_grad(variables, c)), (crystals,)),
+    }
+    nbrs = parts["neighbor_list"][0](crystals)
+    result = {"config": config, "batch": batch, "atoms": atoms, "capacity": list(capacity), "chunk": chunk,
+              "edges_mean_max": [float(jnp.mean(nbrs.num_edges)), int(jnp.max(nbrs.num_edges))],
+              "images_max": int(jnp.max(nbrs.num_images)), "overflow": int(jnp.sum(nbrs.overflow))}
+    log(f"{config} batch {batch} x {atoms} atoms (chunk {chunk}), capacity {tuple(capacity)}: edges mean/max "
+        f"{result['edges_mean_max']}, images max {result['images_max']}, overflow {result['overflow']}")
+    for name, (fn, args) in parts.items():
+        fn = jax.jit(fn)
+        jax.block_until_ready(fn(*args))
+        wall, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(*args))
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        result[name] = {"wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu)}
+        log(f"  {name:16s} {result[name]['wall_ms']:8.2f} ms wall {result[name]['cpu_ms']:8.2f} ms cpu")
+    return result
+
+
+def compare(results: list[dict], info: dict) -> str:
+    """A Markdown table of results beside SPEC §8's baseline."""
+    lines = [f"machine: {info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']}), "
+             f"load average {info['load_avg'][0]:.2f} / {info['load_avg'][1]:.2f} / {info['load_avg'][2]:.2f}",
+             "",
+             "| workload | batch | atoms | ms/step | best ms/step | crystal-steps/s | compile s "
+             "| baseline ms/step | speed-up | best speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        base = next((b for b in BASELINE.values()
+                     if (b["config"], b["batch"], b["atoms"]) == (r["config"], r["batch"], r["atoms"])), None)
+        ratio = f"{base['ms_per_step'] / r['ms_per_step']:.1f}x" if base else "-"
+        best = f"{base['ms_per_step'] / r['ms_per_step_best']:.1f}x" if base else "-"
+        lines.append(f"| {r['config']} | {r['batch']} | {r['atoms']} | {r['ms_per_step']:.2f} | "
+                     f"{r['ms_per_step_best']:.2f} | {r['crystal_steps_per_s']:.0f} | {r['compile_s']:.1f} | "
+                     f"{base['ms_per_step'] if base else '-'} | {ratio} | {best} |")
+    return "\n".join(lines)
+
+
+def scaling(args) -> list[dict]:
+    """Crystal-steps/s against batch size (perov5, 5 atoms) and atoms (mp20 model, batch 16)."""
+    results = []
+    for batch in args.scaling_batches:
+        results.append({"sweep": "batch", **bench("perov5", batch, 5, args.steps, args.scaling_warmup,
+                                                   args.repeats)})
+    for atoms in args.scaling_atoms:
+        results.append({"sweep": "atoms", **bench("mp20", 16, atoms, args.steps, args.scaling_warmup,
+                                                   args.repeats)})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(9, 3.5))
+    by_batch = [r for r in results if r["sweep"] == "batch"]
+    by_atoms = [r for r in results if r["sweep"] == "atoms"]
+    ax_b.loglog([r["batch"] for r in by_batch], [r["crystal_steps_per_s"] for r in by_batch], "o-")
+    ax_b.axhline(BASELINE["perov5"]["crystal_steps_per_s"], color="gray", ls="--", label="SPEC §8 baseline (B=128)")
+    ax_b.set(xlabel="batch size", ylabel="crystal-steps / s", title="perov5 model, 5 atoms")
+    ax_b.legend(fontsize=8)
+    ax_a.loglog([r["atoms"] for r in by_atoms], [r["crystal_steps_per_s"] for r in by_atoms], "o-")
+    ax_a.axhline(BASELINE["mp20"]["crystal_steps_per_s"], color="gray", ls="--", label="SPEC §8 baseline (20 atoms)")
+    ax_a.set(xlabel="atoms per crystal", ylabel="crystal-steps / s", title="mp20 model, batch 16")
+    ax_a.legend(fontsize=8)
+    fig.tight_layout()
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / "scaling.png", dpi=120)
+    table = ["| sweep | model | batch | atoms | ms/step | crystal-steps/s | compile s | XLA MB | peak RSS MB | capacity (I, E) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        xla = "-" if r["xla_memory_bytes"] is None else f"{r['xla_memory_bytes'] / 2**20:.0f}"
+        table.append(f"| {r['sweep']} | {r['config']} | {r['batch']} | {r['atoms']} | {r['ms_per_step']:.2f} | "
+                     f"{r['crystal_steps_per_s']:.0f} | {r['compile_s']:.1f} | {xla} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['capacity']['max_images']}, {r['capacity']['max_edges']} |")
+    (DOCS / "scaling.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return results
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", choices=sorted(BASELINE), action="append",
+                   help="a SPEC §8 workload (repeatable; default both)")
+    p.add_argument("--config", help="model config for a custom workload (with --batch, --atoms)")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--atoms", type=int)
+    p.add_argument("--steps", type=int, default=20, help="MALA steps per timed scan")
+    p.add_argument("--warmup", type=int, default=300, help="annealing steps run before timing")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--edge-factor", type=float)
+    p.add_argument("--chunk", type=int,
+                   help="chains vmapped together; the batch runs as lax.map over such chunks "
+                        "(default: the library's choice for the capacity; 0: one vmap)")
+    p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
+    p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
+    p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])
+    p.add_argument("--scaling-warmup", type=int, default=100)
+    p.add_argument("--profile", action="store_true",
+                   help="time the parts of a step (with --config/--batch/--atoms, --max-images, --max-edges)")
+    p.add_argument("--max-edges", type=int, default=352, help="pair-edge capacity for --profile")
+    p.add_argument("--json", help="write the results and the machine description here")
+    args = p.parse_args(argv)
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}, "
+          f"jax {info['jax']}, backend {info['backend']}", flush=True)
+    if args.profile:
+        result = profile(args.config or "perov5", args.batch or 128, args.atoms or 5,
+                         args.max_images or 128, args.max_edges, args.repeats, chunk=args.chunk)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
+                                                   "profile": result}, indent=1))
+        return
+    if args.scaling:
+        results = scaling(args)
+    elif args.config:
+        results = [bench(args.config, args.batch, args.atoms, args.steps, args.warmup, args.repeats,
+                         max_images=args.max_images, edge_factor=args.edge_factor, chunk=args.chunk)]
+    else:
+        results = [bench(BASELINE[w]["config"], args.batch or BASELINE[w]["batch"],
+                         args.atoms or BASELINE[w]["atoms"], args.steps, args.warmup, args.repeats,
+                         max_images=args.max_images, edge_factor=args.edge_factor, chunk=args.chunk)
+                   for w in (args.workload or sorted(BASELINE, reverse=True))]
+    info = {**info, "load_avg": os.getloadavg()}
+    print(compare(results, info))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
+                                               "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

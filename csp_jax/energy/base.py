@@ -1,0 +1,44 @@
+"""The energy interface: what the sampler, the trainer, evaluation and prediction need.
+
+Any hashable object with these members can be sampled, trained, evaluated and
+used for prediction (`tests/test_toy_energy.py` runs a pairwise energy through
+all of them). `csp_jax.energy.ContinuouSPEnergy` is the paper's.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+from csp_jax.geometry.crystal import Crystal
+
+
+@runtime_checkable
+class Energy(Protocol):
+    """An energy H(A, X, L) of one crystal with explicit variables.
+
+    rho0:  reference density (atoms per A^3) of the chains' random starts
+           (SPEC §3: E|det L| = n / rho0).
+    width: features per pair edge; the chain driver sizes its vmapped chunks
+           by edges x width (CPU cache tuning, `csp_jax.sampling.driver`).
+
+    The object must be hashable and equal by value (compilations are cached
+    on it). Its energy must be differentiable in `crystal.positions` and
+    `crystal.lattice` and written for ONE crystal (it is lifted with vmap).
+    """
+
+    rho0: float
+    width: int
+
+    def init(self, key) -> dict:
+        """Fresh variables `{"params": ..., ...}`; only "params" is trained."""
+
+    def energy(self, variables, crystal: Crystal, capacity) -> tuple[jax.Array, Any]:
+        """(H [], aux): aux has `overflow` ([] bool: `capacity` was too small, H is
+        not to be trusted), `needs` ([M] int: what the capacity had to hold) and
+        `valid` ([] bool). `capacity` is hashable, with `grow(*needs)` and
+        `fit(*needs)` (a `NeighborCapacity`)."""
+
+    def training_variables(self, variables) -> dict:
+        """The variables of one training-mode forward pass (e.g. one spectral-norm
+        power iteration); the identity for an energy without such state."""

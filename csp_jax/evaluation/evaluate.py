@@ -1,0 +1,203 @@
+"""The paper's Table 1 evaluation of a trained energy (SPEC §5).
+
+`evaluate` draws K independent chains per test crystal with the crystal's own
+species vector (through the chain driver, `csp_jax.sampling.sample_rows`),
+writes the samples batch by batch into `<split>_parts/` so that an
+interrupted evaluation continues with `resume=True` where it stopped (chain r
+uses the key `fold_in(key, r)` and the stored capacity carries over, so the
+result equals an uninterrupted run), then stores them (`<split>_samples.npz`,
+CIFs of the first sample per crystal in `cifs/`) and writes the match metrics
+(`<split>_metrics.json` and `.md`, beside the paper's numbers). `recompute`
+scores a stored sample file again without sampling.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from csp_jax.config import Config
+from csp_jax.data.datasets import CrystalDataset
+from csp_jax.energy.base import Energy
+from csp_jax.evaluation import metrics
+from csp_jax.evaluation.matching import sample_structure
+from csp_jax.geometry.crystal import Crystal, to_structure
+from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.progress import format_duration
+from csp_jax.sampling.driver import sample_rows, schedule
+
+SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
+SETTINGS_FILE = "settings.json"
+
+
+def sample_chains(config: Config, energy: Energy, variables, species, key, *, batch_size: int,
+                  parts_dir: Path | None = None, log: Callable[[str], None] = print):
+    """Annealed chains (the config's evaluation schedule) from random starts, one per row.
+
+    species: [M, N] int (0 = padding); row r uses the key `fold_in(key, r)`.
+    With `parts_dir`, every batch of rows is saved there as it finishes
+    (`rows_<first row>.npz`, with the capacity the next batch starts from) and
+    batches already there are loaded instead of sampled again. Returns
+    (crystals: Crystal [M, N] numpy, energies [M], overflow re-runs).
+    """
+    species = np.asarray(species, np.int32)
+    num_rows = species.shape[0]
+    batch_size = min(batch_size, num_rows)
+    steps = schedule(config.sampler, config.eval.num_steps)
+    capacity = NeighborCapacity.from_config(config.neighbors, species.shape[1])
+    done = []
+    if parts_dir is not None:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        for begin in range(0, num_rows, batch_size):
+            path = parts_dir / f"rows_{begin:08d}.npz"
+            if not path.is_file():
+                break
+            with np.load(path) as part:
+                done.append({k: part[k] for k in part.files})
+            capacity = NeighborCapacity(*(int(c) for c in done[-1]["capacity"]))
+        if done:
+            log(f"resuming: {len(done)} batches of {batch_size} chains already in {parts_dir}")
+
+    def save_part(begin, crystals, energies, capacity, reruns):
+        part = {"positions": crystals.positions, "lattice": crystals.lattice, "energies": energies,
+                "capacity": np.array(capacity), "reruns": np.array(reruns)}
+        done.append(part)
+        if parts_dir is not None:
+            tmp = parts_dir / f"rows_{begin:08d}.tmp.npz"
+            np.savez(tmp, **part)
+            tmp.replace(parts_dir / f"rows_{begin:08d}.npz")  # complete or absent, never half-written
+
+    first = len(done) * batch_size
+    if first < num_rows:
+        sample_rows(key, species[first:], energy, variables, capacity, steps, batch_size=batch_size,
+                    segment_length=config.sampler.segment_length, first_row=first, log=log,
+                    on_batch=save_part)
+    crystals = Crystal(species, np.concatenate([p["positions"] for p in done]),
+                       np.concatenate([p["lattice"] for p in done]))
+    return (crystals, np.concatenate([p["energies"] for p in done]),
+            int(sum(int(p["reruns"]) for p in done)))
+
+
+def subset_indices(num_crystals: int, limit: int) -> np.ndarray:
+    """The first `limit` of a fixed-seed permutation of range(num_crystals), sorted; all when limit <= 0."""
+    if limit <= 0 or limit >= num_crystals:
+        return np.arange(num_crystals)
+    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(num_crystals)[:limit])
+
+
+def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> None:
+    """CIF of sample 0 of every test crystal whose first sample is a valid crystal."""
+    from pymatgen.io.cif import CifWriter
+
+    cif_dir.mkdir(parents=True, exist_ok=True)
+    for t, material_id in enumerate(material_ids):
+        first = metrics.sample_at(samples, t, 0)
+        if sample_structure(first) is not None:
+            CifWriter(to_structure(first)).write_file(cif_dir / f"{material_id}.cif")
+
+
+def _paths(out_dir, split: str) -> tuple[Path, Path]:
+    """(samples file, metrics stem) of a split in out_dir."""
+    return Path(out_dir) / f"{split}_samples.npz", Path(out_dir) / f"{split}_metrics"
+
+
+def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset, out_dir, *,
+             split: str | None = None, num_samples: int | None = None, limit: int | None = None,
+             batch_size: int | None = None, key=None, timeout_s: float | None = None,
+             workers: int | None = None, resume: bool = False,
+             log: Callable[[str], None] = print) -> dict:
+    """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
+
+    dataset: the whole split (its length is the total the report compares with).
+    Options left None take `config.eval` values; key defaults to PRNGKey(0).
+    limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
+    says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
+    continues from them (with the same settings, checked), otherwise an
+    existing `<split>_parts/` is an error. The results gain `sampling`:
+    chains, steps, seconds, overflow re-runs. Writes `<split>_samples.npz`,
+    `cifs/`, `<split>_metrics.json|.md` in out_dir.
+    """
+    e = config.eval
+    split = e.split if split is None else split
+    num_samples = e.num_samples if num_samples is None else num_samples
+    limit = e.limit if limit is None else limit
+    batch_size = e.batch_size if batch_size is None else batch_size
+    timeout_s = e.match_timeout if timeout_s is None else timeout_s
+    key = jax.random.PRNGKey(0) if key is None else key
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples_path, stem = _paths(out_dir, split)
+    num_steps = int(schedule(config.sampler, e.num_steps)[0].shape[0])
+
+    test = dataset.subset(subset_indices(len(dataset), limit))
+    num_test = len(test)
+    parts_dir = out_dir / f"{split}_parts"
+    settings = {"split": split, "num_test": num_test, "num_samples": num_samples, "steps": num_steps,
+                "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist()}
+    settings_path = parts_dir / SETTINGS_FILE
+    if parts_dir.is_dir() and not resume:
+        raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "
+                              f"continue it, or delete it to start again")
+    if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(f"--resume: {settings_path} was written with other settings "
+                         f"({settings_path.read_text().strip()}); use the same options or delete it")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings))
+    log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
+        f"{num_steps} steps, batch {batch_size}")
+    start = time.perf_counter()
+    crystals, energies, reruns = sample_chains(
+        config, energy, variables, np.repeat(test.species, num_samples, axis=0), key,
+        batch_size=batch_size, parts_dir=parts_dir, log=log)
+    seconds = time.perf_counter() - start
+    log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}")
+    samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:]), crystals)
+    metrics.save_samples(samples_path, samples, energies.reshape(num_test, num_samples),
+                         test.material_ids)
+    shutil.rmtree(parts_dir)
+    _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
+
+    log(f"matching {num_test * num_samples} pairs")
+    results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
+                                       timeout_s, workers)
+    results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
+                           "batch_size": batch_size, "seconds": seconds,
+                           "overflow_reruns": reruns}
+    json_path, md_path = metrics.write_report(results, stem, config.data.dataset, len(dataset))
+    log(f"wrote {samples_path}, {json_path}, {md_path}")
+    return results
+
+
+def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
+              timeout_s: float, workers: int | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Score a stored `<split>_samples.npz` again (no sampling) and rewrite `<split>_metrics.json|.md`.
+
+    dataset: the whole split the samples came from (ground truth found by
+    material id); dataset_name: e.g. "perov_5", for the report. The `sampling`
+    record of an existing metrics JSON beside the samples is kept.
+    """
+    samples_path = Path(samples_path)
+    if not samples_path.name.endswith("_samples.npz"):
+        raise ValueError(f"{samples_path} is not a <split>_samples.npz file")
+    samples, _, material_ids = metrics.load_samples(samples_path)
+    row_of = {str(m): i for i, m in enumerate(dataset.material_ids)}
+    missing = [str(m) for m in material_ids if str(m) not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} sampled crystals are not in the dataset "
+                         f"(first: {missing[0]}); wrong split or dataset?")
+    log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}")
+    results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
+                                       samples, timeout_s, workers)
+    stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
+    previous = Path(f"{stem}.json")
+    if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
+        results["sampling"] = record["sampling"]
+    json_path, md_path = metrics.write_report(results, stem, dataset_name, len(dataset))
+    log(f"wrote {json_path}, {md_path}")
+    return results

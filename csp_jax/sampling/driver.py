@@ -1,0 +1,278 @@
+"""The host-side chain driver: every batch of chains in csp_jax runs here.
+
+Training negatives, evaluation and prediction samples and the benchmark all
+call `sample` (or `sample_rows`, which feeds it fixed-size chunks). The driver
+
+- runs a kernel (`mala` today: any `kernel(energy_fn, reduce_fn) -> (init_fn,
+  step_fn)` of the same shape) for a batch of chains from random starts, in
+  jitted segments of the schedule, each chain vmapped in chunks sized for the
+  CPU's cache (`chains_per_chunk`);
+- checks the energy's overflow flags after every segment and re-runs an
+  overflowing segment from its saved start with a grown capacity
+  (`grow_until_no_overflow`, the one such loop, with one limit `MAX_RERUNS`),
+  so a result never depends on a capacity that was too small;
+- refits the capacity to the chains' needs between segments (chains need
+  fewer neighbours as they settle, and the work is per edge of capacity);
+- caches its compilations per (energy, kernel, reduce_fn, capacity) in the
+  process, and in JAX's persistent cache across processes
+  (`enable_compilation_cache`, under `$CSP_JAX_CACHE/xla`).
+
+Chain c of a batch uses `keys[c]` only: its random start from
+`split(keys[c])[0]`, step k from `fold_in(split(keys[c])[1], k)`, so a chain's
+result does not depend on the batch it runs in, up to float32 rounding of
+other padded shapes.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from csp_jax.energy import native
+from csp_jax.energy.base import Energy
+from csp_jax.geometry.niggli import reduce_crystal
+from csp_jax.progress import Progress
+from csp_jax.sampling.mala import MALAInfo, MALAState, annealing_schedule, mala, random_crystal, run_chain
+
+MAX_RERUNS = 16  # capacity growths allowed for one piece of work before giving up
+
+# Pair-edge features (chains x edges x width) per vmapped chunk of chains,
+# measured best on a 2-core CPU with 1 MB of L2 per core (docs/performance.md):
+# with XLA ops, whose per-edge arrays should stay in cache, and with the fused
+# CPU kernel (`csp_jax.energy.native`), which keeps only the matmuls' outputs.
+CHUNK_WORK = 2**18
+CHUNK_WORK_NATIVE = 2**21
+
+
+def schedule(sampler_config, num_steps: int | None = None):
+    """(step_sizes [K], betas [K]) of a `SamplerConfig`; K = `num_steps` or its own."""
+    s = sampler_config
+    return annealing_schedule(num_steps or s.num_steps, (s.step_size_start, s.step_size_end),
+                              (s.temperature_start, s.temperature_end))
+
+
+def enable_compilation_cache() -> None:
+    """Keep XLA compilations in `$CSP_JAX_CACHE/xla` (default ~/.cache/csp_jax/xla), so
+    a second process does not compile the same chains again."""
+    root = Path(os.environ.get("CSP_JAX_CACHE", Path.home() / ".cache" / "csp_jax"))
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def grow_until_no_overflow(run: Callable, capacity, where: str,
+                           grow: Callable = lambda capacity, needs: capacity.grow(*needs)):
+    """Call `run(capacity) -> (out, overflow, needs)` until it does not overflow.
+
+    overflow: anything whose `any()` says a capacity was too small; needs: the
+    largest needs seen (a tuple, empty when unknown), passed to
+    `grow(capacity, needs)`. Returns (out, capacity, number of re-runs); raises
+    RuntimeError naming `where` after MAX_RERUNS re-runs.
+    """
+    reruns = 0
+    while True:
+        out, overflow, needs = run(capacity)
+        if not bool(np.any(jax.device_get(overflow))):
+            return out, capacity, reruns
+        if reruns == MAX_RERUNS:
+            raise RuntimeError(f"capacity {capacity} still overflows {where} after {reruns} re-runs")
+        capacity = grow(capacity, needs)
+        reruns += 1
+
+
+def largest_needs(needs) -> tuple:
+    """The largest value of each need over all chains and steps: needs [..., M] -> M ints
+    (`MALAInfo.needs` of a batch; the arguments of `capacity.grow` and `capacity.fit`)."""
+    needs = np.asarray(jax.device_get(needs))
+    return tuple(int(n) for n in needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
+
+
+def chains_per_chunk(energy: Energy, capacity) -> int:
+    """Chains to vmap together: the largest power of two, at least 1, with at most
+    CHUNK_WORK (CHUNK_WORK_NATIVE with the fused kernel) pair-edge features
+    (chains x edge capacity x `energy.width`) per chunk: 128 chains for perov5
+    (5 atoms), 16 for mp20 (20 atoms) with the kernel. A capacity without
+    `max_edges` counts as one edge."""
+    work = CHUNK_WORK_NATIVE if native.active() else CHUNK_WORK
+    target = max(1, work // (getattr(capacity, "max_edges", 1) * energy.width))
+    return 1 << (target.bit_length() - 1)
+
+
+def chunked_vmap(fn: Callable, chunk: int) -> Callable:
+    """`jax.vmap(fn)` over the leading axis, run as `lax.map` over chunks of chains.
+
+    The per-chunk working set stays in cache (see docs/performance.md). The
+    chunk holds gcd(batch, `chunk`) elements, so every batch size works;
+    chunk c holds elements c, c + M, c + 2M, ... (M the number of chunks), so
+    a batch split over devices along its leading axis stays split inside
+    every chunk. `chunk <= 0`, or a batch not larger than it, runs as one vmap.
+    """
+    batched = jax.vmap(fn)
+
+    def mapped(*args):
+        size = jax.tree.leaves(args)[0].shape[0]
+        if chunk <= 0 or size <= chunk:
+            return batched(*args)
+        num = size // math.gcd(size, chunk)
+        split = lambda a: a.reshape((size // num, num) + a.shape[1:]).swapaxes(0, 1)  # noqa: E731
+        merge = lambda a: a.swapaxes(0, 1).reshape((size,) + a.shape[2:])  # noqa: E731
+        out = lax.map(lambda chunk_args: batched(*chunk_args), jax.tree.map(split, args))
+        return jax.tree.map(merge, out)
+
+    return mapped
+
+
+def _energy_fn(energy: Energy, variables, capacity):
+    return lambda crystal: energy.energy(variables, crystal, capacity)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity, chunk: int | None = None):
+    """jit((variables, keys [B], species [B, N]) -> MALAState [B]): random starts, reduced and
+    evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
+    chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
+
+    def init(variables, keys, species):
+        init_fn, _ = kernel(_energy_fn(energy, variables, capacity), reduce_fn)
+        start = lambda key, s: init_fn(random_crystal(key, s, energy.rho0))  # noqa: E731
+        return chunked_vmap(start, chunk)(keys, species)
+
+    return jax.jit(init)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity,
+                     chunk: int | None = None):
+    """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) ->
+    (states [B], MALAInfo [B, S])): S steps of every chain, starting at schedule step
+    `first_step`, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`)."""
+    chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
+
+    def segment(variables, keys, states, step_sizes, betas, first_step):
+        _, step_fn = kernel(_energy_fn(energy, variables, capacity), reduce_fn)
+
+        def chain(key, state):
+            state, info, _ = run_chain(key, state, step_fn, step_sizes, betas, first_step=first_step)
+            return state, info
+
+        return chunked_vmap(chain, chunk)(keys, states)
+
+    return jax.jit(segment)
+
+
+class SampleResult(NamedTuple):
+    """Output of `sample`.
+
+    states:              MALAState [B, ...], the final states.
+    info:                MALAInfo [B, K] (numpy), every step of every chain.
+    capacity:            the capacity the last segment ran with.
+    start_capacity:      the capacity the first segment ran with (what random
+                         starts needed: where the next batch should start).
+    num_overflow_reruns: how many times a segment (or the initialisation) was
+                         run again with a grown capacity.
+    """
+
+    states: MALAState
+    info: MALAInfo
+    capacity: Any
+    start_capacity: Any
+    num_overflow_reruns: int
+
+
+def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
+           segment_length: int = 100, kernel: Callable = mala, reduce_fn: Callable | None = None,
+           refit: bool = True, chunk: int | None = None) -> SampleResult:
+    """Annealed chains from random starts for a batch of species vectors.
+
+    keys: [B] PRNG keys, one per chain (e.g. `jax.random.split(key, B)`);
+    species: [B, N] int (0 = padding); schedule: (step_sizes [K], betas [K]);
+    variables: the energy's (traced: new values do not recompile); capacity:
+    the energy's starting capacity, grown on overflow and, with `refit`,
+    fitted to the previous segment's needs before every later segment
+    (`capacity.fit(*needs)`). reduce_fn: None for Niggli + wrap. chunk:
+    chains vmapped together (None: `chains_per_chunk`, the CPU-tuned choice).
+
+    The chains run in segments of `segment_length` steps; a segment (or the
+    initialisation) that overflowed is run again from its saved start states
+    and keys with a grown capacity, so the result equals a run that had the
+    final capacity from the start.
+    """
+    species = jnp.asarray(species, jnp.int32)
+    step_sizes, betas = (jnp.asarray(a) for a in schedule)
+    reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
+    split = jax.vmap(jax.random.split)(keys)
+    init_keys, run_keys = split[:, 0], split[:, 1]
+    reruns = 0
+
+    def init_at(capacity):
+        states = compiled_init(energy, kernel, reduce_fn, capacity, chunk)(variables, init_keys, species)
+        return states, states.overflow, ()
+
+    states, capacity, reruns = grow_until_no_overflow(init_at, capacity, "at initialisation")
+    infos = []
+    for start in range(0, step_sizes.shape[0], segment_length):
+        stop = start + segment_length
+        if infos and refit and hasattr(capacity, "fit"):
+            needs = largest_needs(infos[-1].needs)
+            capacity = capacity.fit(*needs) if needs else capacity
+
+        def segment_at(capacity, states=states, start=start, stop=stop):
+            out = compiled_segment(energy, kernel, reduce_fn, capacity, chunk)(
+                variables, run_keys, states, step_sizes[start:stop], betas[start:stop], start)
+            return out, out[1].overflow, largest_needs(out[1].needs)
+
+        (states, info), capacity, more = grow_until_no_overflow(
+            segment_at, capacity, f"in the segment from step {start}")
+        reruns += more
+        if not infos:
+            start_capacity = capacity
+        infos.append(jax.device_get(info))
+    info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
+    return SampleResult(states, info, capacity, start_capacity, reruns)
+
+
+def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, batch_size: int,
+                segment_length: int = 100, kernel: Callable = mala, first_row: int = 0,
+                on_batch: Callable | None = None, log: Callable[[str], None] = print):
+    """`sample` for many rows in fixed-size batches, with a progress line.
+
+    species: [M, N] int. Row r (counting from `first_row`, so a long job can
+    continue where it stopped) uses the key `fold_in(key, r)`. Rows run in
+    batches of min(batch_size, M) chains; the last batch is filled up with
+    copies of its first row (results dropped), so every batch has one shape.
+    The capacity carries over from batch to batch. After each batch,
+    `on_batch(first row, crystals, energies, capacity, overflow re-runs)` is
+    called with that batch's numpy results. Returns (crystals: Crystal
+    [M, N] numpy, energies [M], overflow re-runs summed, final capacity).
+    """
+    species = np.asarray(species, np.int32)
+    num_rows = species.shape[0]
+    chunk = min(batch_size, num_rows)
+    num_steps = int(schedule[0].shape[0])
+    crystals, energies, reruns = [], [], 0
+    progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log)
+    for begin in range(0, num_rows, chunk):
+        rows = species[begin:begin + chunk]
+        filled = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), axis=0)])
+        row_ids = first_row + begin + np.minimum(np.arange(chunk), len(rows) - 1)
+        keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids))
+        result = sample(keys, filled, energy, variables, capacity, schedule,
+                        segment_length=min(segment_length, num_steps), kernel=kernel)
+        capacity = result.capacity
+        reruns += result.num_overflow_reruns
+        states = jax.device_get(result.states)
+        crystals.append(jax.tree.map(lambda a: a[:len(rows)], states.crystal))
+        energies.append(states.energy[:len(rows)])
+        if on_batch is not None:
+            on_batch(first_row + begin, crystals[-1], energies[-1], capacity, result.num_overflow_reruns)
+        progress.update(len(rows) * num_steps, f"{begin + len(rows)}/{num_rows} chains, "
+                                               f"overflow re-runs {reruns}")
+    progress.close()
+    crystals = jax.tree.map(lambda *a: np.concatenate(a), *crystals)
+    return crystals, np.concatenate(energies), reruns, capacity

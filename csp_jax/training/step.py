@@ -1,0 +1,138 @@
+"""Contrastive-divergence training of an energy (SPEC §4), as pure functions.
+
+A training step is: negatives from the chain driver (`csp_jax.sampling.sample`,
+with the frozen spectral state, as in evaluation mode), then `update_step`, one
+jitted pure function of `(state, data, samples)` that combines the data energy
+with the sampled negatives' energy,
+
+    loss = mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2)),
+
+(one training-mode forward pass each, data then samples: one spectral-norm
+power iteration before each) and applies one Adam step. `validation_step` is
+the loss with frozen variables and no update. Neighbour-capacity overflows
+come back in the metrics; the host loop (`csp_jax.training.loop`) grows the
+capacity and repeats the step.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from csp_jax.config import Config
+from csp_jax.energy.base import Energy
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.crystal import Crystal
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly.
+
+    step:      [] int32, optimizer steps taken (skipped non-finite steps included).
+    variables: {"params", "spectral"} of the energy model.
+    opt_state: optax Adam state.
+    key:       [2] uint32, the run's root PRNG key (step keys are fold_in(key, step)).
+    """
+
+    step: jax.Array
+    variables: dict
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+    """Adam, constant learning rate, no clipping, no weight decay (SPEC §4)."""
+    t = config.train
+    return optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
+
+
+def energy_of(config: Config) -> EnergyModel:
+    """The energy a config trains: ContinuouSP's, sized by `config.model`."""
+    return EnergyModel.from_config(config.model)
+
+
+def init_train_state(config: Config, key, energy: Energy | None = None) -> TrainState:
+    """A fresh state; `key` is a raw [2] uint32 key (`jax.random.PRNGKey`);
+    `energy` defaults to `energy_of(config)`."""
+    init_key, run_key = jax.random.split(key)
+    variables = (energy_of(config) if energy is None else energy).init(init_key)
+    return TrainState(jnp.zeros((), jnp.int32), variables,
+                      optimizer(config).init(variables["params"]), run_key)
+
+
+def contrastive_loss(e_data, e_sample, regularization: float):
+    """SPEC §4: mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2))."""
+    return (jnp.mean(e_data - e_sample)
+            + regularization * (jnp.mean(e_data**2) + jnp.mean(e_sample**2)))
+
+
+def losses(energy: Energy, variables, data: Crystal, samples: Crystal,
+           data_capacity, sample_capacity, regularization: float, training: bool):
+    """(loss, (E_data [B], E_sample [B'], variables after the passes, data aux, sample aux)).
+
+    data: Crystal [B, N]; samples: Crystal [B', N'] (gradient stopped). With
+    `training`, each of the two forward passes runs in training mode
+    (`energy.training_variables`, e.g. one power iteration); otherwise the
+    variables are frozen.
+    """
+    advance = energy.training_variables if training else (lambda v: v)
+    batch_energy = jax.vmap(energy.energy, in_axes=(None, 0, None))
+    v_data = advance(variables)
+    e_data, aux_data = batch_energy(v_data, data, data_capacity)
+    v_sample = advance(v_data)
+    e_sample, aux_sample = batch_energy(v_sample, jax.lax.stop_gradient(samples), sample_capacity)
+    loss = contrastive_loss(e_data, e_sample, regularization)
+    return loss, (e_data, e_sample, v_sample, aux_data, aux_sample)
+
+
+def _metrics(loss, e_data, e_sample, aux_data, aux_sample):
+    """Scalars for the log, plus `overflow` and the capacity `data_needs` / `sample_needs` ([M])."""
+    return {
+        "loss": loss,
+        "e_data": jnp.mean(e_data),
+        "e_sample": jnp.mean(e_sample),
+        "overflow": jnp.any(aux_data.overflow) | jnp.any(aux_sample.overflow),
+        "data_needs": jnp.max(aux_data.needs, axis=0),
+        "sample_needs": jnp.max(aux_sample.needs, axis=0),
+    }
+
+
+STATIC = ("energy", "config", "data_capacity", "sample_capacity")
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def update_step(state: TrainState, data: Crystal, samples: Crystal, *, energy: Energy, config: Config,
+                data_capacity, sample_capacity):
+    """One Adam step on the contrastive loss of data [B, N] and negatives [B', N'].
+
+    Returns (new state, metrics): loss, e_data, e_sample, overflow (a
+    neighbour list exceeded its capacity: discard the result and repeat with
+    more), data_needs and sample_needs.
+    """
+    params = state.variables["params"]
+
+    def loss_fn(params):
+        variables = dict(state.variables, params=params)
+        return losses(energy, variables, data, samples, data_capacity, sample_capacity,
+                      config.train.regularization, training=True)
+
+    (loss, (e_data, e_sample, variables, aux_data, aux_sample)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer(config).update(grads, state.opt_state, params)
+    variables = dict(variables, params=optax.apply_updates(params, updates))
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state, variables=variables)
+    return new_state, _metrics(loss, e_data, e_sample, aux_data, aux_sample)
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def validation_step(state: TrainState, data: Crystal, samples: Crystal, *, energy: Energy,
+                    config: Config, data_capacity, sample_capacity):
+    """The metrics of `update_step` with frozen variables and no update."""
+    loss, (e_data, e_sample, _, aux_data, aux_sample) = losses(
+        energy, state.variables, data, samples, data_capacity, sample_capacity,
+        config.train.regularization, training=False)
+    return _metrics(loss, e_data, e_sample, aux_data, aux_sample)
