@@ -21,15 +21,17 @@ class Progress:
     `update(n, status)` adds n done units and shows `status` (e.g. the loss);
     `write(text)` prints a line without breaking the bar; `close()` ends it.
     `initial` units were done before (a resumed job): the rate counts only
-    this process's work. `unit` is shown after the rate ("crystal-steps/s").
+    this process's work. `unit` is shown after the rate ("crystal-steps/s");
+    `unit_scale` writes large counts with k/M suffixes.
     """
 
     def __init__(self, total: int, desc: str, unit: str = "it", log: Callable[[str], None] = print,
-                 initial: int = 0):
+                 initial: int = 0, unit_scale: bool = False):
         self.total, self.desc, self.unit, self.log = total, desc, " " + unit, log
+        self.unit_scale = unit_scale
         self.done, self.initial, self.start = initial, initial, time.perf_counter()
         self.terminal = log is print and sys.stdout.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=self.unit, unit_scale=True,
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=self.unit, unit_scale=unit_scale,
                         bar_format=None if self.terminal else BAR_FORMAT,
                         disable=not self.terminal, dynamic_ncols=True)
 
@@ -40,7 +42,7 @@ class Progress:
             self.bar.update(n)
             return
         line = tqdm.format_meter(self.done, self.total, time.perf_counter() - self.start,
-                                 prefix=self.desc, unit=self.unit, unit_scale=True,
+                                 prefix=self.desc, unit=self.unit, unit_scale=self.unit_scale,
                                  bar_format=BAR_FORMAT, postfix=status or None,
                                  initial=self.initial)
         self.log(line)

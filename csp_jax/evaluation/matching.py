@@ -12,6 +12,7 @@ Benchmark the matching throughput on this machine with
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import signal

@@ -256,7 +256,7 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
     chunk = min(batch_size, num_rows)
     num_steps = int(schedule[0].shape[0])
     crystals, energies, reruns = [], [], 0
-    progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log)
+    progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log, unit_scale=True)
     for begin in range(0, num_rows, chunk):
         rows = species[begin:begin + chunk]
         filled = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), axis=0)])

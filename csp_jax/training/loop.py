@@ -179,7 +179,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     stop = total_steps if max_steps is None else min(total_steps, start + max_steps)
     log(f"training {config.name}: {len(train_set)} crystals, {steps_per_epoch} steps/epoch, "
         f"{t.num_epochs} epochs, steps {start}..{stop} of {total_steps}")
-    progress = Progress(stop, "training", unit="steps", log=log, initial=start)
+    progress = Progress(total_steps, "training", unit="steps", log=log, initial=start)
     bad_in_row = 0
     for step in range(start, stop):
         epoch, b = divmod(step, steps_per_epoch)
