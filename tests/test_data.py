@@ -172,7 +172,7 @@ def test_finds_gzipped_split(tmp_path):
     text = write_csv(tmp_path / "plain.csv", [perovskite().to(fmt="cif")]).read_bytes()
     (tmp_path / "perov_5" / "val.csv.gz").write_bytes(gzip.compress(text))
     ds = data.load_split("perov_5", "val", tmp_path, cache_dir=tmp_path / "cache")
-    assert len(ds) == 1 and ds.max_atoms == data.DATASET_MAX_ATOMS["perov_5"]
+    assert len(ds) == 1 and ds.max_atoms == data.DATASETS["perov_5"].max_atoms
 
 
 @pytest.fixture
@@ -333,3 +333,25 @@ def test_cached_reload_is_fast_and_identical(perov_test, data_dir, real_cache):
     assert time.perf_counter() - start < 3.0
     for name in ("species", "positions", "lattice", "material_ids", "rows"):
         np.testing.assert_array_equal(getattr(again, name), getattr(perov_test, name))
+
+
+def test_registry_sizes_and_checksums_match_the_files_here(data_dir):
+    """Each dataset record's row count and checksums hold for every split CSV present."""
+    import csv
+    import hashlib
+    import io
+
+    checked = 0
+    for info in data.DATASETS.values():
+        for split, size in info.sizes.items():
+            try:
+                path = data.split_path(info.name, split, data_dir)
+            except FileNotFoundError:
+                continue
+            text = data._read_csv_text(path)
+            assert sum(1 for _ in csv.DictReader(io.StringIO(text.decode()))) == size, (info.name, split)
+            assert data.git_blob_sha1(text) == info.checksums[split].git_blob_sha1
+            if info.checksums[split].sha256:
+                assert hashlib.sha256(text).hexdigest() == info.checksums[split].sha256
+            checked += 1
+    assert checked >= 5  # Perov-5's three splits and MPTS-52's val and test are in the shared data

@@ -40,11 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from csp_jax.data.registry import DATASETS, SPLITS, Checksum
 from csp_jax.geometry.crystal import Crystal, from_structure, pad, stack, to_structure
-
-SPLITS = ("train", "val", "test")
-# Published maximum cell size of each dataset: the default padding of `load_split`.
-DATASET_MAX_ATOMS = {"perov_5": 5, "mp_20": 20, "mpts_52": 52}
 
 DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
 DEFAULT_DATA_URL = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
@@ -54,37 +51,8 @@ CACHE_FORMAT = 1
 # Files with fewer rows are parsed in-process: starting workers costs more.
 _MIN_ROWS_FOR_POOL = 256
 
-
-class Checksum(NamedTuple):
-    """Expected digests of a decompressed split CSV (`sha256` is None where unknown)."""
-
-    git_blob_sha1: str
-    sha256: str | None = None
-
-
-# The DiffCSP tree at DIFFCSP_COMMIT (blob ids) and the SHA-256 sums of the copies
-# in shared/data (see its README.md).
-CHECKSUMS = {
-    ("perov_5", "train"): Checksum(
-        "62ce91686595d45d484d026bbfd14c2518b66abd",
-        "6144a97ead4828a781a1c269c56fedc34b65945977c6433a055a720c47bf77f6"),
-    ("perov_5", "val"): Checksum(
-        "872fc814e6a513024cb923a0576d723fca25969c",
-        "efb9c832756439747f093e03a35daf073fcc9a5fc43a8a5292addee2f3d7ce90"),
-    ("perov_5", "test"): Checksum(
-        "cb97501bed31c8cdcb603f9b9c3a59842828c9d8",
-        "2511340f0e08b25699e9386e100ae0b30cd9b9c8a5b29622c3533644e04c95fa"),
-    ("mp_20", "train"): Checksum("206f82f8dd4d5ddf4d6e33ae2b2928dbba8a011a"),
-    ("mp_20", "val"): Checksum("6070ef70053415f6436eddc30f2f4137fcac19eb"),
-    ("mp_20", "test"): Checksum("133f5697e1d3fd94f9bf0ab6a3b6c5054d325955"),
-    ("mpts_52", "train"): Checksum("28c53b0a0fd3f32fb8078aca8e5b484e372790c6"),
-    ("mpts_52", "val"): Checksum(
-        "a377ba0ca7bee37ee69d9f50f8362eaa35d9f690",
-        "b5d9f7a8ff72f3a1f24d6bb97e11ad201be40d10be7b27924234da06af04baba"),
-    ("mpts_52", "test"): Checksum(
-        "2e8af159618f63be346b6527f155514323964423",
-        "4d6e76c4726fb12fb2a7e5bb23594f9b82dbd9bf67b7bfd4866e9c74a8f49038"),
-}
+# Every split's checksums, by (dataset, split): an index of the registry's records.
+CHECKSUMS = {(d.name, split): c for d in DATASETS.values() for split, c in d.checksums.items()}
 
 
 class MissingDataError(FileNotFoundError):
@@ -97,13 +65,13 @@ class ChecksumError(ValueError):
 
 def known_splits() -> dict[str, tuple[str, ...]]:
     """The datasets this module knows, each with its split names."""
-    return {dataset: SPLITS for dataset in DATASET_MAX_ATOMS}
+    return {dataset: SPLITS for dataset in DATASETS}
 
 
 def _check_known(dataset: str, split: str) -> None:
-    if dataset not in DATASET_MAX_ATOMS or split not in SPLITS:
+    if dataset not in DATASETS or split not in SPLITS:
         raise ValueError(
-            f"unknown split {dataset}/{split}; known datasets {sorted(DATASET_MAX_ATOMS)}, "
+            f"unknown split {dataset}/{split}; known datasets {sorted(DATASETS)}, "
             f"splits {list(SPLITS)}")
 
 
@@ -426,11 +394,11 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
                workers: int | None = None) -> CrystalDataset:
     """Load a benchmark split, e.g. `load_split("perov_5", "train")`.
 
-    max_atoms defaults to the dataset's published cell size (DATASET_MAX_ATOMS),
+    max_atoms defaults to the dataset's published cell size (`DatasetInfo.max_atoms`),
     so every split of a dataset has the same padding. Other arguments: see
     `split_path` (finding and downloading) and `load_csv` (parsing and caching).
     """
     path = split_path(dataset, split, data_dir, download=download, base_url=base_url,
                       cache_dir=cache_dir)
-    return load_csv(path, max_atoms=max_atoms or DATASET_MAX_ATOMS[dataset],
+    return load_csv(path, max_atoms=max_atoms or DATASETS[dataset].max_atoms,
                     on_bad_row=on_bad_row, cache=cache, cache_dir=cache_dir, workers=workers)

@@ -17,19 +17,18 @@ from typing import Sequence
 
 import numpy as np
 
+from csp_jax.data.registry import DATASETS, dataset_info
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.evaluation.matching import (MATCH, OUTCOME_NAMES, PairResult,
                               match_pair, match_pairs)
 
-DATASET_NAMES = {"perov_5": "Perov-5", "mp_20": "MP-20", "mpts_52": "MPTS-52"}
-
-# The paper's Table 1 (20 samples per test crystal): (match rate %, RMSE).
-PAPER_TABLE1 = {
-    "ContinuouSP (paper)": {"perov_5": (99.16, 0.0893), "mp_20": (44.21, 0.1757), "mpts_52": (11.77, 0.2647)},
-    "DiffCSP": {"perov_5": (98.60, 0.0128), "mp_20": (77.93, 0.0492), "mpts_52": (34.02, 0.1749)},
-    "CDVAE": {"perov_5": (88.51, 0.0464), "mp_20": (66.95, 0.1026), "mpts_52": (20.79, 0.2085)},
-    "RS (random search)": {"perov_5": (29.22, 0.2924), "mp_20": (8.73, 0.2501), "mpts_52": (2.05, 0.3329)},
-}
+def paper_table() -> dict:
+    """The paper's Table 1 (20 samples per test crystal): method -> dataset -> (match rate %, RMSE)."""
+    table = {}
+    for info in DATASETS.values():
+        for method, numbers in info.paper.items():
+            table.setdefault(method, {})[info.name] = numbers
+    return table
 
 
 def save_samples(path, samples: Crystal, energies, material_ids: Sequence[str]) -> None:
@@ -131,24 +130,23 @@ def _cell(match_rate: float, rmse: float | None) -> str:
 
 def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     """Our match rate and RMSE as rows of the paper's Table 1 (Markdown)."""
-    if dataset not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASET_NAMES)}")
+    name = dataset_info(dataset).display_name
     k = results["samples_per_crystal"]
     n = results["num_crystals"]
 
     def row(method: str, cells: dict) -> str:
-        return "| " + " | ".join([method] + [cells.get(d, "") for d in DATASET_NAMES]) + " |"
+        return "| " + " | ".join([method] + [cells.get(d, "") for d in DATASETS]) + " |"
 
     lines = [
-        f"Crystal structure prediction on {DATASET_NAMES[dataset]}: match rate (%), RMSE.",
+        f"Crystal structure prediction on {name}: match rate (%), RMSE.",
         "",
-        "| method | " + " | ".join(DATASET_NAMES.values()) + " |",
-        "|---" * (len(DATASET_NAMES) + 1) + "|",
+        "| method | " + " | ".join(d.display_name for d in DATASETS.values()) + " |",
+        "|---" * (len(DATASETS) + 1) + "|",
         row(f"csp_jax, {k} samples", {dataset: _cell(results["match_rate"], results["rmse"])}),
         row(f"csp_jax, first of {k} samples", {dataset: _cell(results["match_rate_k1"], results["rmse_k1"])}),
     ]
     lines += [row(f"{method}, 20 samples", {d: _cell(*v) for d, v in numbers.items()})
-              for method, numbers in PAPER_TABLE1.items()]
+              for method, numbers in paper_table().items()]
     counts = results["pair_counts"]
     lines += ["", f"Pairs ({n} x {k}): " + ", ".join(f"{name} {counts[name]}" for name in OUTCOME_NAMES) + "."]
     if n < num_test_total:

@@ -3,7 +3,9 @@
 A run directory holds `config.json` and `checkpoints/<step>/` with two items:
 `state` (the `TrainState` pytree: step, variables, optimizer state, key) and
 `meta` (JSON: neighbour capacities in use and loop counters). The newest
-checkpoint is what `--resume` and `load_model` read.
+checkpoint is what `--resume` and `load_model` read. An exported model
+(`csp_jax.pretrained.export`) is `config.json` plus `variables.npz`: the
+variables alone, no optimizer state.
 """
 from __future__ import annotations
 
@@ -11,13 +13,17 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from csp_jax.config import Config
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.training.step import init_train_state
 
 CONFIG_FILE = "config.json"
+VARIABLES_FILE = "variables.npz"  # an exported model: variables only
 
 
 def write_config(run_dir: Path, config: Config) -> None:
@@ -56,10 +62,31 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None):
     return out.state, out.meta
 
 
+def save_variables(path: Path, variables: dict) -> None:
+    """The model's variables alone (no optimizer state) as one `.npz`, keys like `params/conv_0/...`."""
+    flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+    np.savez(path, **{key: np.asarray(value) for key, value in flat.items()})
+
+
+def load_variables(path: Path, template: dict) -> dict:
+    """Variables saved by `save_variables`, checked against `template`'s structure and shapes."""
+    with np.load(path) as saved:
+        flat = {key: saved[key] for key in saved.files}
+    expected = traverse_util.flatten_dict(template, sep="/")
+    if set(flat) != set(expected) or any(flat[k].shape != np.shape(v) for k, v in expected.items()):
+        raise ValueError(f"{path} does not hold the variables of this config's model "
+                         f"(wrong model size or format)")
+    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
+
+
 def load_model(run_dir) -> tuple[Config, EnergyModel, dict]:
-    """(config, model, variables) of the newest checkpoint in a run directory."""
+    """(config, model, variables) of a run directory's newest checkpoint, or of an
+    exported model (a folder with `config.json` and `VARIABLES_FILE`, e.g. `csp_jax/pretrained/perov5`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     template = init_train_state(config, jax.random.PRNGKey(0))
-    state, _ = restore(manager(run_dir), template)
-    return config, EnergyModel.from_config(config.model), state.variables
+    if (run_dir / VARIABLES_FILE).is_file():
+        variables = load_variables(run_dir / VARIABLES_FILE, template.variables)
+    else:
+        variables = restore(manager(run_dir), template)[0].variables
+    return config, EnergyModel.from_config(config.model), variables
