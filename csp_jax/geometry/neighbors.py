@@ -25,6 +25,7 @@ recomputed differentiably from positions and lattice by `edge_vectors`.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import NamedTuple
 
@@ -46,7 +47,11 @@ MEAN_NEIGHBORS = 4.0 / 3.0 * math.pi * CUTOFF_SCALE**3
 MAX_IMAGE_SLOTS = 32768
 IMAGE_ROOM = 1.25  # image slots given per slot needed
 EDGE_ROOM = 1.1  # pair edges given per edge needed
-SHRINK_BELOW = 0.95  # `fit` shrinks a capacity when the need with room is below this fraction
+SHRINK_BELOW = 0.85  # `fit` shrinks a capacity when the need with room is below this fraction
+# Capacities take values on geometric grids (image slots 2^(1/4), edges 2^(1/6) apart),
+# so that chains whose needs drift meet few distinct shapes, i.e. few compilations.
+IMAGE_CLASS_STEP = 2.0 ** 0.25
+EDGE_CLASS_STEP = 2.0 ** (1.0 / 6.0)
 _DEFAULTS = NeighborConfig()
 
 
@@ -68,10 +73,10 @@ class NeighborCapacity(NamedTuple):
         """A capacity for crystals of up to `max_atoms` atoms.
 
         The edge capacity is `edge_factor` times the mean pair-edge count
-        `MEAN_NEIGHBORS * max_atoms / 2` (rounded up to a multiple of 32).
+        `MEAN_NEIGHBORS * max_atoms / 2` (rounded up to its class).
         The defaults are `csp_jax.config.NeighborConfig`'s.
         """
-        return cls(max_images, _round32(edge_factor * MEAN_NEIGHBORS * max_atoms / 2))
+        return cls(_image_class(max_images), _edge_class(edge_factor * MEAN_NEIGHBORS * max_atoms / 2))
 
     @classmethod
     def from_config(cls, neighbors: NeighborConfig, max_atoms: int) -> "NeighborCapacity":
@@ -81,36 +86,51 @@ class NeighborCapacity(NamedTuple):
     def grow(self, needed_images: int = 0, needed_edges: int = 0) -> "NeighborCapacity":
         """A capacity that holds what was needed (`NeighborList.needs`), with some room.
 
-        Only the part that overflowed grows (images to 1.25x, edges to 1.1x the
-        need); with no need given, both grow 1.5x.
+        Only the part that overflowed grows (images to the class of 1.25x, edges
+        to the class of 1.1x the need); with no need given, both grow 1.5x.
         """
         needed_images, needed_edges = int(needed_images), int(needed_edges)
         if needed_images <= self.max_images and needed_edges <= self.max_edges:
-            return NeighborCapacity(_round8(1.5 * self.max_images), _round32(1.5 * self.max_edges))
-        images = self.max_images if needed_images <= self.max_images else _round8(IMAGE_ROOM * needed_images)
-        edges = self.max_edges if needed_edges <= self.max_edges else _round32(EDGE_ROOM * needed_edges)
+            return NeighborCapacity(_image_class(1.5 * self.max_images), _edge_class(1.5 * self.max_edges))
+        images = self.max_images if needed_images <= self.max_images else _image_class(IMAGE_ROOM * needed_images)
+        edges = self.max_edges if needed_edges <= self.max_edges else _edge_class(EDGE_ROOM * needed_edges)
         return NeighborCapacity(images, edges)
 
     def fit(self, needed_images: int, needed_edges: int) -> "NeighborCapacity":
         """The capacity for states like those that needed this much, with room.
 
-        Grows like `grow`, and shrinks a part to its need with room (1.25x the
-        image slots, 1.1x the edges) once that is below 19/20 of the current
-        value, so that small changes of the need do not cost a new compilation.
+        Grows like `grow`, and shrinks a part to the class of its need with
+        room (1.25x the image slots, 1.1x the edges) once that is below
+        SHRINK_BELOW of the current value, so that small changes of the need
+        do not cost a new compilation.
         """
-        images, edges = _round8(IMAGE_ROOM * int(needed_images)), _round32(EDGE_ROOM * int(needed_edges))
+        images, edges = _image_class(IMAGE_ROOM * int(needed_images)), _edge_class(EDGE_ROOM * int(needed_edges))
         keep_images = SHRINK_BELOW * self.max_images <= images <= self.max_images
         keep_edges = SHRINK_BELOW * self.max_edges <= edges <= self.max_edges
         return NeighborCapacity(self.max_images if keep_images else images,
                                 self.max_edges if keep_edges else edges)
 
 
-def _round8(x: float) -> int:
-    return max(8, int(math.ceil(x / 8.0)) * 8)
+def _grid(base: int, step: float) -> list[int]:
+    """The values round_up(base * step^k, base), k = 0, 1, ..., up to 2^24 base."""
+    return sorted({base * math.ceil(step**k - 1e-9) for k in range(int(24 / math.log2(step)) + 1)})
 
 
-def _round32(x: float) -> int:
-    return max(32, int(math.ceil(x / 32.0)) * 32)
+_IMAGE_CLASSES = _grid(8, IMAGE_CLASS_STEP)
+_EDGE_CLASSES = _grid(32, EDGE_CLASS_STEP)
+
+
+def _grid_class(x: float, grid: list[int]) -> int:
+    """The smallest grid value >= x."""
+    return grid[min(bisect.bisect_left(grid, x), len(grid) - 1)]
+
+
+def _image_class(x: float) -> int:
+    return _grid_class(x, _IMAGE_CLASSES)
+
+
+def _edge_class(x: float) -> int:
+    return _grid_class(x, _EDGE_CLASSES)
 
 
 @struct.dataclass

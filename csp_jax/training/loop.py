@@ -25,7 +25,7 @@ from csp_jax.data.species import draw_multipliers, expanded_species
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
-from csp_jax.sampling.driver import grow_until_no_overflow, largest_needs, sample, schedule
+from csp_jax.sampling.driver import grow_until_no_overflow, sample, schedule
 from csp_jax.training import checkpoint
 from csp_jax.training.curves import plot_training_curve, read_metrics
 from csp_jax.training.parallel import replicate, shard_batch
@@ -86,8 +86,8 @@ def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capa
     """Negatives for `batch` by the chain driver, then `step_fn(state, data, samples, ...)`.
 
     step_fn: `update_step` or `validation_step`. The chains start at the
-    capacity kept for their size (grown when the starts need more, fitted to
-    what the first segment needed for the next batch);
+    capacity kept for their size (grown where random starts needed more; the
+    driver refits it to the chains' needs after their first segment);
     the step's capacities grow until nothing overflows. Returns (output of
     step_fn, metrics as numpy with the chains' mean acceptance, overflow
     re-runs).
@@ -98,10 +98,7 @@ def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capa
     chains = sample(jax.random.split(key, species.shape[0]), species, energy, state.variables,
                     capacities.sample(atoms), schedule(config.sampler),
                     segment_length=config.sampler.segment_length)
-    # The next batch starts where these chains' first segment needed, with room (so a rare
-    # wide start does not slow every later batch).
-    first_needs = largest_needs(chains.info.needs[:, :config.sampler.segment_length])
-    capacities.samples[atoms] = chains.start_capacity.fit(*first_needs)
+    capacities.samples[atoms] = chains.start_capacity  # what random starts needed so far
 
     def step_at(caps):
         out = step_fn(state, batch.data, chains.states.crystal, energy=energy, config=config,
