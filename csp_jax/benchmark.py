@@ -1,23 +1,26 @@
-"""Speed of one annealed-MALA step (SPEC §3) on this machine, against SPEC §8's baseline.
+"""Speed of the MALA step (SPEC §3) on this machine, against SPEC §8's baseline.
 
-    python experiments/bench.py                       # both SPEC §8 workloads
+    python experiments/bench.py                       # both SPEC §8 workloads (csp-jax bench)
     python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
+    python experiments/bench.py --whole-chain         # a whole 1000-step chain, twice: ms/step, compilations
+    python experiments/bench.py --train               # training steps vs the sampler, per real atom-step
     python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
     python experiments/bench.py --profile --max-images 128 --max-edges 352   # parts of a step
 
-What is timed: `steps` MALA steps of `csp_jax.sampling.mala.mala` (real `EnergyModel`
-energy with random weights, Niggli reduce) in one jitted `lax.scan`, vmapped
-over the batch, after compilation, from the same start states each repeat;
-the median over repeats divided by `steps` is the time per step. The start
-states are random crystals (`sampler.random_crystal`) advanced by `warmup`
-steps of the real 1000-step annealing schedule, so the cells are the ones a
-chain actually visits; the timed steps are the schedule's next `steps` steps.
-Between segments the neighbour capacity is refitted to the chains' needs, and an
-overflow grows it and re-runs the segment, as `sampler.sample` does (reported).
+What is timed: `steps` MALA steps of the chain driver's jitted segment
+(`csp_jax.sampling.driver.compiled_segment`: real `EnergyModel` energy with
+random weights, Niggli reduce, chains vmapped in chunks), after compilation,
+from the same start states each repeat; the median over repeats divided by
+`steps` is the time per step. The start states are random crystals advanced
+by `warmup` steps of the real 1000-step annealing schedule through
+`csp_jax.sampling.sample` itself (capacity refits between segments, overflow
+re-runs), so the cells are the ones a chain actually visits; the timed steps
+are the schedule's next `steps` steps.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +38,7 @@ from csp_jax.config import get_config
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.geometry.niggli import reduce_crystal
-from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_segment,
+from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_init, compiled_segment,
                                      grow_until_no_overflow, largest_needs, sample, schedule)
 from csp_jax.sampling.mala import mala, random_crystal
 
@@ -195,6 +198,86 @@ def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images
     return result
 
 
+def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: int = 0,
+                log=print) -> dict:
+    """A whole chain of the config's schedule through `csp_jax.sampling.sample`, twice in one process.
+
+    Returns, per run, the wall ms per step (compilation included), the
+    compilations it caused (new (energy, capacity, shape) programs of the
+    driver; programs found in the persistent cache `$CSP_JAX_CACHE/xla` count
+    too, but load in well under a second) and the capacities it ran with.
+    """
+    cfg = get_config(config)
+    model = EnergyModel.from_config(cfg.model)
+    variables = model.init(jax.random.key(seed))
+    steps = schedule(cfg.sampler)
+    species = jnp.asarray(species_for(atoms, batch, seed))
+    runs = []
+    for run in range(2):
+        misses = compiled_init.cache_info().misses + compiled_segment.cache_info().misses
+        capacities = []
+        t0 = time.perf_counter()
+        result = sample(jax.random.split(jax.random.key(seed + 1 + run), batch), species, model, variables,
+                        NeighborCapacity.from_config(cfg.neighbors, atoms), steps,
+                        segment_length=cfg.sampler.segment_length)
+        jax.block_until_ready(result.states)
+        seconds = time.perf_counter() - t0
+        compilations = compiled_init.cache_info().misses + compiled_segment.cache_info().misses - misses
+        capacities = [tuple(result.start_capacity), tuple(result.capacity)]
+        runs.append({"run": run + 1, "ms_per_step": 1e3 * seconds / len(steps[0]), "seconds": seconds,
+                     "compilations": compilations, "first_and_last_capacity": capacities,
+                     "overflow_reruns": result.num_overflow_reruns})
+        log(f"whole chain {run + 1}: {config} batch {batch} x {atoms} atoms, {len(steps[0])} steps: "
+            f"{runs[-1]['ms_per_step']:.1f} ms/step ({seconds:.1f} s), {compilations} compilations, "
+            f"capacity {capacities[0]} -> {capacities[1]}, re-runs {result.num_overflow_reruns}")
+    return {"config": config, "batch": batch, "atoms": atoms, "runs": runs}
+
+
+def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | None = None,
+                     data_dir=None, seed: int = 0, log=print) -> dict:
+    """Training steps of `config` on real batches (its batch size, real j draws), after one warm-up step.
+
+    num_steps: MALA steps per chain (default the config's). Returns crystal-steps
+    and real-atom-steps per second (chain steps of all chains of a step, over
+    the step's wall time: chains, update and host work), per timed step and
+    their median.
+    """
+    from csp_jax.data.datasets import load_split
+    from csp_jax.training.loop import Capacities, make_batch, run_step
+    from csp_jax.training.step import init_train_state, update_step
+
+    cfg = get_config(config)
+    if num_steps:
+        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, num_steps=num_steps))
+    train_set = load_split(cfg.data.dataset, "train", data_dir)
+    capacities = Capacities(cfg, train_set.max_atoms)
+    state = init_train_state(cfg, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    records = []
+    for step in range(steps + 1):
+        indices = np.sort(rng.choice(len(train_set), cfg.train.batch_size, replace=False))
+        batch, _ = make_batch(cfg, train_set, indices, np.random.default_rng([seed, step]))
+        atoms = int(np.count_nonzero(np.asarray(batch.sample_species)))
+        t0 = time.perf_counter()
+        (state, _), _, _ = run_step(update_step, cfg, state, batch, jax.random.PRNGKey(step), capacities)
+        jax.block_until_ready(state.variables)
+        seconds = time.perf_counter() - t0
+        chain_steps = cfg.train.batch_size * cfg.sampler.num_steps
+        records.append({"seconds": seconds, "crystal_steps_per_s": chain_steps / seconds,
+                        "real_atom_steps_per_s": atoms * cfg.sampler.num_steps / seconds,
+                        "real_atoms_mean": atoms / cfg.train.batch_size,
+                        "padded_width": int(batch.sample_species.shape[1])})
+        log(f"training step {step} ({'warm-up, compiles' if step == 0 else 'timed'}): {seconds:.1f} s, "
+            f"{records[-1]['crystal_steps_per_s']:.0f} crystal-steps/s, "
+            f"{records[-1]['real_atom_steps_per_s']:.0f} real-atom-steps/s, mean {atoms / len(indices):.1f} "
+            f"atoms per chain (batch padded to {records[-1]['padded_width']})")
+    timed = records[1:]
+    return {"config": config, "batch": cfg.train.batch_size, "num_steps": cfg.sampler.num_steps,
+            "steps": timed,
+            "crystal_steps_per_s": statistics.median(r["crystal_steps_per_s"] for r in timed),
+            "real_atom_steps_per_s": statistics.median(r["real_atom_steps_per_s"] for r in timed)}
+
+
 def compare(results: list[dict], info: dict) -> str:
     """A Markdown table of results beside SPEC §8's baseline."""
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']}), "
@@ -254,6 +337,18 @@ def scaling(args) -> list[dict]:
     return results
 
 
+def train_vs_sampler(args) -> dict:
+    """`train_throughput` and, in the same process, the sampler on the perov5 workload, per real atom-step."""
+    train = train_throughput(args.config or "perov5", args.train_steps, args.num_steps, args.data_dir)
+    sampler = bench("perov5", 128, 5, args.steps, args.warmup, args.repeats)
+    sampler_atoms = 5 * sampler["crystal_steps_per_s"]
+    ratio = sampler_atoms / train["real_atom_steps_per_s"]
+    print(f"training {train['real_atom_steps_per_s']:.0f} real-atom-steps/s, sampler {sampler_atoms:.0f}: "
+          f"the sampler is {ratio:.2f}x faster per real atom-step")
+    return {"train": train, "sampler": sampler, "sampler_real_atom_steps_per_s": sampler_atoms,
+            "sampler_over_train": ratio}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", choices=sorted(BASELINE), action="append",
@@ -276,6 +371,15 @@ def main(argv=None) -> None:
     p.add_argument("--profile", action="store_true",
                    help="time the parts of a step (with --config/--batch/--atoms, --max-images, --max-edges)")
     p.add_argument("--max-edges", type=int, default=352, help="pair-edge capacity for --profile")
+    p.add_argument("--whole-chain", action="store_true",
+                   help="a whole chain of the config's schedule, twice: ms per step and compilations")
+    p.add_argument("--train", action="store_true",
+                   help="training steps on real batches (with --config, default perov5), beside the "
+                        "sampler on 5-atom crystals, per real atom-step")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps for --train")
+    p.add_argument("--num-steps", type=int, help="MALA steps per training chain for --train "
+                                                  "(default: the config's)")
+    p.add_argument("--data-dir", help="dataset folder for --train (default: $CSP_JAX_DATA)")
     p.add_argument("--json", help="write the results and the machine description here")
     args = p.parse_args(argv)
 
@@ -288,6 +392,13 @@ def main(argv=None) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "profile": result}, indent=1))
+        return
+    if args.whole_chain or args.train:
+        result = (whole_chain(args.config or "perov5", args.batch or 128, args.atoms or 5) if args.whole_chain
+                  else train_vs_sampler(args))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
+                                                   "result": result}, indent=1))
         return
     if args.scaling:
         results = scaling(args)

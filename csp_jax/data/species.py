@@ -3,11 +3,13 @@
 For each data crystal the chain's species vector is `Expand(Reduce(A), j)` with
 `j ~ Geometric(0.5)` on {1, 2, ...}. Expanded cells are capped at `max_atoms`
 atoms (j is lowered to the largest multiple that fits; every such case is
-counted) and padded to one of a few bucket sizes so the number of compiled
-shapes stays small.
+counted) and padded to the bucket size of the batch's largest cell; the
+training loop then runs each chain at its own cell's bucket size
+(`chain_groups`), so small cells do not pay for the largest.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -15,14 +17,12 @@ import numpy as np
 from csp_jax.geometry.crystal import expand_composition, reduce_composition
 
 
-def bucket_sizes(max_atoms: int, base: int = 8) -> tuple[int, ...]:
-    """Padded sizes used for sample batches: 8, 16, 32, ... below max_atoms, then max_atoms."""
-    sizes = []
-    size = base
-    while size < max_atoms:
-        sizes.append(size)
-        size *= 2
-    return tuple(sizes) + (max_atoms,)
+def bucket_sizes(max_atoms: int) -> tuple[int, ...]:
+    """Padded sizes of chains: 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (2^(k/2) rounded up) below
+    max_atoms, then max_atoms: at most 1.5x the atoms of a cell, few shapes to compile."""
+    sizes = sorted({n if n <= 4 else n + n % 2
+                    for n in (math.ceil(2 ** (k / 2) - 1e-9) for k in range(2, 2 * max(2, max_atoms).bit_length() + 1))})
+    return tuple(n for n in sizes if n < max_atoms) + (max_atoms,)
 
 
 def bucket_for(num_atoms: int, max_atoms: int) -> int:
@@ -61,3 +61,14 @@ def expanded_species(species: np.ndarray, multipliers: np.ndarray, max_atoms: in
     width = bucket_for(int(np.max(sizes * allowed)), max_atoms)
     out = np.stack([expand_composition(c, int(j), width) for c, j in zip(compositions, allowed)])
     return SampleSpecies(out, allowed, int(np.sum(allowed < multipliers)))
+
+
+def chain_groups(species: np.ndarray, max_atoms: int) -> list[tuple[int, np.ndarray]]:
+    """Rows of species [B, N] grouped by the bucket size of their own cell.
+
+    Returns [(width, row indices)] in increasing width: run each group's
+    chains at that width (`species[rows, :width]`, padding only).
+    """
+    sizes = np.count_nonzero(species, axis=1)
+    widths = np.array([bucket_for(int(n), max_atoms) for n in sizes])
+    return [(int(w), np.flatnonzero(widths == w)) for w in np.unique(widths)]

@@ -79,14 +79,15 @@ def load_variables(path: Path, template: dict) -> dict:
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
 
 
-def load_model(run_dir) -> tuple[Config, EnergyModel, dict]:
-    """(config, model, variables) of a run directory's newest checkpoint, or of an
-    exported model (a folder with `config.json` and `VARIABLES_FILE`, e.g. `csp_jax/pretrained/perov5`)."""
+def load_model(run_dir, step: int | None = None) -> tuple[Config, EnergyModel, dict]:
+    """(config, model, variables) of a run directory's checkpoint at `step` (default the
+    newest), or of an exported model (a folder with `config.json` and `VARIABLES_FILE`,
+    e.g. `csp_jax/pretrained/perov5`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     template = init_train_state(config, jax.random.PRNGKey(0))
     if (run_dir / VARIABLES_FILE).is_file():
         variables = load_variables(run_dir / VARIABLES_FILE, template.variables)
     else:
-        variables = restore(manager(run_dir), template)[0].variables
+        variables = restore(manager(run_dir), template, step)[0].variables
     return config, EnergyModel.from_config(config.model), variables

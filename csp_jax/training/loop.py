@@ -21,7 +21,7 @@ import numpy as np
 
 from csp_jax.config import Config
 from csp_jax.data.datasets import CrystalDataset, load_split
-from csp_jax.data.species import draw_multipliers, expanded_species
+from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
@@ -82,35 +82,62 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
 
+def negatives(config: Config, energy, variables, species, key, capacities: Capacities):
+    """The chains of one training batch, each run at the bucket size of its own cell.
+
+    species: [B, N]; chain b uses the key `split(key, B)[b]`. Chains are
+    grouped by their cell's bucket size (`chain_groups`); a group's chain
+    count is padded to a power of two with copies of its first chain (their
+    results dropped), so few shapes are compiled. Returns (samples: Crystal
+    [B, N] numpy, mean acceptance probability, capacity that holds every
+    sample, overflow re-runs).
+    """
+    species = np.asarray(jax.device_get(species))
+    keys = jax.random.split(key, species.shape[0])
+    positions = np.zeros(species.shape + (3,), np.float32)
+    lattices = np.zeros((species.shape[0], 3, 3), np.float32)
+    acceptance, reruns, capacity = 0.0, 0, None
+    for width, rows in chain_groups(species, config.data.max_atoms):
+        padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (len(rows) - 1).bit_length()) - len(rows))])
+        chains = sample(keys[padded], species[padded, :width], energy, variables, capacities.sample(width),
+                        schedule(config.sampler), segment_length=config.sampler.segment_length)
+        capacities.samples[width] = chains.start_capacity  # what random starts needed so far
+        crystal = jax.device_get(chains.states.crystal)
+        positions[rows, :width] = crystal.positions[:len(rows)]
+        lattices[rows] = crystal.lattice[:len(rows)]
+        acceptance += float(np.sum(np.mean(chains.info.acceptance_probability[:len(rows)], axis=1)))
+        reruns += chains.num_overflow_reruns
+        capacity = chains.capacity if capacity is None else NeighborCapacity(
+            *np.maximum(np.array(capacity), np.array(chains.capacity)))
+    samples = Crystal(species, positions, lattices)
+    return samples, acceptance / species.shape[0], capacity, reruns
+
+
 def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capacities):
-    """Negatives for `batch` by the chain driver, then `step_fn(state, data, samples, ...)`.
+    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn(state, data, samples, ...)`.
 
     step_fn: `update_step` or `validation_step`. The chains start at the
     capacity kept for their size (grown where random starts needed more; the
-    driver refits it to the chains' needs after their first segment);
-    the step's capacities grow until nothing overflows. Returns (output of
+    driver refits it to the chains' needs after their first segment); the
+    step's capacities grow until nothing overflows. Returns (output of
     step_fn, metrics as numpy with the chains' mean acceptance, overflow
     re-runs).
     """
     energy = energy_of(config)
-    species = batch.sample_species
-    atoms = int(species.shape[1])
-    chains = sample(jax.random.split(key, species.shape[0]), species, energy, state.variables,
-                    capacities.sample(atoms), schedule(config.sampler),
-                    segment_length=config.sampler.segment_length)
-    capacities.samples[atoms] = chains.start_capacity  # what random starts needed so far
+    samples, acceptance, sample_capacity, chain_reruns = negatives(
+        config, energy, state.variables, batch.sample_species, key, capacities)
+    samples = shard_batch(jax.tree.map(jnp.asarray, samples))
 
     def step_at(caps):
-        out = step_fn(state, batch.data, chains.states.crystal, energy=energy, config=config,
+        out = step_fn(state, batch.data, samples, energy=energy, config=config,
                       data_capacity=caps[0], sample_capacity=caps[1])
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
         return (out, metrics), metrics["overflow"], (metrics["data_needs"], metrics["sample_needs"])
 
     (out, metrics), (capacities.data, _), reruns = grow_until_no_overflow(
-        step_at, (capacities.data, chains.capacity), "in the training step",
+        step_at, (capacities.data, sample_capacity), "in the training step",
         grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
-    metrics = dict(metrics, acceptance=float(np.mean(chains.info.acceptance_probability)))
-    return out, metrics, reruns + chains.num_overflow_reruns
+    return out, dict(metrics, acceptance=acceptance), reruns + chain_reruns
 
 
 class MetricsLog:
