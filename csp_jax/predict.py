@@ -3,7 +3,9 @@
 `cell_species` turns a formula (pymatgen `Composition` syntax, e.g. `SrTiO3`)
 and a cell size into the species vector `Expand(Reduce(A), Z)` (SPEC §1);
 `predict` samples K chains per formula and writes, per formula, the samples as
-CIFs ranked by final energy (`<out>/<cell>/rank01_E-1.2345.cif`), plus a
+CIFs ranked by final energy (`<out>/<cell>/rank01_E-1.2345.cif`), a picture of
+the top-ranked structure (`rank01.png`) and of the chains' energy against the
+MALA step (`chains.png`), plus a
 summary table of all of them (`<out>/summary.csv` and `summary.md`: energy,
 volume, density, space group, lattice parameters).
 """
@@ -17,6 +19,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.energy.base import Energy
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
@@ -132,9 +135,10 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
                         num_samples, axis=0)
     steps = schedule(config.sampler, config.eval.num_steps)
     log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {steps[0].shape[0]} steps")
-    crystals, energies, _, _ = sample_rows(
+    sampled = sample_rows(
         key, species, model, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
-        batch_size=batch_size, segment_length=config.sampler.segment_length, log=log)
+        batch_size=batch_size, segment_length=config.sampler.segment_length, trace=True, log=log)
+    crystals, energies = sampled.crystals, sampled.energies
 
     from pymatgen.io.cif import CifWriter
 
@@ -155,7 +159,12 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
             CifWriter(structure).write_file(path)
             rows.append(_summary_row(name, rank, float(energies[i]), structure,
                                      str(path.relative_to(out_dir))))
-        log(f"{name}: {len(finite)} CIFs in {cell_dir}")
+            if rank == 1:
+                pictures.structure_png(structure, cell_dir / "rank01.png",
+                                       f"{name}, rank 1: H = {energies[i]:.4f}, {rows[-1]['space_group']}")
+        pictures.chain_energy_png(sampled.trace[rows_of_cell.start:rows_of_cell.stop],
+                                  cell_dir / "chains.png", f"{name}: {num_samples} chains")
+        log(f"{name}: {len(finite)} CIFs, rank01.png and chains.png in {cell_dir}")
     csv_path, md_path = _write_summary(rows, out_dir)
     log(f"wrote {csv_path}, {md_path}")
     return rows

@@ -61,6 +61,7 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     markdown = (tmp_path / "test_metrics.md").read_text()
     assert f"Only 3 of the {len(dataset)} test crystals" in markdown
     assert f"{results['match_rate']:.2f}" in markdown
+    assert (tmp_path / "test_rmse.png").stat().st_size > 0 and (tmp_path / "test_match_rate.png").stat().st_size > 0
     # The first sample of each valid chain is also a CIF.
     assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)
 

@@ -4,6 +4,7 @@ import csv
 import re
 
 import jax
+import matplotlib.image
 import pytest
 from pymatgen.core import Structure
 
@@ -116,6 +117,9 @@ def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     args.func(args)
     for formula in FORMULAS:
         assert len(list((tmp_path / formula).glob("rank*.cif"))) == 3
+        for picture in ("rank01.png", "chains.png"):  # the top structure, the chains' energies
+            height, width, _ = matplotlib.image.imread(tmp_path / formula / picture).shape
+            assert height > 300 and width > 300
     with pytest.raises(SystemExit):  # --num-atoms and --formula-units exclude each other
         parser["predict"].parse_args(["--checkpoint", "x", "--formula", "Li2O",
                                       "--num-atoms", "3", "--formula-units", "1"])

@@ -7,7 +7,9 @@ interrupted evaluation continues with `resume=True` where it stopped (chain r
 uses the key `fold_in(key, r)` and the stored capacity carries over, so the
 result equals an uninterrupted run), then stores them (`<split>_samples.npz`,
 CIFs of the first sample per crystal in `cifs/`) and writes the match metrics
-(`<split>_metrics.json` and `.md`, beside the paper's numbers). `recompute`
+(`<split>_metrics.json` and `.md`, beside the paper's numbers) and two
+pictures (`<split>_rmse.png`: best RMSE per crystal; `<split>_match_rate.png`:
+match rate against the number of samples). `recompute`
 scores a stored sample file again without sampling.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.data.datasets import CrystalDataset
 from csp_jax.energy.base import Energy
@@ -169,7 +172,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns}
     json_path, md_path = metrics.write_report(results, stem, config.data.dataset, len(dataset))
-    log(f"wrote {samples_path}, {json_path}, {md_path}")
+    pngs = pictures.evaluation_pngs(results, out_dir, split)
+    log(f"wrote {samples_path}, {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results
 
 
@@ -199,5 +203,6 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
         results["sampling"] = record["sampling"]
     json_path, md_path = metrics.write_report(results, stem, dataset_name, len(dataset))
-    log(f"wrote {json_path}, {md_path}")
+    pngs = pictures.evaluation_pngs(results, samples_path.parent, samples_path.name[:-len("_samples.npz")])
+    log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results

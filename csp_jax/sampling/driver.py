@@ -237,9 +237,22 @@ def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
     return SampleResult(states, info, capacity, start_capacity, reruns)
 
 
+class Rows(NamedTuple):
+    """Output of `sample_rows`: crystals (Crystal [M, N] numpy), energies [M] of the final
+    states, overflow re-runs summed, the final capacity, and the energy after every step
+    ([M, K], with `trace`; else None)."""
+
+    crystals: Any
+    energies: np.ndarray
+    num_overflow_reruns: int
+    capacity: Any
+    trace: np.ndarray | None
+
+
 def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, batch_size: int,
                 segment_length: int = 100, kernel: Callable = mala, first_row: int = 0,
-                on_batch: Callable | None = None, log: Callable[[str], None] = print):
+                on_batch: Callable | None = None, trace: bool = False,
+                log: Callable[[str], None] = print) -> Rows:
     """`sample` for many rows in fixed-size batches, with a progress line.
 
     species: [M, N] int. Row r (counting from `first_row`, so a long job can
@@ -248,14 +261,13 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
     copies of its first row (results dropped), so every batch has one shape.
     The capacity carries over from batch to batch. After each batch,
     `on_batch(first row, crystals, energies, capacity, overflow re-runs)` is
-    called with that batch's numpy results. Returns (crystals: Crystal
-    [M, N] numpy, energies [M], overflow re-runs summed, final capacity).
+    called with that batch's numpy results.
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
     chunk = min(batch_size, num_rows)
     num_steps = int(schedule[0].shape[0])
-    crystals, energies, reruns = [], [], 0
+    crystals, energies, traces, reruns = [], [], [], 0
     progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log, unit_scale=True)
     for begin in range(0, num_rows, chunk):
         rows = species[begin:begin + chunk]
@@ -269,10 +281,13 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
         states = jax.device_get(result.states)
         crystals.append(jax.tree.map(lambda a: a[:len(rows)], states.crystal))
         energies.append(states.energy[:len(rows)])
+        if trace:
+            traces.append(result.info.energy[:len(rows)])
         if on_batch is not None:
             on_batch(first_row + begin, crystals[-1], energies[-1], capacity, result.num_overflow_reruns)
         progress.update(len(rows) * num_steps, f"{begin + len(rows)}/{num_rows} chains, "
                                                f"overflow re-runs {reruns}")
     progress.close()
     crystals = jax.tree.map(lambda *a: np.concatenate(a), *crystals)
-    return crystals, np.concatenate(energies), reruns, capacity
+    return Rows(crystals, np.concatenate(energies), reruns, capacity,
+                np.concatenate(traces) if trace else None)

@@ -1,0 +1,93 @@
+"""Pictures a user looks at: a crystal structure, chains annealing, an evaluation's spread.
+
+- `structure_png`: the unit cell with its atoms (ASE's matplotlib renderer),
+  coloured by element (Jmol colours) with a legend;
+- `chain_energy_png`: the energy of chains against the MALA step;
+- `evaluation_pngs`: the histogram of the best RMSE per crystal and the match
+  rate against the number of samples k = 1..K.
+All write PNG files and return their paths.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def structure_png(structure, path, title: str = "", rotation: str = "10x,-20y") -> Path:
+    """The unit cell of a pymatgen Structure, atoms coloured by element, as a PNG."""
+    from ase.data import chemical_symbols
+    from ase.data.colors import jmol_colors
+    from ase.visualize.plot import plot_atoms
+    from matplotlib.patches import Patch
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    plot_atoms(atoms, ax, rotation=rotation, radii=0.5, show_unit_cell=2)
+    numbers = sorted(set(int(z) for z in atoms.numbers))
+    ax.legend(handles=[Patch(facecolor=jmol_colors[z], edgecolor="black", label=chemical_symbols[z])
+                       for z in numbers], loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def chain_energy_png(energies, path, title: str = "", labels=None) -> Path:
+    """Energy H of chains [M, K] against the MALA step (one line per chain) as a PNG."""
+    energies = np.asarray(energies)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for m, trace in enumerate(energies):
+        ax.plot(np.arange(1, trace.shape[0] + 1), trace, lw=0.8, alpha=0.8,
+                label=None if labels is None else labels[m])
+    finite = energies[np.isfinite(energies)]
+    if finite.size:  # the first, hot steps can be far above the rest
+        low, high = np.percentile(finite, [0.5, 99])
+        ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+    ax.set(xlabel="MALA step", ylabel="energy H", title=title)
+    ax.grid(alpha=0.3)
+    if labels is not None:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def evaluation_pngs(results: dict, out_dir, stem: str) -> tuple[Path, Path]:
+    """`<stem>_rmse.png` (best RMSE per matched crystal) and `<stem>_match_rate.png` (match rate
+    against k, the first k samples of each crystal) from `metrics.evaluate_samples` results."""
+    from csp_jax.evaluation.matching import MATCH
+
+    outcome, rms = np.asarray(results["outcome"]), np.asarray(results["rms"], float)
+    matched = outcome == MATCH
+    best = np.where(matched, rms, np.inf).min(axis=1)
+    best = best[np.isfinite(best)]
+    out_dir = Path(out_dir)
+    hist_path, rate_path = out_dir / f"{stem}_rmse.png", out_dir / f"{stem}_match_rate.png"
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.hist(best, bins=30, range=(0, max(0.5, float(best.max()) if best.size else 0.5)))
+    ax.set(xlabel="best normalised RMS displacement", ylabel="matched crystals",
+           title=f"{best.size} of {outcome.shape[0]} crystals matched")
+    fig.tight_layout()
+    fig.savefig(hist_path, dpi=130)
+    plt.close(fig)
+    k = np.arange(1, outcome.shape[1] + 1)
+    rate = [100.0 * np.mean(np.any(matched[:, :n], axis=1)) for n in k]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(k, rate, "o-")
+    ax.set(xlabel="samples per crystal k", ylabel="match rate (%)", ylim=(0, 100),
+           title="match rate with the first k samples")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(rate_path, dpi=130)
+    plt.close(fig)
+    return hist_path, rate_path
