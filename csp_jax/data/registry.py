@@ -41,7 +41,7 @@ class DatasetInfo(NamedTuple):
 
 DATASETS = {d.name: d for d in (
     DatasetInfo(
-        "perov_5", "Perov-5", 5, {"train": 11356, "val": 3785, "test": 3785},
+        "perov_5", "Perov-5", 5, {"train": 11356, "val": 3787, "test": 3785},
         {"train": Checksum("62ce91686595d45d484d026bbfd14c2518b66abd",
                            "6144a97ead4828a781a1c269c56fedc34b65945977c6433a055a720c47bf77f6"),
          "val": Checksum("872fc814e6a513024cb923a0576d723fca25969c",
