@@ -82,11 +82,16 @@ def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
 
 
 def _space_group(structure) -> str:
-    """International symbol and number at the tolerant SYMPREC, e.g. `Pm-3m (221)`."""
+    """International symbol and number at the tolerant SYMPREC, e.g. `Pm-3m (221)`; `n/a`
+    where spglib cannot determine the symmetry (e.g. a sample with atoms almost on top
+    of each other)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC, angle_tolerance=ANGLE_TOLERANCE)
-    return f"{analyzer.get_space_group_symbol()} ({analyzer.get_space_group_number()})"
+    try:
+        analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC, angle_tolerance=ANGLE_TOLERANCE)
+        return f"{analyzer.get_space_group_symbol()} ({analyzer.get_space_group_number()})"
+    except (RuntimeError, ValueError):  # spglib: "Unable to determine symmetry"
+        return "n/a"
 
 
 def _summary_row(name: str, rank: int, energy: float, structure, cif: str) -> dict:
