@@ -215,7 +215,6 @@ def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: 
     runs = []
     for run in range(2):
         misses = compiled_init.cache_info().misses + compiled_segment.cache_info().misses
-        capacities = []
         t0 = time.perf_counter()
         result = sample(jax.random.split(jax.random.key(seed + 1 + run), batch), species, model, variables,
                         NeighborCapacity.from_config(cfg.neighbors, atoms), steps,

@@ -208,7 +208,6 @@ def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     split = jax.vmap(jax.random.split)(keys)
     init_keys, run_keys = split[:, 0], split[:, 1]
-    reruns = 0
 
     def init_at(capacity):
         states = compiled_init(energy, kernel, reduce_fn, capacity, chunk)(variables, init_keys, species)
