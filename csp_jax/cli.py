@@ -24,6 +24,34 @@ from csp_jax.config import available_configs, get_config, override
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise ValueError (one `error:` line, exit status 1)."""
+
+    def error(self, message):
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def _number(kind: type, low, low_ok: bool):
+    """An argparse type: `kind` values of at least (or above) `low`, finite."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (
+                value == low and not low_ok):
+            bound = f"at least {low}" if low_ok else f"above {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, True)
+NON_NEGATIVE_INT = _number(int, 0, True)
+POSITIVE_FLOAT = _number(float, 0.0, False)
+
+
 def add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (the default sub-command)")
     p.add_argument("--config", required=True, help=f"one of: {', '.join(available_configs())}")
@@ -32,7 +60,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. sampler.num_steps=200 (repeatable)")
     p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (checkpointed)")
+    p.add_argument("--max-steps", type=POSITIVE_INT, help="stop after this many steps (checkpointed)")
     p.set_defaults(func=run_train)
 
 
@@ -76,15 +104,15 @@ def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Table 1: sample test crystals, match, report")
     _add_checkpoint(p)
     p.add_argument("--split", help="split to evaluate (default: config eval.split, 'test')")
-    p.add_argument("--num-samples", type=int, help="chains per crystal (default: config, 20)")
-    p.add_argument("--limit", type=int,
+    p.add_argument("--num-samples", type=POSITIVE_INT, help="chains per crystal (default: config, 20)")
+    p.add_argument("--limit", type=NON_NEGATIVE_INT,
                    help="evaluate the first N crystals of a fixed shuffle (default: config, 0 = all)")
-    p.add_argument("--batch-size", type=int, help="chains per jitted batch (default: config)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/eval)")
     _add_data_dir(p)
-    p.add_argument("--workers", type=int, help="matching processes (default: all cores)")
-    p.add_argument("--timeout", type=float, help="seconds per matched pair (default: config)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--workers", type=POSITIVE_INT, help="matching processes (default: all cores)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="seconds per matched pair (default: config)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sampling seed (default 0)")
     p.add_argument("--recompute", action="store_true",
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
     p.add_argument("--resume", action="store_true",
@@ -118,14 +146,14 @@ def add_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict structures for formulas, CIFs ranked by energy")
     _add_checkpoint(p)
     p.add_argument("--formula", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
-    p.add_argument("--num-samples", type=int, default=20, help="chains per formula (default 20)")
+    p.add_argument("--num-samples", type=POSITIVE_INT, default=20, help="chains per formula (default 20)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--num-atoms", type=int,
+    size.add_argument("--num-atoms", type=POSITIVE_INT,
                       help="atoms per cell, a multiple of the reduced formula's (default: the reduced formula)")
-    size.add_argument("--formula-units", type=int, help="reduced formula units per cell (default 1)")
-    p.add_argument("--batch-size", type=int, help="chains per jitted batch (default: config)")
+    size.add_argument("--formula-units", type=POSITIVE_INT, help="reduced formula units per cell (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/predictions)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=run_predict)
 
 
@@ -142,12 +170,12 @@ def run_predict(args) -> None:
 def add_displacement(subparsers) -> None:
     p = subparsers.add_parser("displacement", help="Figure 2: energy vs displacement of one atom")
     _add_checkpoint(p)
-    p.add_argument("--sigma", type=float, default=0.1, help="noise per Cartesian component, A (default 0.1)")
-    p.add_argument("--num-crystals", type=int, default=5, help="random test crystals (default 5)")
-    p.add_argument("--num-draws", type=int, default=1000, help="noise draws per crystal (default 1000)")
+    p.add_argument("--sigma", type=POSITIVE_FLOAT, default=0.1, help="noise per Cartesian component, A (default 0.1)")
+    p.add_argument("--num-crystals", type=POSITIVE_INT, default=5, help="random test crystals (default 5)")
+    p.add_argument("--num-draws", type=POSITIVE_INT, default=1000, help="noise draws per crystal (default 1000)")
     p.add_argument("--split", default="test", help="split to draw crystals from (default test)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/displacement)")
-    p.add_argument("--seed", type=int, default=0, help="seed for crystals, atoms and noise (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for crystals, atoms and noise (default 0)")
     _add_data_dir(p)
     p.set_defaults(func=run_displacement)
 
@@ -171,11 +199,18 @@ def add_bench(subparsers) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csp-jax", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="csp-jax", description=__doc__.split("\n\n")[0])
     subparsers = p.add_subparsers(dest="command")
     for add in (add_train, add_evaluate, add_predict, add_displacement, add_bench):
         add(subparsers)
     return p
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (OSError: with the file it names)."""
+    text = str(err) if not isinstance(err, OSError) or not err.filename else \
+        f"{err.filename}: {err.strerror or err}"
+    return " ".join(text.split()) or type(err).__name__
 
 
 def main(argv=None) -> int:
@@ -183,17 +218,17 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["train"] + argv
-    args = parser().parse_args(argv)
-    if args.command is None:
-        parser().print_help()
-        return 2
-    from csp_jax.sampling.driver import enable_compilation_cache
-
-    enable_compilation_cache()
     try:
+        args = parser().parse_args(argv)
+        if args.command is None:
+            parser().print_help()
+            return 2
+        from csp_jax.sampling.driver import enable_compilation_cache
+
+        enable_compilation_cache()
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the newest checkpoint is kept; continue with --resume", file=sys.stderr)

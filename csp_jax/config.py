@@ -3,13 +3,16 @@
 A config is a `Config` of sections (`model`, `data`, `neighbors`, `sampler`,
 `train`, `eval`). Named configs live in `csp_jax/configs/<name>.py`, each with a
 `get_config()`. Values are changed only by `override(config, "section.key",
-"text")`, which checks that the key exists and parses the text to the field's type.
+"text")`, which checks that the key exists, parses the text to the field's type
+and checks its range (`RANGES`); `Config.from_dict` (a run's config.json) checks
+every value the same way.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import json
+import math
 import pkgutil
 
 
@@ -90,10 +93,64 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict`; ValueError naming the first unknown key or bad value."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config is a JSON object of sections, not {type(d).__name__}")
         default = cls()
-        return cls(**{key: value if key == "name" else type(getattr(default, key))(**value)
-                      for key, value in d.items()})
+        sections = {}
+        for name, values in d.items():
+            if name == "name":
+                continue
+            if not hasattr(default, name) or not isinstance(values, dict):
+                raise ValueError(f"unknown config section {name!r}")
+            section = getattr(default, name)
+            types = {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
+            for field, value in values.items():
+                if field not in types:
+                    raise ValueError(f"unknown config key {name}.{field}")
+                if not isinstance(value, types[field]) and not (
+                        types[field] is float and type(value) is int):
+                    raise ValueError(f"bad value for {name}.{field}: expected "
+                                     f"{types[field].__name__}, got {value!r}")
+                check_value(f"{name}.{field}", value)
+            sections[name] = type(section)(**values)
+        return cls(name=d.get("name", default.name), **sections)
+
+
+# Allowed values: (lowest, highest, lowest allowed?); floats must also be finite.
+RANGES = {
+    "model.features": (1, None, True), "model.num_conv": (1, None, True),
+    "model.num_fc": (1, None, True), "model.rho0": (0, None, False),
+    "model.density_weight": (0, None, True),
+    "data.max_atoms": (1, None, True), "data.train_limit": (0, None, True),
+    "data.val_limit": (0, None, True),
+    "neighbors.max_images": (1, None, True), "neighbors.edge_factor": (0, None, False),
+    "sampler.num_steps": (1, None, True), "sampler.step_size_start": (0, None, False),
+    "sampler.step_size_end": (0, None, False), "sampler.temperature_start": (0, None, False),
+    "sampler.temperature_end": (0, None, False), "sampler.segment_length": (1, None, True),
+    "sampler.geometric_q": (0, 1, True),
+    "train.batch_size": (1, None, True), "train.learning_rate": (0, None, False),
+    "train.b1": (0, 1, True), "train.b2": (0, 1, True), "train.num_epochs": (1, None, True),
+    "train.regularization": (0, None, True), "train.checkpoint_every": (1, None, True),
+    "train.max_bad_steps": (1, None, True), "train.keep_checkpoints": (0, None, True),
+    "train.seed": (0, None, True),
+    "eval.num_samples": (1, None, True), "eval.batch_size": (1, None, True),
+    "eval.limit": (0, None, True), "eval.match_timeout": (0, None, False),
+    "eval.num_steps": (0, None, True), "eval.max_atoms": (1, None, True),
+}
+
+
+def check_value(key: str, value) -> None:
+    """ValueError (one line) when `value` is outside the range of config key `key`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"bad value for {key}: {value} is not finite")
+    if key not in RANGES:
+        return
+    low, high, low_ok = RANGES[key]
+    if value < low or (value == low and not low_ok) or (high is not None and value >= high):
+        bound = f"at least {low}" if low_ok else f"above {low}"
+        bound += f" and below {high}" if high is not None else ""
+        raise ValueError(f"bad value for {key}: must be {bound}, got {value}")
 
 
 def available_configs() -> list[str]:
@@ -138,4 +195,5 @@ def override(config: Config, key: str, text: str) -> Config:
         value = _parse(text, types[field])
     except ValueError as err:
         raise ValueError(f"bad value for {key}: {err}") from None
+    check_value(key, value)
     return dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field: value})})

@@ -95,7 +95,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
 
 def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
     """A step whose neighbour lists overflow is repeated with grown capacities until none does."""
-    train_set = load_split("perov_5", "train", data_dir).subset(slice(0, 2))
+    train_set = load_split("perov_5", "train", data_dir, limit=2)
     capacities = training_loop.Capacities(config, data_atoms=5)
     batch, _ = training_loop.make_batch(config, train_set, np.arange(2), np.random.default_rng(0))
     state = init_train_state(config, jax.random.PRNGKey(0))

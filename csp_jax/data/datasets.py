@@ -31,6 +31,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -41,13 +42,15 @@ from typing import NamedTuple
 import numpy as np
 
 from csp_jax.data.registry import DATASETS, SPLITS, Checksum
-from csp_jax.geometry.crystal import Crystal, from_structure, pad, stack, to_structure
+from csp_jax.geometry.crystal import MAX_Z, Crystal, from_structure, pad, stack, to_structure
 
 DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
 DEFAULT_DATA_URL = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
 
 # Bump when parsing or the cache layout changes, so stale caches are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows with overlapping atoms or implausible volumes are bad rows
+MIN_DISTANCE = 0.5  # Angstrom: closer atoms (periodic images included) are a bad row
+VOLUME_PER_ATOM = (1.0, 1000.0)  # Angstrom^3: a cell outside this range is a bad row
 # Files with fewer rows are parsed in-process: starting workers costs more.
 _MIN_ROWS_FOR_POOL = 256
 
@@ -241,7 +244,7 @@ class _BadRow(NamedTuple):
 
 def _parse_cif(args: tuple[str, int | None]) -> Crystal | tuple[str, str]:
     """Parse and Niggli-reduce one CIF into an unpadded `Crystal`, or return (reason, detail)."""
-    from pymatgen.core import Structure
+    from pymatgen.core import Element, Structure
 
     cif, max_atoms = args
     # pymatgen warns about routine coordinate rounding, and explains failures in
@@ -260,10 +263,26 @@ def _parse_cif(args: tuple[str, int | None]) -> Crystal | tuple[str, str]:
         return "more than max_atoms atoms", f"{len(structure)} atoms > {max_atoms}"
     if not structure.is_ordered:
         return "disordered sites", ""
+    unknown = sorted({str(s) for s in structure.species
+                      if not isinstance(getattr(s, "element", s), Element) or s.Z > MAX_Z})
+    if unknown:
+        return "unknown element", f"{', '.join(unknown)}; the model knows Z = 1..{MAX_Z}"
+    volume = abs(float(np.linalg.det(structure.lattice.matrix))) / len(structure)
+    if not VOLUME_PER_ATOM[0] <= volume <= VOLUME_PER_ATOM[1]:
+        return "implausible cell volume", (f"{volume:.3g} A^3 per atom, outside "
+                                           f"{VOLUME_PER_ATOM[0]:g}-{VOLUME_PER_ATOM[1]:g}")
     try:
-        return from_structure(structure.get_reduced_structure(), dtype=np.float64)
+        reduced = structure.get_reduced_structure()
     except Exception as error:  # Niggli reduction of a degenerate cell
         return "Niggli reduction failed", f"{type(error).__name__}: {error}"
+    # In the Niggli cell the shortest lattice vector is a basis vector (an atom's
+    # nearest own image) and minimum-image distances are exact.
+    distances = reduced.lattice.get_all_distances(reduced.frac_coords, reduced.frac_coords)
+    closest = min(float(np.min(distances + np.diag(np.full(len(reduced), np.inf)))),
+                  float(min(reduced.lattice.abc)))
+    if closest < MIN_DISTANCE:
+        return "overlapping atoms", f"{closest:.3f} A apart, under {MIN_DISTANCE} A"
+    return from_structure(reduced, dtype=np.float64)
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -288,41 +307,62 @@ def _apply_bad_row_policy(source: str, bad: list[_BadRow], total: int, on_bad_ro
 
 
 def _read_csv_text(path: Path) -> bytes:
+    """The file's bytes (gunzipped for `.gz`); ValueError naming it when it cannot be read."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return f.read()
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path}: damaged gzip file ({err})") from None
 
 
-def _parse_rows(source: str, data: bytes, max_atoms: int | None, workers: int):
-    """Parse all rows: (crystals [unpadded], material_ids, rows, bad rows, total)."""
-    csv.field_size_limit(sys.maxsize)
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
-    if "cif" not in (reader.fieldnames or ()):
-        raise ValueError(f"{source}: no 'cif' column (header: {reader.fieldnames})")
-    records = list(reader)
-    jobs = [(rec["cif"] or "", max_atoms) for rec in records]
+def _parse_jobs(jobs: list[tuple[str, int | None]], workers: int) -> list:
     if workers > 1 and len(jobs) >= _MIN_ROWS_FOR_POOL:
         # spawn: forking a process that has started JAX threads is unsafe.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_parse_cif, jobs,
-                                    chunksize=max(1, math.ceil(len(jobs) / (8 * workers)))))
-    else:
-        results = [_parse_cif(job) for job in jobs]
+            return list(pool.map(_parse_cif, jobs,
+                                 chunksize=max(1, math.ceil(len(jobs) / (8 * workers)))))
+    return [_parse_cif(job) for job in jobs]
+
+
+def _parse_rows(source: str, data: bytes, max_atoms: int | None, workers: int,
+                limit: int | None = None):
+    """Parse rows in file order: (crystals [unpadded], material_ids, rows, bad rows, rows read).
+
+    limit: stop once this many usable crystals are found (None: read every row).
+    """
+    csv.field_size_limit(sys.maxsize)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not a UTF-8 text CSV ({err})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "cif" not in (reader.fieldnames or ()):
+        raise ValueError(f"{source}: no 'cif' column (header: {reader.fieldnames})")
+    records = list(reader)
     crystals, ids, rows, bad = [], [], [], []
-    for row, (record, result) in enumerate(zip(records, results)):
-        if isinstance(result, Crystal):
-            crystals.append(result)
-            ids.append(record.get("material_id", str(row)))
-            rows.append(row)
-        else:
-            bad.append(_BadRow(row, *result))
-    return crystals, ids, rows, bad, len(records)
+    read = 0
+    while read < len(records) and (limit is None or len(crystals) < limit):
+        end = len(records) if limit is None else min(len(records), read + limit - len(crystals))
+        jobs = [(rec["cif"] or "", max_atoms) for rec in records[read:end]]
+        for row, result in enumerate(_parse_jobs(jobs, workers), start=read):
+            if isinstance(result, Crystal):
+                crystals.append(result)
+                ids.append(records[row].get("material_id", str(row)))
+                rows.append(row)
+            else:
+                bad.append(_BadRow(row, *result))
+        read = end
+    return crystals, ids, rows, bad, read
 
 
-def _cache_file(cache_dir: Path, path: Path, csv_sha256: str, max_atoms: int | None) -> Path:
+def _cache_file(cache_dir: Path, path: Path, csv_sha256: str, max_atoms: int | None,
+                limit: int | None) -> Path:
     from pymatgen.core import __version__ as pymatgen_version
 
     key = f"{csv_sha256}|max_atoms={max_atoms}|format={CACHE_FORMAT}|pymatgen={pymatgen_version}"
+    if limit is not None:
+        key += f"|limit={limit}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     stem = path.name.split(".")[0]
     return cache_dir / f"{path.parent.name}-{stem}-{digest}.npz"
@@ -331,7 +371,7 @@ def _cache_file(cache_dir: Path, path: Path, csv_sha256: str, max_atoms: int | N
 def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
              on_bad_row: str = "skip", cache: bool = True,
              cache_dir: str | os.PathLike | None = None,
-             workers: int | None = None) -> CrystalDataset:
+             workers: int | None = None, limit: int | None = None) -> CrystalDataset:
     """Load one CDVAE/DiffCSP CSV (`.csv` or `.csv.gz`) into a `CrystalDataset`.
 
     max_atoms:  cap on atoms per crystal and the padded size N; larger crystals
@@ -340,17 +380,21 @@ def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
                 the first bad row).
     cache:      read/write `<cache_dir>/<dataset>-<split>-<key>.npz`.
     workers:    parsing processes (default: the number of CPUs).
+    limit:      keep only the first `limit` usable crystals, parsing no row
+                after them (None: all); bad rows are counted among those read.
     """
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', not {on_bad_row!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of crystals, not {limit}")
     path = Path(path)
     data = _read_csv_text(path)
     cache_file = _cache_file(resolve_cache_dir(cache_dir), path,
-                             hashlib.sha256(data).hexdigest(), max_atoms)
+                             hashlib.sha256(data).hexdigest(), max_atoms, limit)
     if cache and cache_file.is_file():
         return _load_cached(cache_file, path, on_bad_row)
     crystals, ids, rows, bad, total = _parse_rows(
-        str(path), data, max_atoms, workers or os.cpu_count() or 1)
+        str(path), data, max_atoms, workers or os.cpu_count() or 1, limit)
     _apply_bad_row_policy(str(path), bad, total, on_bad_row)
     if not crystals:
         raise ValueError(f"{path}: no usable rows")
@@ -391,7 +435,7 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
                max_atoms: int | None = None, on_bad_row: str = "skip",
                download: bool = False, base_url: str | None = None, cache: bool = True,
                cache_dir: str | os.PathLike | None = None,
-               workers: int | None = None) -> CrystalDataset:
+               workers: int | None = None, limit: int | None = None) -> CrystalDataset:
     """Load a benchmark split, e.g. `load_split("perov_5", "train")`.
 
     max_atoms defaults to the dataset's published cell size (`DatasetInfo.max_atoms`),
@@ -401,4 +445,5 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
     path = split_path(dataset, split, data_dir, download=download, base_url=base_url,
                       cache_dir=cache_dir)
     return load_csv(path, max_atoms=max_atoms or DATASETS[dataset].max_atoms,
-                    on_bad_row=on_bad_row, cache=cache, cache_dir=cache_dir, workers=workers)
+                    on_bad_row=on_bad_row, cache=cache, cache_dir=cache_dir, workers=workers,
+                    limit=limit)

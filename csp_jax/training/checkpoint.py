@@ -35,7 +35,10 @@ def read_config(run_dir: Path) -> Config:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a csp_jax run directory")
-    return Config.from_dict(json.loads(path.read_text()))
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a readable csp_jax config ({err})") from None
 
 
 def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
@@ -51,15 +54,59 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, template, step: int | None = None):
-    """(state, meta) of `step` (default: the newest); `template` gives the pytree structure."""
-    step = mngr.latest_step() if step is None else step
-    if step is None:
+def _path_name(path) -> str:
+    """`variables/params/conv_0/W1/bias`: a pytree path by its keys, fields or indices."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
+    """ValueError when checkpoint `step` holds arrays of other shapes than `template`
+    (a model of another size): checked from its metadata, before any array is read."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about the step-level metadata
+    try:
+        stored = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / "state")
+    finally:
+        absl_logging.set_verbosity(level)
+    stored = {_path_name(path): tuple(leaf.shape) for path, leaf in
+              jax.tree_util.tree_leaves_with_path(getattr(stored, "item_metadata", stored))}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(template):
+        name = _path_name(path)
+        if stored.get(name) != tuple(np.shape(leaf)):
+            raise ValueError(f"checkpoint {step} in {mngr.directory} holds another model: "
+                             f"{name} has shape {stored.get(name, 'missing')}, this config's "
+                             f"model needs {tuple(np.shape(leaf))}")
+
+
+def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=print):
+    """(state, meta) of `step`, or of the newest checkpoint that reads back.
+
+    `template` gives the pytree structure. A newer checkpoint that cannot be
+    read (half written when the process died, damaged) is skipped and named
+    through `log`; a run with none readable raises ValueError, and so does a
+    checkpoint of another model size.
+    """
+    steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
+    if not steps:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out.state, out.meta
+    reasons = []
+    for s in steps:
+        try:
+            _check_shapes(mngr, s, template)
+            out = mngr.restore(s, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            return out.state, out.meta
+        except Exception as error:  # orbax and tensorstore raise many types for a bad checkpoint
+            if isinstance(error, ValueError) and "holds another model" in str(error):
+                raise
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            reasons.append(f"step {s}: {reason}")
+            if s != steps[-1]:
+                log(f"skipping checkpoint {s} in {mngr.directory}: it cannot be read ({reason})")
+    raise ValueError(f"no readable checkpoint in {mngr.directory} ({'; '.join(reasons)[:600]})")
 
 
 def save_variables(path: Path, variables: dict) -> None:
@@ -70,8 +117,11 @@ def save_variables(path: Path, variables: dict) -> None:
 
 def load_variables(path: Path, template: dict) -> dict:
     """Variables saved by `save_variables`, checked against `template`'s structure and shapes."""
-    with np.load(path) as saved:
-        flat = {key: saved[key] for key in saved.files}
+    try:
+        with np.load(path) as saved:
+            flat = {key: saved[key] for key in saved.files}
+    except Exception as err:  # numpy raises zipfile, EOF and value errors for a damaged file
+        raise ValueError(f"{path}: damaged variables file ({type(err).__name__}: {err})") from None
     expected = traverse_util.flatten_dict(template, sep="/")
     if set(flat) != set(expected) or any(flat[k].shape != np.shape(v) for k, v in expected.items()):
         raise ValueError(f"{path} does not hold the variables of this config's model "

@@ -70,10 +70,6 @@ def grow_exceeded(capacity: NeighborCapacity, needs) -> NeighborCapacity:
     return capacity.grow(*needs) if np.any(np.asarray(needs) > np.array(capacity)) else capacity
 
 
-def _limited(dataset: CrystalDataset, limit: int) -> CrystalDataset:
-    return dataset.subset(slice(0, limit)) if limit else dataset
-
-
 def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[Batch, int]:
     """(Batch, number of capped expansions) for the crystals at `indices`."""
     multipliers = draw_multipliers(rng, len(indices), config.sampler.geometric_q)
@@ -176,10 +172,10 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     run_dir = Path(run_dir)
     t = config.train
     started = time.perf_counter()
-    train_set = _limited(load_split(config.data.dataset, "train", data_dir, download=True),
-                         config.data.train_limit)
-    val_set = _limited(load_split(config.data.dataset, "val", data_dir, download=True),
-                       config.data.val_limit)
+    train_set = load_split(config.data.dataset, "train", data_dir, download=True,
+                           limit=config.data.train_limit or None)
+    val_set = load_split(config.data.dataset, "val", data_dir, download=True,
+                         limit=config.data.val_limit or None)
     batch_size = t.batch_size
     if batch_size > len(train_set):
         raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train_set)} training crystals")
@@ -189,7 +185,13 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     mngr = checkpoint.manager(run_dir, t.keep_checkpoints or None)
     state = init_train_state(config, jax.random.PRNGKey(t.seed))
     if resume and mngr.latest_step() is not None:
-        state, meta = checkpoint.restore(mngr, state)
+        trained = checkpoint.read_config(run_dir).model
+        if trained != config.model:
+            raise ValueError(f"{run_dir} holds a model of other size or kind ({trained}); "
+                             f"resume it with the config it was trained with")
+        state, meta = checkpoint.restore(mngr, state, log=log)
+        for unreadable in [s for s in mngr.all_steps() if s > int(state.step)]:
+            mngr.delete(unreadable)  # so that the resumed run can write that step again
         capacities = Capacities(config, train_set.max_atoms, meta["capacities"])
         log(f"resumed from step {int(state.step)} in {run_dir}")
     elif mngr.latest_step() is not None:
