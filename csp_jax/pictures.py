@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen or changed
 
 
 def structure_png(structure, path, title: str = "", rotation: str = "10x,-20y") -> Path:
@@ -27,7 +24,8 @@ def structure_png(structure, path, title: str = "", rotation: str = "10x,-20y") 
     from pymatgen.io.ase import AseAtomsAdaptor
 
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig = Figure(figsize=(4.2, 4.2))
+    ax = fig.subplots()
     plot_atoms(atoms, ax, rotation=rotation, radii=0.5, show_unit_cell=2)
     numbers = sorted(set(int(z) for z in atoms.numbers))
     ax.legend(handles=[Patch(facecolor=jmol_colors[z], edgecolor="black", label=chemical_symbols[z])
@@ -37,14 +35,14 @@ def structure_png(structure, path, title: str = "", rotation: str = "10x,-20y") 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return Path(path)
 
 
 def chain_energy_png(energies, path, title: str = "", labels=None) -> Path:
     """Energy H of chains [M, K] against the MALA step (one line per chain) as a PNG."""
     energies = np.asarray(energies)
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
     for m, trace in enumerate(energies):
         ax.plot(np.arange(1, trace.shape[0] + 1), trace, lw=0.8, alpha=0.8,
                 label=None if labels is None else labels[m])
@@ -58,7 +56,6 @@ def chain_energy_png(energies, path, title: str = "", labels=None) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return Path(path)
 
 
@@ -73,21 +70,21 @@ def evaluation_pngs(results: dict, out_dir, stem: str) -> tuple[Path, Path]:
     best = best[np.isfinite(best)]
     out_dir = Path(out_dir)
     hist_path, rate_path = out_dir / f"{stem}_rmse.png", out_dir / f"{stem}_match_rate.png"
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.subplots()
     ax.hist(best, bins=30, range=(0, max(0.5, float(best.max()) if best.size else 0.5)))
     ax.set(xlabel="best normalised RMS displacement", ylabel="matched crystals",
            title=f"{best.size} of {outcome.shape[0]} crystals matched")
     fig.tight_layout()
     fig.savefig(hist_path, dpi=130)
-    plt.close(fig)
     k = np.arange(1, outcome.shape[1] + 1)
     rate = [100.0 * np.mean(np.any(matched[:, :n], axis=1)) for n in k]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.subplots()
     ax.plot(k, rate, "o-")
     ax.set(xlabel="samples per crystal k", ylabel="match rate (%)", ylim=(0, 100),
            title="match rate with the first k samples")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(rate_path, dpi=130)
-    plt.close(fig)
     return hist_path, rate_path

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -158,6 +159,19 @@ def test_cache_hit_skips_parsing_and_repeats_warning(mixed_csv, tmp_path, monkey
         data.load_csv(mixed_csv, max_atoms=6)
 
 
+def test_damaged_cache_file_is_rebuilt_not_loaded(mixed_csv, tmp_path):
+    with pytest.warns(UserWarning):
+        first = data.load_csv(mixed_csv, max_atoms=5, cache_dir=tmp_path / "c", workers=1)
+    (cache_file,) = (tmp_path / "c").glob("*.npz")
+    whole = cache_file.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"PK\x03\x04 not a zip"):
+        cache_file.write_bytes(damaged)
+        with pytest.warns(UserWarning, match="skipped 4 of 7 rows"):
+            again = data.load_csv(mixed_csv, max_atoms=5, cache_dir=tmp_path / "c", workers=1)
+        np.testing.assert_array_equal(again.positions, first.positions)
+        assert cache_file.read_bytes() == whole  # rewritten whole
+
+
 def test_csv_without_cif_column_is_refused(tmp_path):
     path = tmp_path / "nocif.csv"
     path.write_text(",material_id,formula\n0,m-0,SrTiO3\n")
@@ -199,9 +213,15 @@ def file_server():
             if body is None:
                 self.send_error(404)
                 return
+            behaviour = files.get("behaviour")
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            files.setdefault("requests", []).append(self.path)
+            if behaviour == "stall":
+                time.sleep(2.0)
+            elif behaviour == "truncate":
+                body = body[: len(body) // 2]  # the connection closes short of Content-Length
             self.wfile.write(body)
 
         def log_message(self, *args):
@@ -269,6 +289,24 @@ def test_download_checksum_mismatch_keeps_nothing(served_split, tmp_path, monkey
         data.split_path("mp_20", "test", root, download=True, base_url=base_url)
     assert "\n" not in str(info.value)
     assert list(root.rglob("*")) == []
+
+
+@pytest.mark.parametrize("behaviour", ["truncate", "stall"])
+def test_download_cut_short_or_stalled_is_retried_then_one_line(served_split, file_server, tmp_path,
+                                                                monkeypatch, behaviour):
+    base_url, payload = served_split
+    files = file_server[1]
+    files["behaviour"] = behaviour
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.3)
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(data.MissingDataError, match="after 3 attempts") as info:
+        data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    assert "\n" not in str(info.value) and len(files["requests"]) == 3
+    assert list(root.rglob("*")) == []  # nothing a later run could trust
+    files["behaviour"] = None  # the server recovers: the next download is whole
+    path = data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    assert path.read_bytes() == payload
 
 
 def test_download_http_error_is_one_line(file_server, tmp_path):

@@ -4,6 +4,8 @@ The XLA version is itself checked against a dense transcription of SPEC §2 in
 float64 (`test_reference_energy.py`); the kernel is float32 only, so the two
 are compared at float32 tolerance, forward and every cotangent, under vmap.
 """
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,50 @@ def test_energy_and_gradients_match_xla_version(config, monkeypatch):
         scale = np.max(np.abs(want))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture
+def fake_compiler(tmp_path, monkeypatch):
+    """A stand-in C++ compiler that writes a small file to `-o` and counts its builds."""
+    script = tmp_path / "fake-c++"
+    script.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo fake 1.0; exit 0; fi\n'
+                      f'echo build >> {tmp_path}/builds\n'
+                      'while [ "$#" -gt 1 ]; do if [ "$1" = -o ]; then echo library > "$2"; fi; '
+                      'shift; done\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("CSP_JAX_CACHE", str(tmp_path / "cache"))
+
+    def builds() -> int:
+        path = tmp_path / "builds"
+        return len(path.read_text().splitlines()) if path.is_file() else 0
+
+    return str(script), builds
+
+
+def test_cached_kernel_is_reused_only_when_intact_and_from_this_source(fake_compiler):
+    compiler, builds = fake_compiler
+    library = native._build(compiler)
+    assert builds() == 1 and (library.parent.stat().st_mode & 0o777) == 0o700
+    assert native._build(compiler) == library and builds() == 1  # trusted: reused
+    library.write_bytes(b"tampered")
+    assert native._build(compiler) == library and builds() == 2 and library.read_text() == "library\n"
+    library.write_bytes(library.read_bytes()[:3])  # truncated
+    native._build(compiler)
+    assert builds() == 3
+    library.with_suffix(".json").unlink()  # a library under the right name, with no record
+    native._build(compiler)
+    assert builds() == 4
+    record = json.loads(library.with_suffix(".json").read_text())
+    record["fingerprint"] = "0" * 64  # built from another source
+    library.with_suffix(".json").write_text(json.dumps(record))
+    native._build(compiler)
+    assert builds() == 5
+
+
+def test_kernel_cache_folder_is_made_private(fake_compiler, tmp_path):
+    compiler, _ = fake_compiler
+    cache = tmp_path / "cache" / "native"
+    cache.mkdir(parents=True, mode=0o777)
+    cache.chmod(0o777)
+    native._build(compiler)
+    assert cache.stat().st_mode & 0o022 == 0

@@ -23,11 +23,11 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import http.client
 import io
 import math
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -42,12 +42,15 @@ from typing import NamedTuple
 import numpy as np
 
 from csp_jax.data.registry import DATASETS, SPLITS, Checksum
+from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import MAX_Z, Crystal, from_structure, pad, stack, to_structure
 
 DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
 DEFAULT_DATA_URL = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
 
 # Bump when parsing or the cache layout changes, so stale caches are not reused.
+DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_TIMEOUT_S = 120.0  # seconds without data before an attempt is abandoned
 CACHE_FORMAT = 2  # 2: rows with overlapping atoms or implausible volumes are bad rows
 MIN_DISTANCE = 0.5  # Angstrom: closer atoms (periodic images included) are a bad row
 VOLUME_PER_ATOM = (1.0, 1000.0)  # Angstrom^3: a cell outside this range is a bad row
@@ -115,38 +118,37 @@ def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
     `base_url` defaults to `$CSP_JAX_DATA_URL`, else the DiffCSP data folder at
     DIFFCSP_COMMIT. The bytes must match CHECKSUMS (git blob SHA-1, and SHA-256
     where known), else ChecksumError and nothing is written. The file is written
-    to a temporary name and renamed, so a partial download is never visible.
+    to a temporary name and renamed, so a partial download is never visible. A
+    transfer that times out, is cut short or fails its checksum is tried again,
+    DOWNLOAD_ATTEMPTS times in all.
     """
     _check_known(dataset, split)
     base_url = base_url or os.environ.get("CSP_JAX_DATA_URL") or DEFAULT_DATA_URL
     url = f"{base_url.rstrip('/')}/{dataset}/{split}.csv"
-    try:
-        with urllib.request.urlopen(url, timeout=120) as response:
-            data = response.read()
-    except urllib.error.URLError as error:
-        raise MissingDataError(f"{url}: download failed: {error}") from error
     expected = CHECKSUMS[(dataset, split)]
-    got = Checksum(git_blob_sha1(data),
-                   hashlib.sha256(data).hexdigest() if expected.sha256 else None)
-    if got != expected:
-        raise ChecksumError(
-            f"{url}: checksum mismatch ({len(data)} bytes, git blob {got.git_blob_sha1}, "
-            f"expected {expected.git_blob_sha1}); file not kept")
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                data = response.read()
+        except urllib.error.HTTPError as error:  # the server answered: trying again won't help
+            raise MissingDataError(f"{url}: download failed: {error}") from None
+        except (OSError, http.client.HTTPException) as error:  # timed out, cut short, refused
+            failure = MissingDataError(f"{url}: download failed after {attempt} attempts: "
+                                       f"{type(error).__name__}: {error}")
+            continue
+        got = Checksum(git_blob_sha1(data),
+                       hashlib.sha256(data).hexdigest() if expected.sha256 else None)
+        if got == expected:
+            break
+        failure = ChecksumError(
+            f"{url}: checksum mismatch after {attempt} attempts ({len(data)} bytes, git blob "
+            f"{got.git_blob_sha1}, expected {expected.git_blob_sha1}); file not kept")
+    else:
+        raise failure
     target = Path(dest_dir) / dataset / f"{split}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target, data)
+    write_atomic(target, data)
     return target
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
@@ -392,7 +394,9 @@ def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
     cache_file = _cache_file(resolve_cache_dir(cache_dir), path,
                              hashlib.sha256(data).hexdigest(), max_atoms, limit)
     if cache and cache_file.is_file():
-        return _load_cached(cache_file, path, on_bad_row)
+        cached = _load_cached(cache_file, path, on_bad_row)
+        if cached is not None:
+            return cached
     crystals, ids, rows, bad, total = _parse_rows(
         str(path), data, max_atoms, workers or os.cpu_count() or 1, limit)
     _apply_bad_row_policy(str(path), bad, total, on_bad_row)
@@ -418,17 +422,23 @@ def _save_cached(cache_file: Path, dataset: CrystalDataset, bad: list[_BadRow], 
              bad_reasons=np.asarray([b.reason for b in bad], dtype=str),
              bad_details=np.asarray([b.detail for b in bad], dtype=str),
              total=np.int64(total))
-    _write_atomic(cache_file, buffer.getvalue())
+    write_atomic(cache_file, buffer.getvalue())
 
 
-def _load_cached(cache_file: Path, path: Path, on_bad_row: str) -> CrystalDataset:
-    """Read a cache entry; its recorded bad rows get the same warning or error as a parse."""
-    with np.load(cache_file) as z:
-        bad = [_BadRow(int(r), str(reason), str(detail))
-               for r, reason, detail in zip(z["bad_rows"], z["bad_reasons"], z["bad_details"])]
-        _apply_bad_row_policy(str(path), bad, int(z["total"]), on_bad_row)
-        return CrystalDataset(z["species"], z["positions"], z["lattice"], z["material_ids"],
-                              z["rows"], str(path))
+def _load_cached(cache_file: Path, path: Path, on_bad_row: str) -> CrystalDataset | None:
+    """Read a cache entry (None when it is damaged: the caller parses again and rewrites it);
+    its recorded bad rows get the same warning or error as a parse."""
+    try:
+        with np.load(cache_file) as z:
+            bad = [_BadRow(int(r), str(reason), str(detail))
+                   for r, reason, detail in zip(z["bad_rows"], z["bad_reasons"], z["bad_details"])]
+            dataset = CrystalDataset(z["species"], z["positions"], z["lattice"],
+                                     z["material_ids"], z["rows"], str(path))
+            total = int(z["total"])
+    except Exception:  # numpy raises zipfile, EOF, key and value errors for a damaged file
+        return None
+    _apply_bad_row_policy(str(path), bad, total, on_bad_row)
+    return dataset
 
 
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,

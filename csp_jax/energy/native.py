@@ -6,7 +6,11 @@ terms, the messages and their sum in one pass (and the gradient in another).
 It is compiled once per machine with the C++ compiler (`$CXX`, else `c++`)
 against the XLA FFI headers that jaxlib ships, cached in
 `$CSP_JAX_CACHE/native` (default `~/.cache/csp_jax/native`), and registered
-as two XLA FFI targets for the CPU platform.
+as two XLA FFI targets for the CPU platform. The cache folder is private to
+the user (mode 700, refused when someone else owns it or can write to it); a
+cached library is loaded only when its record (`<library>.json`) says it was
+built from this source, by this compiler, for this jaxlib and CPU, and its
+bytes still have the recorded SHA-256: anything else is rebuilt.
 
 `available()` says whether the kernel can be used. Without a compiler, or
 with `CSP_JAX_NATIVE=0`, it is False (with one warning line in the first
@@ -17,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -53,24 +58,52 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
 
+def _private_dir(path: Path) -> Path:
+    """`path`, created with mode 700; RuntimeError when another user owns it or can write to it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"kernel cache {path} belongs to another user")
+    if info.st_mode & 0o022:
+        path.chmod(info.st_mode & 0o755)  # ours but group/world writable: make it private
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _trusted(library: Path, fingerprint: str) -> bool:
+    """Whether `library` was built from `fingerprint` (its record says so) and is intact."""
+    record = library.with_suffix(".json")
+    try:
+        saved = json.loads(record.read_text())
+        return saved["fingerprint"] == fingerprint and saved["sha256"] == _sha256(library)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _build(compiler: str) -> Path:
     """Compile the kernel (once per source, compiler, jaxlib and CPU) and return the library."""
     include = jax.ffi.include_dir()
     version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join(
+    fingerprint = hashlib.sha256("\0".join(
         [SOURCE.read_text(), compiler, version, include, jax.__version__, " ".join(FLAGS),
-         _cpu_signature()]).encode()).hexdigest()[:16]
-    library = _cache_dir() / f"pair_conv-{key}.so"
-    if library.exists():
+         _cpu_signature()]).encode()).hexdigest()
+    cache = _private_dir(_cache_dir())
+    library = cache / f"pair_conv-{fingerprint[:16]}.so"
+    if library.exists() and _trusted(library, fingerprint):
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / library.name
         result = subprocess.run([compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)],
                                 check=False, capture_output=True, text=True)
-        if result.returncode != 0:
+        if result.returncode != 0 or not built.is_file():
             raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {result.stderr.strip()[-500:]}")
+        record = Path(tmp) / "record.json"
+        record.write_text(json.dumps({"fingerprint": fingerprint, "sha256": _sha256(built)}))
         os.replace(built, library)  # atomic: concurrent builders agree on the result
+        os.replace(record, library.with_suffix(".json"))
     return library
 
 

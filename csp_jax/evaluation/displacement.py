@@ -67,12 +67,10 @@ def displaced_energies(model: Energy, variables, crystal: Crystal, atom: int, ke
 
 
 def _plot(panels: list[dict], sigma: float, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend is chosen or changed
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(panels), 3.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         ax.scatter(panel["displacement"], panel["energy"], s=3, alpha=0.5)
         ax.axhline(panel["undisplaced"], color="gray", lw=0.8, ls="--")
@@ -82,7 +80,6 @@ def _plot(panels: list[dict], sigma: float, path: Path) -> None:
     fig.suptitle(f"Energy vs displacement of one atom (sigma = {sigma} A per component)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 def displacement_experiment(config: Config, model: Energy, variables, dataset: CrystalDataset,

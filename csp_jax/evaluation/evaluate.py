@@ -29,6 +29,7 @@ from csp_jax.data.datasets import CrystalDataset
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation import metrics
 from csp_jax.evaluation.matching import sample_structure
+from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
@@ -150,7 +151,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         raise ValueError(f"--resume: {settings_path} was written with other settings "
                          f"({settings_path.read_text().strip()}); use the same options or delete it")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings))
+    write_atomic(settings_path, json.dumps(settings))
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
     start = time.perf_counter()

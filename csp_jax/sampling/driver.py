@@ -63,7 +63,7 @@ def enable_compilation_cache() -> None:
     a second process does not compile the same chains again."""
     root = Path(os.environ.get("CSP_JAX_CACHE", Path.home() / ".cache" / "csp_jax"))
     jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def grow_until_no_overflow(run: Callable, capacity, where: str,

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from csp_jax.config import Config
 from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.files import write_atomic
 from csp_jax.training.step import init_train_state
 
 CONFIG_FILE = "config.json"
@@ -28,7 +29,7 @@ VARIABLES_FILE = "variables.npz"  # an exported model: variables only
 
 def write_config(run_dir: Path, config: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(config.to_json())
+    write_atomic(run_dir / CONFIG_FILE, config.to_json())
 
 
 def read_config(run_dir: Path) -> Config:
@@ -74,9 +75,11 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
               jax.tree_util.tree_leaves_with_path(getattr(stored, "item_metadata", stored))}
     for path, leaf in jax.tree_util.tree_leaves_with_path(template):
         name = _path_name(path)
-        if stored.get(name) != tuple(np.shape(leaf)):
+        if name not in stored:
+            raise OSError(f"checkpoint {step} is incomplete: {name} missing")
+        if stored[name] != tuple(np.shape(leaf)):
             raise ValueError(f"checkpoint {step} in {mngr.directory} holds another model: "
-                             f"{name} has shape {stored.get(name, 'missing')}, this config's "
+                             f"{name} has shape {stored[name]}, this config's "
                              f"model needs {tuple(np.shape(leaf))}")
 
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen or changed
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a JSON-lines metrics file (empty if it does not exist)."""
+    """The records of a JSON-lines metrics file (empty if it does not exist). A last
+    line cut short (the process was killed while writing it) is left out."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not a JSON record") from None
+    return records
 
 
 def plot_training_curve(metrics_path: Path, png_path: Path) -> None:
@@ -23,7 +29,8 @@ def plot_training_curve(metrics_path: Path, png_path: Path) -> None:
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, (ax_loss, ax_energy) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_energy = fig.subplots(1, 2)
     if train:
         steps = [r["step"] for r in train]
         ax_loss.plot(steps, [r["loss"] for r in train], lw=0.8, label="train loss")
@@ -40,4 +47,3 @@ def plot_training_curve(metrics_path: Path, png_path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
-    plt.close(fig)

@@ -22,6 +22,7 @@ import numpy as np
 from csp_jax.config import Config
 from csp_jax.data.datasets import CrystalDataset, load_split
 from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species
+from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
@@ -142,7 +143,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:

@@ -1,0 +1,159 @@
+"""Killed runs resume exactly: SIGKILL at random moments, `--resume`, same final result.
+
+Training (the `test` config, 8 steps, a checkpoint every step) is killed five
+times: at four random moments after the first step and once while a
+checkpoint is being written. Each time it is resumed with `--resume`; the final
+parameters must equal, bit for bit, those of an uninterrupted run. Before the
+last resume the newest checkpoint gets a damaged copy one step ahead: it is
+skipped, named in the log, and never loaded. An evaluation killed after its
+first batch and resumed gives the same samples as one left alone.
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from csp_jax.training.checkpoint import load_model
+
+RUN = str(REPO / "experiments" / "run.py")
+TRAIN = ["--config", "test", "--set", "train.num_epochs=2", "--set", "train.checkpoint_every=1",
+         "--set", "sampler.geometric_q=0"]  # q = 0: every cell one formula unit, one shape
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint there, then renames it
+
+
+def command(args, env):
+    return subprocess.Popen([sys.executable, RUN, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return out
+
+
+def kill_when(proc, ready, delay: float) -> str:
+    """Read `proc`'s output until a line satisfies `ready`, wait `delay` s, SIGKILL it."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if ready(line):
+            time.sleep(delay)
+            break
+    proc.send_signal(signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    return "".join(lines) + rest
+
+
+def kill_during_checkpoint_write(proc, checkpoints) -> bool:
+    """SIGKILL `proc` as soon as an orbax temporary checkpoint folder appears; True if it did."""
+    seen = threading.Event()
+
+    def watch():
+        while proc.poll() is None:
+            if checkpoints.is_dir() and any(TMP_SUFFIX in p.name for p in checkpoints.iterdir()):
+                proc.send_signal(signal.SIGKILL)
+                seen.set()
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    proc.communicate(timeout=600)
+    watcher.join()
+    return seen.is_set()
+
+
+def variables_of(run_dir):
+    return load_model(run_dir)[2]
+
+
+def same_tree(a, b) -> bool:
+    import jax
+
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture
+def env(data_dir, tmp_path):
+    return {**os.environ, "CSP_JAX_DATA": str(data_dir), "PYTHONUNBUFFERED": "1",
+            "CSP_JAX_CACHE": os.environ.get("CSP_JAX_CACHE", str(tmp_path / "cache"))}
+
+
+def test_training_killed_five_times_resumes_to_identical_parameters(tmp_path, env):
+    reference = tmp_path / "reference"
+    finish(command([*TRAIN, "--out", str(reference)], env))
+
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    kills, logs = [], []  # logs: the killed processes' output, for a failure's message
+    start = command([*TRAIN, "--out", str(run)], env)
+    logs.append(kill_when(start, lambda line: "training:" in line, rng.uniform(0.0, 1.0)))
+    kills.append("random")
+    for _ in range(20):
+        if len(kills) == 5:
+            break
+        proc = command([*TRAIN, "--out", str(run), "--resume"], env)
+        if len(kills) == 2:  # the third kill: while a checkpoint is written
+            if kill_during_checkpoint_write(proc, run / "checkpoints"):
+                kills.append("checkpoint write")
+            continue
+        logs.append(kill_when(proc, lambda line: "training:" in line, rng.uniform(0.0, 1.0)))
+        kills.append("random")
+    newest = damage_a_copy_of_the_newest_checkpoint(run / "checkpoints")
+    final = finish(command([*TRAIN, "--out", str(run), "--resume"], env))
+    print(f"\nkills: {len(kills)} ({', '.join(kills)}); resumed from step {newest}")
+    assert "checkpoint write" in kills and len(kills) == 5, "".join(logs)
+    assert f"skipping checkpoint {newest + 1}" in final and f"resumed from step {newest}" in final
+    assert same_tree(variables_of(run), variables_of(reference))
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "train"]
+    assert steps == list(range(1, 9))  # one record per step, none lost or repeated
+
+
+def damage_a_copy_of_the_newest_checkpoint(checkpoints) -> int:
+    """Copy the newest checkpoint one step ahead with its files cut in half; return its step."""
+    newest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    damaged = checkpoints / str(newest + 1)
+    shutil.copytree(checkpoints / str(newest), damaged)
+    for path in (damaged / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 100:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return newest
+
+
+def test_evaluation_killed_after_a_batch_resumes_to_the_same_samples(tmp_path, env):
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "csp_jax" / "pretrained" / "perov5", model)
+    config = json.loads((model / "config.json").read_text())
+    config["eval"]["num_steps"] = 20  # short chains: the test is about files, not quality
+    (model / "config.json").write_text(json.dumps(config))
+    args = ["evaluate", "--checkpoint", str(model), "--limit", "2", "--num-samples", "2",
+            "--batch-size", "2"]
+    finish(command([*args, "--out", str(tmp_path / "whole")], env))
+    proc = command([*args, "--out", str(tmp_path / "killed")], env)
+    parts = tmp_path / "killed" / "test_parts"
+    while proc.poll() is None and not list(parts.glob("rows_*.npz")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert list(parts.glob("rows_*.npz")), "the evaluation ended before its first batch was saved"
+    finish(command([*args, "--out", str(tmp_path / "killed"), "--resume"], env))
+    with np.load(tmp_path / "whole" / "test_samples.npz") as a, \
+            np.load(tmp_path / "killed" / "test_samples.npz") as b:
+        assert set(a.files) == set(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+    whole = json.loads((tmp_path / "whole" / "test_metrics.json").read_text())
+    killed = json.loads((tmp_path / "killed" / "test_metrics.json").read_text())
+    assert whole["match_rate"] == killed["match_rate"] and whole["rmse"] == killed["rmse"]

@@ -1,0 +1,23 @@
+"""The demo notebook runs top to bottom on the CPU with the shipped model (no cell may fail)."""
+import shutil
+
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+
+def test_demo_notebook_executes(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("CSP_JAX_DATA", str(data_dir))
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    shutil.copy(REPO / "notebooks" / "demo.ipynb", work)
+    notebook = nbformat.read(work / "demo.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(work)}}).execute()  # raises on any cell error
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "perov5_cpu" in text and "match:" in text and "trained steps: 2" in text
+    assert (work / "demo_predictions" / "SrTiO3" / "rank01.png").is_file()
+    assert sum(1 for o in outputs if "image/png" in o.get("data", {})) >= 4  # the cells' figures
