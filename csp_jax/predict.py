@@ -22,14 +22,15 @@ import numpy as np
 from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.energy.base import Energy
+from csp_jax.evaluation.matching import sample_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample_rows, schedule
 
 SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
 ANGLE_TOLERANCE = 5.0  # degrees
-SUMMARY_FIELDS = ("formula", "num_atoms", "rank", "energy", "volume", "density", "space_group",
-                  "a", "b", "c", "alpha", "beta", "gamma", "cif")
+SUMMARY_FIELDS = ("formula", "num_atoms", "rank", "energy", "valid", "volume", "density",
+                  "space_group", "a", "b", "c", "alpha", "beta", "gamma", "cif")
 
 
 def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
@@ -94,10 +95,10 @@ def _space_group(structure) -> str:
         return "n/a"
 
 
-def _summary_row(name: str, rank: int, energy: float, structure, cif: str) -> dict:
+def _summary_row(name: str, rank: int, energy: float, valid: bool, structure, cif: str) -> dict:
     lattice = structure.lattice
     return {"formula": name, "num_atoms": len(structure), "rank": rank, "energy": energy,
-            "volume": structure.volume, "density": float(structure.density),
+            "valid": valid, "volume": structure.volume, "density": float(structure.density),
             "space_group": _space_group(structure),
             "a": lattice.a, "b": lattice.b, "c": lattice.c,
             "alpha": lattice.alpha, "beta": lattice.beta, "gamma": lattice.gamma, "cif": cif}
@@ -129,8 +130,11 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
     every formula; cells are capped at `config.eval.max_atoms`. All formulas
     are checked before anything is sampled. Samples with a non-finite energy
-    or crystal are left out of the ranking (and logged). Returns the summary
-    rows (SUMMARY_FIELDS), by formula then rank.
+    or crystal are left out of the ranking (and logged). Invalid samples (a
+    collapsed cell or atoms closer than 0.5 A: the evaluation's criterion,
+    `matching.sample_structure`) are ranked after the valid ones, whatever
+    their energy, and marked `valid` False. Returns the summary rows
+    (SUMMARY_FIELDS), by formula then rank.
     """
     cells = [cell_species(f, config.eval.max_atoms, num_atoms, formula_units) for f in formulas]
     key = jax.random.PRNGKey(0) if key is None else key
@@ -158,11 +162,16 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
                   and np.isfinite(crystals.positions[i]).all() and np.isfinite(crystals.lattice[i]).all()]
         if len(finite) < num_samples:
             log(f"{name}: {num_samples - len(finite)} of {num_samples} samples are not finite, left out")
-        for rank, i in enumerate(sorted(finite, key=lambda i: energies[i]), start=1):
+        valid = {i: sample_structure(jax.tree.map(lambda a: a[i], crystals)) is not None
+                 for i in finite}
+        if not all(valid.values()):
+            log(f"{name}: {list(valid.values()).count(False)} invalid samples (collapsed cell or "
+                f"overlapping atoms) ranked last")
+        for rank, i in enumerate(sorted(finite, key=lambda i: (not valid[i], energies[i])), start=1):
             structure = to_structure(jax.tree.map(lambda a: a[i], crystals))
             path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
             CifWriter(structure).write_file(path)
-            rows.append(_summary_row(name, rank, float(energies[i]), structure,
+            rows.append(_summary_row(name, rank, float(energies[i]), valid[i], structure,
                                      str(path.relative_to(out_dir))))
             if rank == 1:
                 pictures.structure_png(structure, cell_dir / "rank01.png",

@@ -13,6 +13,7 @@ from csp_jax.config import get_config, override
 from csp_jax.geometry.crystal import from_structure
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.evaluation.matching import sample_structure
 from csp_jax.predict import cell_species, predict
 from csp_jax.training.step import init_train_state
 
@@ -78,7 +79,14 @@ def test_predict_writes_cifs_ranked_by_energy(run_dir, tmp_path):
         paths = sorted((tmp_path / formula).glob("*.cif"))
         assert [p.name[:6] for p in paths] == ["rank01", "rank02", "rank03"]
         named = [float(re.search(r"_E(-?[\d.]+)\.cif$", p.name).group(1)) for p in paths]
-        assert named == sorted(named)
+        valid = [r["valid"] for r in rows if r["formula"] == formula]
+        # valid samples first (the evaluation's criterion), each part by energy
+        assert valid == sorted(valid, reverse=True)
+        assert [(not v, e) for v, e in zip(valid, named)] == sorted(
+            (not v, e) for v, e in zip(valid, named))
+        for path, ok in zip(paths, valid):
+            structure = sample_structure(from_structure(Structure.from_file(path)))
+            assert (structure is not None) == ok
         for path, energy in zip(paths, named):
             structure = Structure.from_file(path)
             assert structure.composition.reduced_formula == formula and len(structure) == 5
