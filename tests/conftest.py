@@ -1,8 +1,16 @@
-"""Shared test fixtures: the data directory and float64 switching."""
+"""Shared test fixtures: the data directory and float64 switching.
+
+The session keeps XLA compilations in `$CSP_JAX_CACHE/xla`, as the `csp-jax`
+command does, so tests that build the same programs compile them once.
+"""
 import os
 from pathlib import Path
 
 import pytest
+
+from csp_jax.sampling.driver import enable_compilation_cache
+
+enable_compilation_cache()
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -109,16 +109,18 @@ class Tally:
         if outcome not in ("clean error", "counted skip"):
             self.failures.append(f"{case}: {outcome} {detail}".strip())
 
-    def report(self, what: str) -> None:
+    def report(self, what: str, capsys) -> None:
+        """Print the counts past pytest's capture (they show in CI logs), then check them."""
         tried = sum(self.counts.values())
-        print(f"\n{what}: inputs tried {tried}, clean errors {self.counts['clean error']}, "
-              f"counted skips {self.counts['counted skip']}, "
-              f"tracebacks {self.counts['traceback']}, accepted {self.counts['accepted']}, "
-              f"unclear {self.counts['unclear error']}")
+        with capsys.disabled():
+            print(f"\n{what}: inputs tried {tried}, clean errors {self.counts['clean error']}, "
+                  f"counted skips {self.counts['counted skip']}, "
+                  f"tracebacks {self.counts['traceback']}, accepted {self.counts['accepted']}, "
+                  f"unclear {self.counts['unclear error']}")
         assert not self.failures, "\n".join(self.failures)
 
 
-def test_bad_dataset_rows_are_skipped_and_counted_or_named(tmp_path):
+def test_bad_dataset_rows_are_skipped_and_counted_or_named(tmp_path, capsys):
     cases = bad_cifs()
     tally = Tally()
     path = write_csv(tmp_path / "rows.csv", [good_cif()] + [cif for _, cif in cases])
@@ -136,7 +138,7 @@ def test_bad_dataset_rows_are_skipped_and_counted_or_named(tmp_path):
             tally.record("counted skip" if clean else "unclear error", case, message)
         except Exception as err:  # noqa: BLE001 - any other exception is a defect
             tally.record("traceback", case, repr(err))
-    tally.report("dataset rows")
+    tally.report("dataset rows", capsys)
     assert sum(tally.counts.values()) == len(cases) >= 40
 
 
@@ -232,7 +234,7 @@ def test_bad_command_lines_give_one_error_line(capsys, tmp_path, data_dir, monke
                  ["--config", "test", "--resume", "--out", "missing"], ["frobnicate"],
                  ["evaluate"], ["predict", "--checkpoint", str(PRETRAINED)]):
         check_cli(tally, " ".join(argv), argv, capsys)
-    tally.report("command lines")
+    tally.report("command lines", capsys)
     assert not list(tmp_path.iterdir())  # nothing was written for a refused command
     assert sum(tally.counts.values()) >= 80
 
@@ -296,12 +298,12 @@ def test_bad_run_directories_give_one_error_line(capsys, tmp_path, data_dir, mon
             check_cli(tally, f"{command} on {case}",
                       [command, "--checkpoint", str(folder), *extra, "--out",
                        str(tmp_path / "out")], capsys, names=str(folder))
-    tally.report("run directories")
+    tally.report("run directories", capsys)
     assert not (tmp_path / "out").exists()
     assert sum(tally.counts.values()) >= 40
 
 
-def test_bad_csv_files_give_one_error_line(tmp_path):
+def test_bad_csv_files_give_one_error_line(tmp_path, capsys):
     tally = Tally()
     files = {"empty file": b"", "header only": b",material_id,cif\n",
              "wrong header": b"id,structure\n0,x\n", "no header": b"0,m-0,data_x\n",
@@ -318,4 +320,4 @@ def test_bad_csv_files_give_one_error_line(tmp_path):
             tally.record("clean error" if clean else "unclear error", case, message)
         except Exception as err:  # noqa: BLE001 - any other exception is a defect
             tally.record("traceback", case, repr(err))
-    tally.report("CSV files")
+    tally.report("CSV files", capsys)

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     lattice = np.stack([6.0 * np.eye(3) + rng.normal(0, 0.3, (3, 3)) for _ in range(4)])
     species = np.array([[38, 22, 8, 8, 8]] * 4, np.int32)
     data = Crystal(species, rng.uniform(0, 1, (4, 5, 3)) @ lattice, lattice)
-    batch = Batch(data, expanded_species(species, np.array([1, 2, 1, 1]), 10).species)
+    batch = Batch(data, expanded_species(species, np.array([1, 1, 1, 1]), 5).species)
     batch = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else jnp.asarray(x), batch)
     state = init_train_state(config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
