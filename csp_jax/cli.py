@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-from csp_jax.config import available_configs, get_config, override
+from csp_jax.config import available_configs, check_range, get_config, override
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
 
@@ -32,16 +32,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _number(kind: type, low, low_ok: bool):
-    """An argparse type: `kind` values of at least (or above) `low`, finite."""
+    """An argparse type: finite `kind` values of at least (or above) `low` (`config.check_range`)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < low or (
-                value == low and not low_ok):
-            bound = f"at least {low}" if low_ok else f"above {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        try:
+            check_range("it", value, low, low_ok=low_ok)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("bad value for it: ")) from None
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -104,7 +104,7 @@ class Config:
             if not hasattr(default, name) or not isinstance(values, dict):
                 raise ValueError(f"unknown config section {name!r}")
             section = getattr(default, name)
-            types = {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
+            types = _field_types(section)
             for field, value in values.items():
                 if field not in types:
                     raise ValueError(f"unknown config key {name}.{field}")
@@ -140,17 +140,27 @@ RANGES = {
 }
 
 
-def check_value(key: str, value) -> None:
-    """ValueError (one line) when `value` is outside the range of config key `key`."""
+def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:
+    """ValueError (one line) unless `value` is finite and in [low, high) (or (low, high))."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"bad value for {key}: {value} is not finite")
-    if key not in RANGES:
-        return
-    low, high, low_ok = RANGES[key]
+        raise ValueError(f"bad value for {name}: {value} is not finite")
     if value < low or (value == low and not low_ok) or (high is not None and value >= high):
         bound = f"at least {low}" if low_ok else f"above {low}"
         bound += f" and below {high}" if high is not None else ""
-        raise ValueError(f"bad value for {key}: must be {bound}, got {value}")
+        raise ValueError(f"bad value for {name}: must be {bound}, got {value}")
+
+
+def check_value(key: str, value) -> None:
+    """ValueError (one line) when `value` is outside the range of config key `key`."""
+    if key in RANGES:
+        low, high, low_ok = RANGES[key]
+        check_range(key, value, low, high, low_ok)
+    elif isinstance(value, float):
+        check_range(key, value, -math.inf)
+
+
+def _field_types(section) -> dict[str, type]:
+    return {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
 
 
 def available_configs() -> list[str]:
@@ -188,7 +198,7 @@ def override(config: Config, key: str, text: str) -> Config:
         raise ValueError(f"unknown config section {section_name!r} in {key!r}; "
                          f"sections: {', '.join(sorted(sections))}")
     section = getattr(config, section_name)
-    types = {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    types = _field_types(section)
     if field not in types:
         raise ValueError(f"unknown config key {key!r}; {section_name} has: {', '.join(types)}")
     try:

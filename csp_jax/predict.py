@@ -162,13 +162,14 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
                   and np.isfinite(crystals.positions[i]).all() and np.isfinite(crystals.lattice[i]).all()]
         if len(finite) < num_samples:
             log(f"{name}: {num_samples - len(finite)} of {num_samples} samples are not finite, left out")
-        valid = {i: sample_structure(jax.tree.map(lambda a: a[i], crystals)) is not None
-                 for i in finite}
+        samples = {i: jax.tree.map(lambda a: a[i], crystals) for i in finite}
+        checked = {i: sample_structure(sample) for i, sample in samples.items()}  # None: invalid
+        valid = {i: structure is not None for i, structure in checked.items()}
         if not all(valid.values()):
             log(f"{name}: {list(valid.values()).count(False)} invalid samples (collapsed cell or "
                 f"overlapping atoms) ranked last")
         for rank, i in enumerate(sorted(finite, key=lambda i: (not valid[i], energies[i])), start=1):
-            structure = to_structure(jax.tree.map(lambda a: a[i], crystals))
+            structure = checked[i] if valid[i] else to_structure(samples[i])
             path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
             CifWriter(structure).write_file(path)
             rows.append(_summary_row(name, rank, float(energies[i]), valid[i], structure,

@@ -55,6 +55,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
+class OtherModelError(ValueError):
+    """A checkpoint holds arrays of other shapes than the config's model (another model size)."""
+
+
 def _path_name(path) -> str:
     """`variables/params/conv_0/W1/bias`: a pytree path by its keys, fields or indices."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
@@ -78,7 +82,7 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
         if name not in stored:
             raise OSError(f"checkpoint {step} is incomplete: {name} missing")
         if stored[name] != tuple(np.shape(leaf)):
-            raise ValueError(f"checkpoint {step} in {mngr.directory} holds another model: "
+            raise OtherModelError(f"checkpoint {step} in {mngr.directory} holds another model: "
                              f"{name} has shape {stored[name]}, this config's "
                              f"model needs {tuple(np.shape(leaf))}")
 
@@ -102,9 +106,9 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=
             out = mngr.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             return out.state, out.meta
+        except OtherModelError:
+            raise
         except Exception as error:  # orbax and tensorstore raise many types for a bad checkpoint
-            if isinstance(error, ValueError) and "holds another model" in str(error):
-                raise
             reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
             reasons.append(f"step {s}: {reason}")
             if s != steps[-1]:
