@@ -133,7 +133,8 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
     or crystal are left out of the ranking (and logged). Invalid samples (a
     collapsed cell or atoms closer than 0.5 A: the evaluation's criterion,
     `matching.sample_structure`) are ranked after the valid ones, whatever
-    their energy, and marked `valid` False. Returns the summary rows
+    their energy, and marked `valid` False. The neighbour capacity only grows
+    (no refit between segments: see docs/performance.md). Returns the summary rows
     (SUMMARY_FIELDS), by formula then rank.
     """
     cells = [cell_species(f, config.eval.max_atoms, num_atoms, formula_units) for f in formulas]
@@ -146,7 +147,8 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
     log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {steps[0].shape[0]} steps")
     sampled = sample_rows(
         key, species, model, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
-        batch_size=batch_size, segment_length=config.sampler.segment_length, trace=True, log=log)
+        batch_size=batch_size, segment_length=config.sampler.segment_length, refit=False,
+        trace=True, log=log)  # refit=False: compiling refitted capacities costs more than they save
     crystals, energies = sampled.crystals, sampled.energies
 
     from pymatgen.io.cif import CifWriter

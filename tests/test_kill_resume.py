@@ -25,8 +25,7 @@ from conftest import REPO
 from csp_jax.training.checkpoint import load_model
 
 RUN = str(REPO / "experiments" / "run.py")
-TRAIN = ["--config", "test", "--set", "train.num_epochs=2", "--set", "train.checkpoint_every=1",
-         "--set", "sampler.geometric_q=0"]  # q = 0: every cell one formula unit, one shape
+TRAIN = ["--config", "test", "--set", "train.num_epochs=2", "--set", "train.checkpoint_every=1"]
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint there, then renames it
 
 

@@ -44,15 +44,18 @@ def test_shipped_model_loads_with_its_stored_energies():
 
 
 def test_shipped_model_predicts_a_test_perovskite(data_dir):
-    """20 chains of the evaluation schedule for one test crystal: at least one matches it."""
+    """Six chains of the evaluation schedule for one test crystal: at least one matches it.
+
+    (This crystal matches in 14 of 20 chains; six chains all missing would be a broken model.)"""
+    chains = 6
     config, model, variables = pretrained.load("perov5")
     test = load_split("perov_5", "test", data_dir)
     i = int(subset_indices(len(test), 200)[0])
-    crystals = sample_rows(jax.random.PRNGKey(0), np.repeat(test.species[i:i + 1], 20, axis=0),
-                                    model, variables, NeighborCapacity.for_atoms(5),
-                                    schedule(config.sampler, config.eval.num_steps), batch_size=20,
-                                    log=lambda _: None).crystals
-    samples = [jax.tree.map(lambda a: a[k], crystals) for k in range(20)]
+    crystals = sample_rows(jax.random.PRNGKey(0), np.repeat(test.species[i:i + 1], chains, axis=0),
+                                    model, variables, NeighborCapacity(216, 1472),  # room: one compilation
+                                    schedule(config.sampler, config.eval.num_steps), batch_size=chains,
+                                    refit=False, log=lambda _: None).crystals
+    samples = [jax.tree.map(lambda a: a[k], crystals) for k in range(chains)]
     results = match_pairs([(test.structure(i), s) for s in samples], timeout_s=60, workers=1)
     assert any(r.outcome == MATCH for r in results), [r.outcome for r in results]
 

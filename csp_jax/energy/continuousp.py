@@ -68,7 +68,7 @@ class EnergyModel:
         dist = jnp.ones((1,), jnp.float32)
         index = jnp.zeros((1,), jnp.int32)
         variables = self.network.init(key, species, dist, 3.0, index, index, jnp.ones((1,), bool))
-        return {"params": variables["params"], "spectral": variables["spectral"]}
+        return {"params": variables["params"], "spectral": variables.get("spectral", {})}  # none if num_fc = 1
 
     def network_output(self, variables, crystal: Crystal, nbrs: NeighborList) -> jax.Array:
         """NN(A, X, L) for one crystal given its neighbour list (scalar)."""

@@ -47,7 +47,8 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
     With `parts_dir`, every batch of rows is saved there as it finishes
     (`rows_<first row>.npz`, with the capacity the next batch starts from) and
     batches already there are loaded instead of sampled again. Returns
-    (crystals: Crystal [M, N] numpy, energies [M], overflow re-runs).
+    (crystals: Crystal [M, N] numpy, energies [M], overflow re-runs, non-finite
+    proposals rejected).
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
@@ -67,9 +68,10 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
         if done:
             log(f"resuming: {len(done)} batches of {batch_size} chains already in {parts_dir}")
 
-    def save_part(begin, crystals, energies, capacity, reruns):
+    def save_part(begin, crystals, energies, capacity, reruns, non_finite):
         part = {"positions": crystals.positions, "lattice": crystals.lattice, "energies": energies,
-                "capacity": np.array(capacity), "reruns": np.array(reruns)}
+                "capacity": np.array(capacity), "reruns": np.array(reruns),
+                "non_finite": np.array(non_finite)}
         done.append(part)
         if parts_dir is not None:
             tmp = parts_dir / f"rows_{begin:08d}.tmp.npz"
@@ -84,7 +86,8 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
     crystals = Crystal(species, np.concatenate([p["positions"] for p in done]),
                        np.concatenate([p["lattice"] for p in done]))
     return (crystals, np.concatenate([p["energies"] for p in done]),
-            int(sum(int(p["reruns"]) for p in done)))
+            int(sum(int(p["reruns"]) for p in done)),
+            int(sum(int(p.get("non_finite", 0)) for p in done)))  # parts written before the count: 0
 
 
 def subset_indices(num_crystals: int, limit: int) -> np.ndarray:
@@ -155,11 +158,12 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
     start = time.perf_counter()
-    crystals, energies, reruns = sample_chains(
+    crystals, energies, reruns, non_finite = sample_chains(
         config, energy, variables, np.repeat(test.species, num_samples, axis=0), key,
         batch_size=batch_size, parts_dir=parts_dir, log=log)
     seconds = time.perf_counter() - start
-    log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}")
+    log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}; "
+        f"non-finite proposals rejected: {non_finite}")
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:]), crystals)
     metrics.save_samples(samples_path, samples, energies.reshape(num_test, num_samples),
                          test.material_ids)
@@ -171,7 +175,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                                        timeout_s, workers)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
-                           "overflow_reruns": reruns}
+                           "overflow_reruns": reruns, "non_finite_proposals": non_finite}
     json_path, md_path = metrics.write_report(results, stem, config.data.dataset, len(dataset))
     pngs = pictures.evaluation_pngs(results, out_dir, split)
     log(f"wrote {samples_path}, {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")

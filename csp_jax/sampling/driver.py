@@ -176,6 +176,8 @@ class SampleResult(NamedTuple):
                          starts needed: where the next batch should start).
     num_overflow_reruns: how many times a segment (or the initialisation) was
                          run again with a grown capacity.
+    num_non_finite:      proposals rejected for a non-finite energy, gradient
+                         or cell (`MALAInfo.finite`), over all chains and steps.
     """
 
     states: MALAState
@@ -183,6 +185,7 @@ class SampleResult(NamedTuple):
     capacity: Any
     start_capacity: Any
     num_overflow_reruns: int
+    num_non_finite: int
 
 
 def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
@@ -233,24 +236,25 @@ def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
             start_capacity = capacity
         infos.append(jax.device_get(info))
     info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
-    return SampleResult(states, info, capacity, start_capacity, reruns)
+    return SampleResult(states, info, capacity, start_capacity, reruns, int(np.sum(~info.finite)))
 
 
 class Rows(NamedTuple):
     """Output of `sample_rows`: crystals (Crystal [M, N] numpy), energies [M] of the final
-    states, overflow re-runs summed, the final capacity, and the energy after every step
-    ([M, K], with `trace`; else None)."""
+    states, overflow re-runs summed, the final capacity, the energy after every step
+    ([M, K], with `trace`; else None) and the non-finite proposals rejected in the M chains."""
 
     crystals: Any
     energies: np.ndarray
     num_overflow_reruns: int
     capacity: Any
     trace: np.ndarray | None
+    num_non_finite: int
 
 
 def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, batch_size: int,
-                segment_length: int = 100, kernel: Callable = mala, first_row: int = 0,
-                on_batch: Callable | None = None, trace: bool = False,
+                segment_length: int = 100, kernel: Callable = mala, refit: bool = True,
+                first_row: int = 0, on_batch: Callable | None = None, trace: bool = False,
                 log: Callable[[str], None] = print) -> Rows:
     """`sample` for many rows in fixed-size batches, with a progress line.
 
@@ -258,15 +262,17 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
     continue where it stopped) uses the key `fold_in(key, r)`. Rows run in
     batches of min(batch_size, M) chains; the last batch is filled up with
     copies of its first row (results dropped), so every batch has one shape.
-    The capacity carries over from batch to batch. After each batch,
-    `on_batch(first row, crystals, energies, capacity, overflow re-runs)` is
-    called with that batch's numpy results.
+    The capacity carries over from batch to batch; `refit` as in `sample`
+    (False for a job of a batch or two: the capacity only grows, to a few
+    values, instead of being compiled anew for most segments). After each batch,
+    `on_batch(first row, crystals, energies, capacity, overflow re-runs,
+    non-finite proposals)` is called with that batch's numpy results.
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
     chunk = min(batch_size, num_rows)
     num_steps = int(schedule[0].shape[0])
-    crystals, energies, traces, reruns = [], [], [], 0
+    crystals, energies, traces, reruns, non_finite = [], [], [], 0, 0
     progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log, unit_scale=True)
     for begin in range(0, num_rows, chunk):
         rows = species[begin:begin + chunk]
@@ -274,19 +280,23 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
         row_ids = first_row + begin + np.minimum(np.arange(chunk), len(rows) - 1)
         keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids))
         result = sample(keys, filled, energy, variables, capacity, schedule,
-                        segment_length=min(segment_length, num_steps), kernel=kernel)
+                        segment_length=min(segment_length, num_steps), kernel=kernel, refit=refit)
         capacity = result.capacity
         reruns += result.num_overflow_reruns
+        batch_non_finite = int(np.sum(~result.info.finite[:len(rows)]))
+        non_finite += batch_non_finite
         states = jax.device_get(result.states)
         crystals.append(jax.tree.map(lambda a: a[:len(rows)], states.crystal))
         energies.append(states.energy[:len(rows)])
         if trace:
             traces.append(result.info.energy[:len(rows)])
         if on_batch is not None:
-            on_batch(first_row + begin, crystals[-1], energies[-1], capacity, result.num_overflow_reruns)
+            on_batch(first_row + begin, crystals[-1], energies[-1], capacity, result.num_overflow_reruns,
+                     batch_non_finite)
         progress.update(len(rows) * num_steps, f"{begin + len(rows)}/{num_rows} chains, "
-                                               f"overflow re-runs {reruns}")
+                                               f"overflow re-runs {reruns}"
+                                               + (f", non-finite proposals {non_finite}" if non_finite else ""))
     progress.close()
     crystals = jax.tree.map(lambda *a: np.concatenate(a), *crystals)
     return Rows(crystals, np.concatenate(energies), reruns, capacity,
-                np.concatenate(traces) if trace else None)
+                np.concatenate(traces) if trace else None, non_finite)

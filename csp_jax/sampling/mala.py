@@ -62,6 +62,8 @@ class MALAInfo(NamedTuple):
     energy:                 H of the state after the step.
     overflow:               the proposal's energy evaluation overflowed its
                             capacity (the step is not to be trusted).
+    finite:                 the proposal's energy, gradient and reduced cell
+                            were finite (if not, it was rejected).
     reduce_converged:       the reduction of the proposal converged.
     needs:                  [M] int, what the proposal's evaluation needed of
                             the capacity (the aux's `needs`, e.g. image slots
@@ -72,6 +74,7 @@ class MALAInfo(NamedTuple):
     accepted: jax.Array
     energy: jax.Array
     overflow: jax.Array
+    finite: jax.Array
     reduce_converged: jax.Array
     needs: jax.Array
 
@@ -177,6 +180,7 @@ def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
             accepted=accepted,
             energy=new_state.energy,
             overflow=overflow,
+            finite=finite,
             reduce_converged=converged,
             needs=needs,
         )

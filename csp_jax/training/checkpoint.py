@@ -105,7 +105,9 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=
             _check_shapes(mngr, s, template)
             out = mngr.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-            return out.state, out.meta
+            # As fresh arrays: orbax's restored ones carry a sharding that changes every
+            # jit program's text, so none would be found in the persistent compilation cache.
+            return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), out.state), out.meta
         except OtherModelError:
             raise
         except Exception as error:  # orbax and tensorstore raise many types for a bad checkpoint

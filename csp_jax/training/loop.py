@@ -87,13 +87,13 @@ def negatives(config: Config, energy, variables, species, key, capacities: Capac
     count is padded to a power of two with copies of its first chain (their
     results dropped), so few shapes are compiled. Returns (samples: Crystal
     [B, N] numpy, mean acceptance probability, capacity that holds every
-    sample, overflow re-runs).
+    sample, overflow re-runs, non-finite proposals rejected).
     """
     species = np.asarray(jax.device_get(species))
     keys = jax.random.split(key, species.shape[0])
     positions = np.zeros(species.shape + (3,), np.float32)
     lattices = np.zeros((species.shape[0], 3, 3), np.float32)
-    acceptance, reruns, capacity = 0.0, 0, None
+    acceptance, reruns, non_finite, capacity = 0.0, 0, 0, None
     for width, rows in chain_groups(species, config.data.max_atoms):
         padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (len(rows) - 1).bit_length()) - len(rows))])
         chains = sample(keys[padded], species[padded, :width], energy, variables, capacities.sample(width),
@@ -104,10 +104,11 @@ def negatives(config: Config, energy, variables, species, key, capacities: Capac
         lattices[rows] = crystal.lattice[:len(rows)]
         acceptance += float(np.sum(np.mean(chains.info.acceptance_probability[:len(rows)], axis=1)))
         reruns += chains.num_overflow_reruns
+        non_finite += int(np.sum(~chains.info.finite[:len(rows)]))
         capacity = chains.capacity if capacity is None else NeighborCapacity(
             *np.maximum(np.array(capacity), np.array(chains.capacity)))
     samples = Crystal(species, positions, lattices)
-    return samples, acceptance / species.shape[0], capacity, reruns
+    return samples, acceptance / species.shape[0], capacity, reruns, non_finite
 
 
 def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capacities):
@@ -117,11 +118,11 @@ def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capa
     capacity kept for their size (grown where random starts needed more; the
     driver refits it to the chains' needs after their first segment); the
     step's capacities grow until nothing overflows. Returns (output of
-    step_fn, metrics as numpy with the chains' mean acceptance, overflow
-    re-runs).
+    step_fn, metrics as numpy with the chains' mean acceptance and their
+    rejected non-finite proposals, overflow re-runs).
     """
     energy = energy_of(config)
-    samples, acceptance, sample_capacity, chain_reruns = negatives(
+    samples, acceptance, sample_capacity, chain_reruns, non_finite = negatives(
         config, energy, state.variables, batch.sample_species, key, capacities)
     samples = shard_batch(jax.tree.map(jnp.asarray, samples))
 
@@ -134,7 +135,7 @@ def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capa
     (out, metrics), (capacities.data, _), reruns = grow_until_no_overflow(
         step_at, (capacities.data, sample_capacity), "in the training step",
         grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
-    return out, dict(metrics, acceptance=acceptance), reruns + chain_reruns
+    return out, dict(metrics, acceptance=acceptance, non_finite_proposals=non_finite), reruns + chain_reruns
 
 
 class MetricsLog:
@@ -231,6 +232,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         record = {"kind": "train", "step": step + 1, "epoch": epoch + 1,
                   **{k: float(metrics[k]) for k in ("loss", "e_data", "e_sample", "acceptance")},
                   "skipped": not finite, "capped": capped, "overflow_reruns": reruns,
+                  "non_finite_proposals": int(metrics["non_finite_proposals"]),
                   "atoms_padded": int(batch.sample_species.shape[1]),
                   "seconds": seconds, "crystal_steps_per_s": rate}
         metrics_log.write(record)
