@@ -141,16 +141,16 @@ def test_evaluation_rejects_and_counts_nan_energies_and_times_out_a_hanging_pair
     log = []
     start = time.monotonic()
     results = evaluation.evaluate(config, model, model.init(jax.random.key(0)),
-                                  load_split("perov_5", "test", data_dir), tmp_path / "eval", num_samples=2,
-                                  limit=2, timeout_s=5, workers=1, log=log.append)
+                                  load_split("perov_5", "test", data_dir), tmp_path / "eval", num_samples=1,
+                                  limit=2, timeout_s=3, workers=1, log=log.append)
     seconds = time.monotonic() - start
     written = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
     non_finite = written["sampling"]["non_finite_proposals"]
     samples = np.load(tmp_path / "eval" / "test_samples.npz")
     with capsys.disabled():
-        print(f"\nevaluation with NaN energies injected: {non_finite} of {4 * 20} proposals non-finite, "
+        print(f"\nevaluation with NaN energies injected: {non_finite} of {2 * 20} proposals non-finite, "
               f"rejected; pairs {written['pair_counts']}; finished in {seconds:.0f} s")
     assert non_finite > 0 and f"non-finite proposals rejected: {non_finite}" in "\n".join(log)
     assert np.all(np.isfinite(samples["energies"]))  # no NaN state was ever accepted
     assert written["pair_counts"] == results["pair_counts"]
-    assert written["pair_counts"]["timeout"] == 1 and sum(written["pair_counts"].values()) == 4
+    assert written["pair_counts"]["timeout"] == 1 and sum(written["pair_counts"].values()) == 2

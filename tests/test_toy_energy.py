@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from csp_jax.config import SamplerConfig, get_config, override
 from csp_jax.data.datasets import load_split
@@ -23,7 +24,7 @@ from csp_jax.predict import predict
 from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
-from csp_jax.training import checkpoint, train
+from csp_jax.training import train
 
 SRTIO3 = np.array([38, 22, 8, 8, 8], np.int32)
 
@@ -85,28 +86,30 @@ def test_random_starts_scale_with_rho0_exactly():
     np.testing.assert_allclose(volumes[0.03] / volumes[0.05], 5 / 3, rtol=1e-4)
 
 
+class ChainStarted(Exception):
+    """Raised by the spy below where a chain's random start is traced: nothing is compiled."""
+
+
 def test_config_rho0_reaches_training_evaluation_and_prediction_chains(data_dir, tmp_path, monkeypatch):
-    """`--set model.rho0=0.03` changes the random starts of all three kinds of chains alike."""
-    seen = []
-    real = driver.random_crystal
+    """`--set model.rho0=0.03` reaches the random starts of all three kinds of chains alike
+    (each stage is stopped where its first chain start is traced)."""
 
     def spy(key, species, rho0):
-        seen.append(rho0)
-        return real(key, species, rho0)
+        raise ChainStarted(rho0)
 
     monkeypatch.setattr(driver, "random_crystal", spy)
     config = override(get_config("test"), "model.rho0", "0.03")
-    stages = {}
-    driver.compiled_init.cache_clear()
-    train(config, tmp_path / "run", data_dir, max_steps=1, log=lambda *_: None)
-    stages["training"], seen[:] = set(seen), []
-    loaded, model, variables = checkpoint.load_model(tmp_path / "run")
+    model = EnergyModel.from_config(config.model)
+    variables = model.init(jax.random.key(0))
     assert model.rho0 == 0.03
-    driver.compiled_init.cache_clear()
-    evaluate(loaded, model, variables, load_split("perov_5", "test", data_dir), tmp_path / "eval",
-             num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
-    stages["evaluation"], seen[:] = set(seen), []
-    driver.compiled_init.cache_clear()
-    predict(loaded, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
-    stages["prediction"] = set(seen)
-    assert stages == {"training": {0.03}, "evaluation": {0.03}, "prediction": {0.03}}
+    stages = {}
+    with pytest.raises(ChainStarted) as training:
+        train(config, tmp_path / "run", data_dir, max_steps=1, log=lambda *_: None)
+    with pytest.raises(ChainStarted) as evaluation:
+        evaluate(config, model, variables, load_split("perov_5", "test", data_dir), tmp_path / "eval",
+                 num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
+    with pytest.raises(ChainStarted) as prediction:
+        predict(config, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
+    for name, raised in [("training", training), ("evaluation", evaluation), ("prediction", prediction)]:
+        stages[name] = raised.value.args[0]
+    assert stages == {"training": 0.03, "evaluation": 0.03, "prediction": 0.03}
