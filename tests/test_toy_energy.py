@@ -24,7 +24,8 @@ from csp_jax.predict import predict
 from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
-from csp_jax.training import train
+from csp_jax.training import checkpoint, train
+from csp_jax.training.step import energy_of
 
 SRTIO3 = np.array([38, 22, 8, 8, 8], np.int32)
 
@@ -99,17 +100,17 @@ def test_config_rho0_reaches_training_evaluation_and_prediction_chains(data_dir,
 
     monkeypatch.setattr(driver, "random_crystal", spy)
     config = override(get_config("test"), "model.rho0", "0.03")
-    model = EnergyModel.from_config(config.model)
-    variables = model.init(jax.random.key(0))
-    assert model.rho0 == 0.03
-    stages = {}
     with pytest.raises(ChainStarted) as training:
         train(config, tmp_path / "run", data_dir, max_steps=1, log=lambda *_: None)
+    loaded = checkpoint.read_config(tmp_path / "run")  # what the run directory keeps
+    model = energy_of(loaded)
+    assert model.rho0 == 0.03
+    variables = model.init(jax.random.key(0))
     with pytest.raises(ChainStarted) as evaluation:
-        evaluate(config, model, variables, load_split("perov_5", "test", data_dir), tmp_path / "eval",
+        evaluate(loaded, model, variables, load_split("perov_5", "test", data_dir), tmp_path / "eval",
                  num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
     with pytest.raises(ChainStarted) as prediction:
-        predict(config, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
-    for name, raised in [("training", training), ("evaluation", evaluation), ("prediction", prediction)]:
-        stages[name] = raised.value.args[0]
+        predict(loaded, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
+    stages = {name: raised.value.args[0] for name, raised in
+              [("training", training), ("evaluation", evaluation), ("prediction", prediction)]}
     assert stages == {"training": 0.03, "evaluation": 0.03, "prediction": 0.03}

@@ -176,8 +176,6 @@ class SampleResult(NamedTuple):
                          starts needed: where the next batch should start).
     num_overflow_reruns: how many times a segment (or the initialisation) was
                          run again with a grown capacity.
-    num_non_finite:      proposals rejected for a non-finite energy, gradient
-                         or cell (`MALAInfo.finite`), over all chains and steps.
     """
 
     states: MALAState
@@ -185,7 +183,6 @@ class SampleResult(NamedTuple):
     capacity: Any
     start_capacity: Any
     num_overflow_reruns: int
-    num_non_finite: int
 
 
 def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
@@ -236,7 +233,7 @@ def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
             start_capacity = capacity
         infos.append(jax.device_get(info))
     info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
-    return SampleResult(states, info, capacity, start_capacity, reruns, int(np.sum(~info.finite)))
+    return SampleResult(states, info, capacity, start_capacity, reruns)
 
 
 class Rows(NamedTuple):
