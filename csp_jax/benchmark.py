@@ -4,7 +4,7 @@
     python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
     python experiments/bench.py --whole-chain         # a whole 1000-step chain, twice: ms/step, compilations
     python experiments/bench.py --train               # training steps vs the sampler, per real atom-step
-    python experiments/bench.py --scaling             # docs/scaling.png + docs/scaling.md
+    python experiments/bench.py --scaling --out docs  # docs/scaling.png + docs/scaling.md
     python experiments/bench.py --profile --max-images 128 --max-edges 352   # parts of a step
 
 What is timed: `steps` MALA steps of the chain driver's jitted segment
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -47,7 +48,6 @@ BASELINE = {
     "perov5": {"config": "perov5", "batch": 128, "atoms": 5, "ms_per_step": 309.0, "crystal_steps_per_s": 415.0},
     "mp20": {"config": "mp20", "batch": 16, "atoms": 20, "ms_per_step": 578.0, "crystal_steps_per_s": 28.0},
 }
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def machine() -> dict:
@@ -233,48 +233,64 @@ def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: 
 
 
 def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | None = None,
-                     data_dir=None, seed: int = 0, log=print) -> dict:
-    """Training steps of `config` on real batches (its batch size, real j draws), after one warm-up step.
+                     data_dir=None, seed: int = 0, warmup: int = 1, log=print) -> dict:
+    """Training steps of `config` on real batches (its batch size, its negatives' cells),
+    after `warmup` steps, beside the sampler on the same chains.
 
-    num_steps: MALA steps per chain (default the config's). Returns crystal-steps
-    and real-atom-steps per second (chain steps of all chains of a step, over
-    the step's wall time: chains, update and host work), per timed step and
-    their median.
+    num_steps: MALA steps per chain (default the config's). Per step: wall
+    seconds, crystal-steps and real-atom-steps per second (chain steps of all
+    chains over the step's wall time: chains, update, compilation and host
+    work) and the programs compiled during it. Then the sampler alone: the
+    last batch's chains run again through the driver in the same groups, all
+    programs compiled, no update (`sampler`). `ratio` is the sampler's
+    real-atom-steps per second over the median timed training step's.
     """
-    from csp_jax.data.datasets import load_split
-    from csp_jax.training.loop import Capacities, make_batch, run_step
-    from csp_jax.training.step import init_train_state, update_step
+    from csp_jax.data.datasets import training_splits
+    from csp_jax.training.loop import Capacities, compiled_programs, make_batch, negatives, run_step
+    from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
 
     cfg = get_config(config)
     if num_steps:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, num_steps=num_steps))
-    train_set = load_split(cfg.data.dataset, "train", data_dir)
-    capacities = Capacities(cfg, train_set.max_atoms)
-    state = init_train_state(cfg, jax.random.PRNGKey(seed))
+    train_set, _ = training_splits(cfg.data, data_dir)
+    energy = config_energy(cfg)
+    capacities = Capacities(cfg.neighbors, train_set.max_atoms)
+    state = init_train_state(cfg, jax.random.PRNGKey(seed), energy)
+    update = functools.partial(update_step, optimizer=optimizer(cfg.train))
     rng = np.random.default_rng(seed)
     records = []
-    for step in range(steps + 1):
+    for step in range(warmup + steps):
         indices = np.sort(rng.choice(len(train_set), cfg.train.batch_size, replace=False))
         batch, _ = make_batch(cfg, train_set, indices, np.random.default_rng([seed, step]))
         atoms = int(np.count_nonzero(np.asarray(batch.sample_species)))
-        t0 = time.perf_counter()
-        (state, _), _, _ = run_step(update_step, cfg, state, batch, jax.random.PRNGKey(step), capacities)
+        programs, t0 = compiled_programs(), time.perf_counter()
+        (state, _), _, _ = run_step(update, energy, cfg, state, batch, jax.random.PRNGKey(step), capacities)
         jax.block_until_ready(state.variables)
         seconds = time.perf_counter() - t0
         chain_steps = cfg.train.batch_size * cfg.sampler.num_steps
         records.append({"seconds": seconds, "crystal_steps_per_s": chain_steps / seconds,
                         "real_atom_steps_per_s": atoms * cfg.sampler.num_steps / seconds,
                         "real_atoms_mean": atoms / cfg.train.batch_size,
-                        "padded_width": int(batch.sample_species.shape[1])})
-        log(f"training step {step} ({'warm-up, compiles' if step == 0 else 'timed'}): {seconds:.1f} s, "
+                        "new_programs": compiled_programs() - programs})
+        log(f"training step {step} ({'warm-up' if step < warmup else 'timed'}): {seconds:.1f} s, "
             f"{records[-1]['crystal_steps_per_s']:.0f} crystal-steps/s, "
-            f"{records[-1]['real_atom_steps_per_s']:.0f} real-atom-steps/s, mean {atoms / len(indices):.1f} "
-            f"atoms per chain (batch padded to {records[-1]['padded_width']})")
-    timed = records[1:]
+            f"{records[-1]['real_atom_steps_per_s']:.0f} real-atom-steps/s, mean "
+            f"{atoms / len(indices):.1f} atoms per chain, {records[-1]['new_programs']} programs compiled")
+    t0 = time.perf_counter()
+    jax.block_until_ready(negatives(cfg, energy, state.variables, batch.sample_species,
+                                    jax.random.PRNGKey(step), capacities).samples.positions)
+    seconds = time.perf_counter() - t0
+    sampler = {"seconds": seconds, "real_atom_steps_per_s": atoms * cfg.sampler.num_steps / seconds,
+               "crystal_steps_per_s": cfg.train.batch_size * cfg.sampler.num_steps / seconds}
+    timed = records[warmup:]
+    median = statistics.median(r["real_atom_steps_per_s"] for r in timed)
+    log(f"sampler, the last batch's chains again: {seconds:.1f} s, "
+        f"{sampler['real_atom_steps_per_s']:.0f} real-atom-steps/s; training is "
+        f"{sampler['real_atom_steps_per_s'] / median:.2f}x slower per real atom-step")
     return {"config": config, "batch": cfg.train.batch_size, "num_steps": cfg.sampler.num_steps,
-            "steps": timed,
+            "steps": records, "warmup": warmup, "sampler": sampler,
             "crystal_steps_per_s": statistics.median(r["crystal_steps_per_s"] for r in timed),
-            "real_atom_steps_per_s": statistics.median(r["real_atom_steps_per_s"] for r in timed)}
+            "real_atom_steps_per_s": median, "ratio": sampler["real_atom_steps_per_s"] / median}
 
 
 def compare(results: list[dict], info: dict) -> str:
@@ -322,8 +338,9 @@ def scaling(args) -> list[dict]:
     ax_a.set(xlabel="atoms per crystal", ylabel="crystal-steps / s", title="mp20 model, batch 16")
     ax_a.legend(fontsize=8)
     fig.tight_layout()
-    DOCS.mkdir(exist_ok=True)
-    fig.savefig(DOCS / "scaling.png", dpi=120)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "scaling.png", dpi=120)
     table = ["| sweep | model | batch | atoms | ms/step | crystal-steps/s | compile s | XLA MB | peak RSS MB | capacity (I, E) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -331,21 +348,9 @@ def scaling(args) -> list[dict]:
         table.append(f"| {r['sweep']} | {r['config']} | {r['batch']} | {r['atoms']} | {r['ms_per_step']:.2f} | "
                      f"{r['crystal_steps_per_s']:.0f} | {r['compile_s']:.1f} | {xla} | {r['peak_rss_mb']:.0f} | "
                      f"{r['capacity']['max_images']}, {r['capacity']['max_edges']} |")
-    (DOCS / "scaling.md").write_text("\n".join(table) + "\n")
+    (out / "scaling.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return results
-
-
-def train_vs_sampler(args) -> dict:
-    """`train_throughput` and, in the same process, the sampler on the perov5 workload, per real atom-step."""
-    train = train_throughput(args.config or "perov5", args.train_steps, args.num_steps, args.data_dir)
-    sampler = bench("perov5", 128, 5, args.steps, args.warmup, args.repeats)
-    sampler_atoms = 5 * sampler["crystal_steps_per_s"]
-    ratio = sampler_atoms / train["real_atom_steps_per_s"]
-    print(f"training {train['real_atom_steps_per_s']:.0f} real-atom-steps/s, sampler {sampler_atoms:.0f}: "
-          f"the sampler is {ratio:.2f}x faster per real atom-step")
-    return {"train": train, "sampler": sampler, "sampler_real_atom_steps_per_s": sampler_atoms,
-            "sampler_over_train": ratio}
 
 
 def main(argv=None) -> None:
@@ -363,7 +368,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunk", type=int,
                    help="chains vmapped together; the batch runs as lax.map over such chunks "
                         "(default: the library's choice for the capacity; 0: one vmap)")
-    p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, docs/scaling.{png,md}")
+    p.add_argument("--scaling", action="store_true", help="batch and atom sweeps, <--out>/scaling.{png,md}")
+    p.add_argument("--out", help="folder for the figures of --scaling (required with it)")
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     p.add_argument("--scaling-atoms", type=int, nargs="+", default=[5, 10, 20, 30, 40, 52])
     p.add_argument("--scaling-warmup", type=int, default=100)
@@ -374,8 +380,9 @@ def main(argv=None) -> None:
                    help="a whole chain of the config's schedule, twice: ms per step and compilations")
     p.add_argument("--train", action="store_true",
                    help="training steps on real batches (with --config, default perov5), beside the "
-                        "sampler on 5-atom crystals, per real atom-step")
+                        "sampler on the same chains, per real atom-step, with compilations per step")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps for --train")
+    p.add_argument("--train-warmup", type=int, default=1, help="untimed training steps before them")
     p.add_argument("--num-steps", type=int, help="MALA steps per training chain for --train "
                                                   "(default: the config's)")
     p.add_argument("--data-dir", help="dataset folder for --train (default: $CSP_JAX_DATA)")
@@ -394,12 +401,15 @@ def main(argv=None) -> None:
         return
     if args.whole_chain or args.train:
         result = (whole_chain(args.config or "perov5", args.batch or 128, args.atoms or 5) if args.whole_chain
-                  else train_vs_sampler(args))
+                  else train_throughput(args.config or "perov5", args.train_steps, args.num_steps,
+                                        args.data_dir, warmup=args.train_warmup))
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "result": result}, indent=1))
         return
     if args.scaling:
+        if not args.out:
+            p.error("--scaling writes scaling.png and scaling.md: give the folder with --out")
         results = scaling(args)
     elif args.config:
         results = [bench(args.config, args.batch, args.atoms, args.steps, args.warmup, args.repeats,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 
+from csp_jax.errors import one_line
 from csp_jax.config import available_configs, check_range, get_config, override
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
@@ -100,6 +101,11 @@ def _load_split(config, split: str, data_dir):
     return load_split(config.data.dataset, split, data_dir)
 
 
+def _key(seed: int | None):
+    """The sampling key of `--seed` (None: the library's default, from the config)."""
+    return None if seed is None else jax.random.PRNGKey(seed)
+
+
 def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Table 1: sample test crystals, match, report")
     _add_checkpoint(p)
@@ -112,7 +118,7 @@ def add_evaluate(subparsers) -> None:
     _add_data_dir(p)
     p.add_argument("--workers", type=POSITIVE_INT, help="matching processes (default: all cores)")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="seconds per matched pair (default: config)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="sampling seed (default: config eval.seed, 0)")
     p.add_argument("--recompute", action="store_true",
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
     p.add_argument("--resume", action="store_true",
@@ -134,11 +140,11 @@ def run_evaluate(args) -> None:
         recompute(samples_path, _load_split(config, split, args.data_dir), config.data.dataset,
                   timeout_s=args.timeout or config.eval.match_timeout, workers=args.workers)
         return
-    config, model, variables = load_model(args.checkpoint)
+    config, energy, variables = load_model(args.checkpoint)
     split = args.split or config.eval.split
-    evaluate(config, model, variables, _load_split(config, split, args.data_dir), out,
+    evaluate(config, energy, variables, _load_split(config, split, args.data_dir), out,
              split=split, num_samples=args.num_samples, limit=args.limit,
-             batch_size=args.batch_size, key=jax.random.PRNGKey(args.seed),
+             batch_size=args.batch_size, key=_key(args.seed),
              timeout_s=args.timeout, workers=args.workers, resume=args.resume)
 
 
@@ -146,14 +152,14 @@ def add_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict structures for formulas, CIFs ranked by energy")
     _add_checkpoint(p)
     p.add_argument("--formula", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
-    p.add_argument("--num-samples", type=POSITIVE_INT, default=20, help="chains per formula (default 20)")
+    p.add_argument("--num-samples", type=POSITIVE_INT, help="chains per formula (default: config eval.num_samples)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--num-atoms", type=POSITIVE_INT,
                       help="atoms per cell, a multiple of the reduced formula's (default: the reduced formula)")
     size.add_argument("--formula-units", type=POSITIVE_INT, help="reduced formula units per cell (default 1)")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/predictions)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="sampling seed (default: config eval.seed, 0)")
     p.set_defaults(func=run_predict)
 
 
@@ -161,21 +167,21 @@ def run_predict(args) -> None:
     from csp_jax.training.checkpoint import load_model
     from csp_jax.predict import predict
 
-    config, model, variables = load_model(args.checkpoint)
-    predict(config, model, variables, args.formula, Path(args.out or Path(args.checkpoint) / "predictions"),
+    config, energy, variables = load_model(args.checkpoint)
+    predict(config, energy, variables, args.formula, Path(args.out or Path(args.checkpoint) / "predictions"),
             num_samples=args.num_samples, num_atoms=args.num_atoms, formula_units=args.formula_units,
-            key=jax.random.PRNGKey(args.seed), batch_size=args.batch_size)
+            key=_key(args.seed), batch_size=args.batch_size)
 
 
 def add_displacement(subparsers) -> None:
     p = subparsers.add_parser("displacement", help="Figure 2: energy vs displacement of one atom")
     _add_checkpoint(p)
-    p.add_argument("--sigma", type=POSITIVE_FLOAT, default=0.1, help="noise per Cartesian component, A (default 0.1)")
-    p.add_argument("--num-crystals", type=POSITIVE_INT, default=5, help="random test crystals (default 5)")
-    p.add_argument("--num-draws", type=POSITIVE_INT, default=1000, help="noise draws per crystal (default 1000)")
-    p.add_argument("--split", default="test", help="split to draw crystals from (default test)")
+    p.add_argument("--sigma", type=POSITIVE_FLOAT, help="noise per Cartesian component, A (default: config, 0.1)")
+    p.add_argument("--num-crystals", type=POSITIVE_INT, help="random test crystals (default: config, 5)")
+    p.add_argument("--num-draws", type=POSITIVE_INT, help="noise draws per crystal (default: config, 1000)")
+    p.add_argument("--split", help="split to draw crystals from (default: config, test)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/displacement)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for crystals, atoms and noise (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="seed for crystals, atoms and noise (default: config, 0)")
     _add_data_dir(p)
     p.set_defaults(func=run_displacement)
 
@@ -184,8 +190,9 @@ def run_displacement(args) -> None:
     from csp_jax.training.checkpoint import load_model
     from csp_jax.evaluation.displacement import displacement_experiment
 
-    config, model, variables = load_model(args.checkpoint)
-    displacement_experiment(config, model, variables, _load_split(config, args.split, args.data_dir),
+    config, energy, variables = load_model(args.checkpoint)
+    split = args.split or config.displacement.split
+    displacement_experiment(config, energy, variables, _load_split(config, split, args.data_dir),
                             Path(args.out or Path(args.checkpoint) / "displacement"),
                             sigma=args.sigma, num_crystals=args.num_crystals,
                             num_draws=args.num_draws, seed=args.seed)
@@ -206,13 +213,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(err: BaseException) -> str:
-    """The error's message on one line (OSError: with the file it names)."""
-    text = str(err) if not isinstance(err, OSError) or not err.filename else \
-        f"{err.filename}: {err.strerror or err}"
-    return " ".join(text.split()) or type(err).__name__
-
-
 def main(argv=None) -> int:
     """Run one sub-command; `--config X` with no sub-command trains. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         enable_compilation_cache()
         args.func(args)
     except (ValueError, OSError, RuntimeError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the newest checkpoint is kept; continue with --resume", file=sys.stderr)

@@ -28,9 +28,16 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     dataset: str = "perov_5"
+    train_split: str = "train"  # the split that trains
+    val_split: str = "val"  # the split that validates ("" = a hold-out of train_split)
+    val_holdout: int = 0  # with val_split "": the last N of a fixed shuffle of train_split validate
     max_atoms: int = 35  # cap on atoms of expanded training cells
     train_limit: int = 0  # use only the first N training crystals (0 = all)
     val_limit: int = 0
+    # Negatives' cells (SPEC §3): Expand(Reduce(A), j) ("formula", the paper's) or the
+    # data cell repeated j times ("cell"), with P(j) = q^(j-1) (1 - q): q = 0 gives j = 1.
+    expand_from: str = "formula"
+    geometric_q: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +54,6 @@ class SamplerConfig:
     temperature_start: float = 1.0
     temperature_end: float = 1e-3
     segment_length: int = 100  # steps per jitted segment (overflow checks between)
-    geometric_q: float = 0.5  # P(j) = q^(j-1) (1 - q) for training expansions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
     keep_checkpoints: int = 3  # newest checkpoints kept (0 = keep all)
     seed: int = 0
+    # Negatives run in groups of this many chains of similar size (sorted by size),
+    # each padded to the bucket size of its largest cell: few shapes to compile.
+    chains_per_group: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +82,16 @@ class EvalConfig:
     match_timeout: float = 60.0  # seconds per structure pair
     num_steps: int = 0  # MALA steps of evaluation and prediction chains (0 = sampler.num_steps)
     max_atoms: int = 100  # largest cell `predict` samples
+    seed: int = 0  # sampling key of evaluation and prediction: PRNGKey(seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class DisplacementConfig:
+    split: str = "test"
+    sigma: float = 0.1  # Angstrom per Cartesian component (SPEC §6; the authors' code 0.05)
+    num_crystals: int = 5
+    num_draws: int = 1000
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +103,7 @@ class Config:
     sampler: SamplerConfig = SamplerConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    displacement: DisplacementConfig = DisplacementConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,6 +118,7 @@ class Config:
             raise ValueError(f"a config is a JSON object of sections, not {type(d).__name__}")
         default = cls()
         sections = {}
+        d = _moved_keys(d)
         for name, values in d.items():
             if name == "name":
                 continue
@@ -117,27 +138,47 @@ class Config:
         return cls(name=d.get("name", default.name), **sections)
 
 
+# Keys that moved to another section: (old section, key) -> new section.
+MOVED = {("sampler", "geometric_q"): "data"}
+
+
+def _moved_keys(d: dict) -> dict:
+    """A config dict written before a key moved, with the key in its section of today."""
+    d = {name: dict(values) if isinstance(values, dict) else values for name, values in d.items()}
+    for (old, key), new in MOVED.items():
+        if isinstance(d.get(old), dict) and key in d[old]:
+            d.setdefault(new, {})
+            if isinstance(d[new], dict):
+                d[new].setdefault(key, d[old].pop(key))
+    return d
+
+
 # Allowed values: (lowest, highest, lowest allowed?); floats must also be finite.
 RANGES = {
     "model.features": (1, None, True), "model.num_conv": (1, None, True),
     "model.num_fc": (1, None, True), "model.rho0": (0, None, False),
     "model.density_weight": (0, None, True),
     "data.max_atoms": (1, None, True), "data.train_limit": (0, None, True),
-    "data.val_limit": (0, None, True),
+    "data.val_limit": (0, None, True), "data.val_holdout": (0, None, True),
+    "data.geometric_q": (0, 1, True),
     "neighbors.max_images": (1, None, True), "neighbors.edge_factor": (0, None, False),
     "sampler.num_steps": (1, None, True), "sampler.step_size_start": (0, None, False),
     "sampler.step_size_end": (0, None, False), "sampler.temperature_start": (0, None, False),
     "sampler.temperature_end": (0, None, False), "sampler.segment_length": (1, None, True),
-    "sampler.geometric_q": (0, 1, True),
     "train.batch_size": (1, None, True), "train.learning_rate": (0, None, False),
     "train.b1": (0, 1, True), "train.b2": (0, 1, True), "train.num_epochs": (1, None, True),
     "train.regularization": (0, None, True), "train.checkpoint_every": (1, None, True),
     "train.max_bad_steps": (1, None, True), "train.keep_checkpoints": (0, None, True),
-    "train.seed": (0, None, True),
+    "train.seed": (0, None, True), "train.chains_per_group": (1, None, True),
     "eval.num_samples": (1, None, True), "eval.batch_size": (1, None, True),
     "eval.limit": (0, None, True), "eval.match_timeout": (0, None, False),
     "eval.num_steps": (0, None, True), "eval.max_atoms": (1, None, True),
+    "eval.seed": (0, None, True),
+    "displacement.sigma": (0, None, False), "displacement.num_crystals": (1, None, True),
+    "displacement.num_draws": (1, None, True), "displacement.seed": (0, None, True),
 }
+# Allowed words of string keys.
+CHOICES = {"data.expand_from": ("formula", "cell")}
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:
@@ -155,6 +196,9 @@ def check_value(key: str, value) -> None:
     if key in RANGES:
         low, high, low_ok = RANGES[key]
         check_range(key, value, low, high, low_ok)
+    elif key in CHOICES:
+        if value not in CHOICES[key]:
+            raise ValueError(f"bad value for {key}: choose from {', '.join(CHOICES[key])}, got {value!r}")
     elif isinstance(value, float):
         check_range(key, value, -math.inf)
 

@@ -22,10 +22,11 @@ import numpy as np
 from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.energy.base import Energy
-from csp_jax.evaluation.matching import sample_structure
+from csp_jax.geometry.validity import valid_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample_rows, schedule
+from csp_jax.sampling.mala import mala
 
 SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
 ANGLE_TOLERANCE = 5.0  # degrees
@@ -121,10 +122,10 @@ def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def predict(config: Config, model: Energy, variables, formulas: Sequence[str], out_dir, *,
-            num_samples: int = 20, num_atoms: int | None = None, formula_units: int | None = None,
-            key=None, batch_size: int | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], out_dir, *,
+            num_samples: int | None = None, num_atoms: int | None = None,
+            formula_units: int | None = None, key=None, batch_size: int | None = None,
+            kernel: Callable = mala, log: Callable[[str], None] = print) -> list[dict]:
     """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
 
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
@@ -132,13 +133,14 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
     are checked before anything is sampled. Samples with a non-finite energy
     or crystal are left out of the ranking (and logged). Invalid samples (a
     collapsed cell or atoms closer than 0.5 A: the evaluation's criterion,
-    `matching.sample_structure`) are ranked after the valid ones, whatever
+    `geometry.validity.valid_structure`) are ranked after the valid ones, whatever
     their energy, and marked `valid` False. The neighbour capacity only grows
     (no refit between segments: see docs/performance.md). Returns the summary rows
     (SUMMARY_FIELDS), by formula then rank.
     """
     cells = [cell_species(f, config.eval.max_atoms, num_atoms, formula_units) for f in formulas]
-    key = jax.random.PRNGKey(0) if key is None else key
+    num_samples = config.eval.num_samples if num_samples is None else num_samples
+    key = jax.random.PRNGKey(config.eval.seed) if key is None else key
     batch_size = config.eval.batch_size if batch_size is None else batch_size
     width = max(len(species) for _, species in cells)
     species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
@@ -146,9 +148,9 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
     steps = schedule(config.sampler, config.eval.num_steps)
     log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {steps[0].shape[0]} steps")
     sampled = sample_rows(
-        key, species, model, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
-        batch_size=batch_size, segment_length=config.sampler.segment_length, refit=False,
-        trace=True, log=log)  # refit=False: compiling refitted capacities costs more than they save
+        key, species, energy, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
+        batch_size=batch_size, segment_length=config.sampler.segment_length, kernel=kernel,
+        refit=False, trace=True, log=log)  # refit=False: compiling refitted capacities costs more than they save
     crystals, energies = sampled.crystals, sampled.energies
 
     from pymatgen.io.cif import CifWriter
@@ -165,7 +167,7 @@ def predict(config: Config, model: Energy, variables, formulas: Sequence[str], o
         if len(finite) < num_samples:
             log(f"{name}: {num_samples - len(finite)} of {num_samples} samples are not finite, left out")
         samples = {i: jax.tree.map(lambda a: a[i], crystals) for i in finite}
-        checked = {i: sample_structure(sample) for i, sample in samples.items()}  # None: invalid
+        checked = {i: valid_structure(sample) for i, sample in samples.items()}  # None: invalid
         valid = {i: structure is not None for i, structure in checked.items()}
         if not all(valid.values()):
             log(f"{name}: {list(valid.values()).count(False)} invalid samples (collapsed cell or "

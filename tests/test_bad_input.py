@@ -194,7 +194,7 @@ BAD_FORMULAS = ["Xx2O3", "Sr0.5TiO3", "", " ", "Sr101Ti100O299", "srtio3", "SrTi
 BAD_OVERRIDES = ["train.batch_size=0", "train.batch_size=-4", "train.batch_size=abc",
                  "train.batch_size=1.5", "train.learning_rate=nan", "train.learning_rate=-1e-3",
                  "train.learning_rate=inf", "sampler.num_steps=0", "sampler.step_size_start=-0.5",
-                 "sampler.temperature_end=0", "sampler.geometric_q=1.5", "sampler.segment_length=0",
+                 "sampler.temperature_end=0", "data.geometric_q=1.5", "data.expand_from=atoms", "sampler.segment_length=0",
                  "model.rho0=0", "model.features=0", "neighbors.max_images=-1",
                  "neighbors.edge_factor=nan", "data.max_atoms=0", "data.train_limit=-1",
                  "eval.num_samples=0", "eval.match_timeout=-1", "train.b1=1",

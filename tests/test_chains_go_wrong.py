@@ -23,14 +23,14 @@ from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.evaluation import matching, metrics
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.training import loop
-from csp_jax.training.step import energy_of, init_train_state, update_step
+from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
 
 evaluation = importlib.import_module("csp_jax.evaluation.evaluate")  # the module, not the function
 CONFIG = get_config("test")
+UPDATE = functools.partial(update_step, optimizer=optimizer(CONFIG.train))
 SMALL = NeighborCapacity(max_images=48, max_edges=160)  # too small for these 5-atom cells
 # Affine deformations of the random starts (row vectors: x -> x D, for atoms and cell vectors alike).
 THIN = np.diag([0.3, 1.8, 1.8]).astype(np.float32)  # a slab: one cell vector 0.3x, volume 0.97x
@@ -50,11 +50,11 @@ def thin_and_sheared_starts(energy_fn, reduce_fn):
 
 
 def test_overflow_on_thin_and_sheared_cells_reruns_to_the_large_capacity_result(capsys):
-    model = energy_of(CONFIG)
+    model = config_energy(CONFIG)
     variables = model.init(jax.random.key(0))
     species = np.array([[8, 8, 8, 22, 38]] * 2 + [[8, 8, 8, 40, 56]] * 2, np.int32)
     keys = jax.random.split(jax.random.key(1), 4)
-    run = functools.partial(sample, keys, species, model, variables, schedule=schedule(CONFIG.sampler, 20),
+    run = functools.partial(sample, keys, species, model, variables, annealing=schedule(CONFIG.sampler, 20),
                             segment_length=20, kernel=thin_and_sheared_starts)
     small = run(capacity=SMALL)
     large = run(capacity=small.capacity)  # one segment: no refit, the capacity it grew to from the start
@@ -81,9 +81,9 @@ def test_overflow_in_a_training_step_on_sheared_data_reruns_to_the_large_capacit
     state = init_train_state(CONFIG, jax.random.PRNGKey(0))
     results = {}
     for name in ("small", "large"):
-        capacities = loop.Capacities(CONFIG, data_atoms=5)
+        capacities = loop.Capacities(CONFIG.neighbors, data_atoms=5)
         capacities.data = SMALL if name == "small" else results["small"][3]
-        (new_state, _), step_metrics, reruns = loop.run_step(update_step, CONFIG, state, batch,
+        (new_state, _), step_metrics, reruns = loop.run_step(UPDATE, config_energy(CONFIG), CONFIG, state, batch,
                                                              jax.random.PRNGKey(1), capacities)
         results[name] = new_state, step_metrics, reruns, capacities.data
     with capsys.disabled():
@@ -98,9 +98,9 @@ def test_overflow_in_a_training_step_on_sheared_data_reruns_to_the_large_capacit
                     jax.tree.leaves(results["large"][0].variables)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     unsheared = loop.make_batch(CONFIG, train_set, np.arange(2), np.random.default_rng(0))[0]
-    capacities = loop.Capacities(CONFIG, data_atoms=5)
+    capacities = loop.Capacities(CONFIG.neighbors, data_atoms=5)
     capacities.data = results["small"][3]
-    (_, _), plain, _ = loop.run_step(update_step, CONFIG, state, unsheared, jax.random.PRNGKey(1), capacities)
+    (_, _), plain, _ = loop.run_step(UPDATE, config_energy(CONFIG), CONFIG, state, unsheared, jax.random.PRNGKey(1), capacities)
     np.testing.assert_allclose(plain["e_data"], results["small"][1]["e_data"], rtol=1e-4)  # same crystals
 
 
@@ -133,16 +133,15 @@ def hang_once(ground_truth, sample):
 def test_evaluation_rejects_and_counts_nan_energies_and_times_out_a_hanging_pair(
         data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(HANG_MARKER, str(tmp_path / "hung"))
-    monkeypatch.setattr(evaluation, "sample_rows", functools.partial(driver.sample_rows, kernel=poisoned_mala))
     monkeypatch.setattr(metrics, "match_pairs", lambda pairs, timeout_s, workers, match_fn:
                         matching.match_pairs(pairs, timeout_s, workers, hang_once))
     config = override(CONFIG, "sampler.num_steps", "20")
-    model = energy_of(config)
+    model = config_energy(config)
     log = []
     start = time.monotonic()
     results = evaluation.evaluate(config, model, model.init(jax.random.key(0)),
                                   load_split("perov_5", "test", data_dir), tmp_path / "eval", num_samples=1,
-                                  limit=2, timeout_s=3, workers=1, log=log.append)
+                                  limit=2, timeout_s=3, workers=1, kernel=poisoned_mala, log=log.append)
     seconds = time.monotonic() - start
     written = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
     non_finite = written["sampling"]["non_finite_proposals"]

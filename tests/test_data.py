@@ -63,9 +63,9 @@ def mixed_csv(tmp_path):
 
 def test_known_splits_all_have_checksums():
     splits = data.known_splits()
-    assert set(splits) == {"perov_5", "mp_20", "mpts_52"}
+    assert set(splits) == {"perov_5", "mp_20", "mpts_52", "mp_20_biternary"}
     for dataset, names in splits.items():
-        assert names == ("train", "val", "test")
+        assert names == (("val", "test") if dataset == "mp_20_biternary" else ("train", "val", "test"))
         for split in names:
             blob = data.CHECKSUMS[(dataset, split)].git_blob_sha1
             assert len(blob) == 40 and int(blob, 16) >= 0
@@ -246,6 +246,25 @@ def served_split(file_server, tmp_path, monkeypatch):
     return base_url, payload
 
 
+def test_download_of_a_gzip_source_checks_both_digests(file_server, tmp_path, monkeypatch):
+    """mp_20_biternary is served gzip-compressed: the git blob is the .gz file's, the
+    SHA-256 the CSV text's; the file is kept as served."""
+    base_url, files = file_server
+    text = write_csv(tmp_path / "payload.csv", [perovskite().to(fmt="cif")] * 2).read_bytes()
+    served = gzip.compress(text)
+    files["/data/mp_20_biternary/test.csv.gz"] = served
+    monkeypatch.setenv("CSP_JAX_DATA_URL", base_url)
+    monkeypatch.setitem(data.CHECKSUMS, ("mp_20_biternary", "test"), data.Checksum(
+        data.git_blob_sha1(served), hashlib.sha256(text).hexdigest()))
+    ds = data.load_split("mp_20_biternary", "test", tmp_path / "data", download=True, cache_dir=tmp_path / "c")
+    assert len(ds) == 2 and (tmp_path / "data" / "mp_20_biternary" / "test.csv.gz").read_bytes() == served
+    monkeypatch.setitem(data.CHECKSUMS, ("mp_20_biternary", "test"), data.Checksum(
+        data.git_blob_sha1(served), hashlib.sha256(served).hexdigest()))  # the wrong bytes' digest
+    with pytest.raises(data.ChecksumError):
+        data.download_split("mp_20_biternary", "test", tmp_path / "other")
+    assert not (tmp_path / "other" / "mp_20_biternary" / "test.csv.gz").exists()
+
+
 def test_download_into_writable_data_dir(served_split, tmp_path, monkeypatch):
     base_url, payload = served_split
     root, cache = tmp_path / "data", tmp_path / "cache"
@@ -402,8 +421,51 @@ def test_registry_sizes_and_checksums_match_the_files_here(data_dir):
                 continue
             text = data._read_csv_text(path)
             assert sum(1 for _ in csv.DictReader(io.StringIO(text.decode()))) == size, (info.name, split)
-            assert data.git_blob_sha1(text) == info.checksums[split].git_blob_sha1
+            served = path.read_bytes() if info.suffix == ".csv.gz" else text  # the blob of what is served
+            assert data.git_blob_sha1(served) == info.checksums[split].git_blob_sha1
             if info.checksums[split].sha256:
                 assert hashlib.sha256(text).hexdigest() == info.checksums[split].sha256
             checked += 1
-    assert checked >= 5  # Perov-5's three splits and MPTS-52's val and test are in the shared data
+    assert checked >= 7  # Perov-5's three splits, MPTS-52's and MP-20 (binary + ternary)'s val and test
+
+
+BITERNARY_ROWS = 400  # the first rows of each mp_20_biternary file: cells of 2 to 20 atoms
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_mp_20_biternary_split(data_dir, split):
+    ds = data.load_split("mp_20_biternary", split, data_dir, on_bad_row="error", limit=BITERNARY_ROWS)
+    info = data.DATASETS["mp_20_biternary"]
+    assert info.display_name == "MP-20 (binary + ternary)" and "27,136" in info.note
+    assert len(ds) == BITERNARY_ROWS and ds.max_atoms == 20
+    assert ds.num_atoms.min() >= 2 and ds.num_atoms.max() <= 20 and len(np.unique(ds.num_atoms)) > 10
+    elements = [len(np.unique(row[row > 0])) for row in ds.species]
+    assert set(elements) == {2, 3}  # binary and ternary compounds only
+    big = int(ds.rows[np.argmax(ds.num_atoms)])
+    check_against_pymatgen(ds, [0, BITERNARY_ROWS // 2, big])
+
+
+def test_mp_20_biternary_splits_share_no_material(data_dir):
+    ids = [set(data.load_split("mp_20_biternary", s, data_dir, limit=BITERNARY_ROWS).material_ids)
+           for s in ("val", "test")]
+    assert not ids[0] & ids[1]
+
+
+def test_holdout_of_the_training_split_is_fixed_and_disjoint(perov_test, data_dir):
+    from csp_jax.config import DataConfig
+
+    config = DataConfig(dataset="perov_5", train_split="test", val_split="", val_holdout=100)
+    train, val = data.training_splits(config, data_dir)
+    assert len(train) == len(perov_test) - 100 and len(val) == 100
+    assert not set(train.material_ids) & set(val.material_ids)
+    assert set(train.material_ids) | set(val.material_ids) == set(perov_test.material_ids)
+    again = data.training_splits(config, data_dir)[1]
+    np.testing.assert_array_equal(again.material_ids, val.material_ids)
+    limited = data.training_splits(DataConfig(dataset="perov_5", train_split="test", val_split="",
+                                              val_holdout=100, train_limit=50, val_limit=10), data_dir)
+    np.testing.assert_array_equal(limited[0].material_ids, train.material_ids[:50])
+    np.testing.assert_array_equal(limited[1].material_ids, val.material_ids[:10])
+    with pytest.raises(ValueError, match="val_holdout"):
+        data.training_splits(DataConfig(dataset="perov_5", train_split="test", val_split=""), data_dir)
+    with pytest.raises(ValueError, match="unknown split mp_20_biternary/train"):
+        data.training_splits(DataConfig(dataset="mp_20_biternary"), data_dir)

@@ -9,7 +9,8 @@ from pymatgen.core import Lattice, Structure
 
 from csp_jax.geometry.crystal import Crystal, from_structure, pad
 from csp_jax.evaluation.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
-                              PairResult, match_pair, match_pairs, sample_structure)
+                                        PairResult, match_pair, match_pairs)
+from csp_jax.geometry.validity import valid_structure
 
 
 def perovskite(a=3.905):
@@ -36,7 +37,7 @@ def test_perturbed_copy_matches_with_pymatgen_rms():
     result = match_pair(gt, sample)
     assert result.outcome == MATCH
     assert 0 < result.rms < 0.05
-    assert result.rms == pytest.approx(pymatgen_rms(gt, sample_structure(sample)), rel=1e-9)
+    assert result.rms == pytest.approx(pymatgen_rms(gt, valid_structure(sample)), rel=1e-9)
 
 
 def test_rms_is_invariant_to_atom_order_translation_and_padding():
@@ -61,7 +62,7 @@ def test_different_structure_does_not_match():
 def test_invalid_samples():
     gt = perovskite()
     good = from_structure(gt, dtype=np.float64)
-    assert sample_structure(good).composition == gt.composition
+    assert valid_structure(good).composition == gt.composition
     overlap = good.positions.copy()
     overlap[1] = overlap[0] + [0.3, 0.0, 0.0]
     inf_position = good.positions.copy()
@@ -76,11 +77,11 @@ def test_invalid_samples():
         "tiny_volume": good.replace(lattice=np.diag([3.905, 3.905, 0.005])),
     }
     for name, sample in invalid.items():
-        assert sample_structure(sample) is None, name
+        assert valid_structure(sample) is None, name
         assert match_pair(gt, sample).outcome == INVALID, name
     # Same pair, but 0.6 A apart across the boundary: valid.
     far = Crystal.from_frac([8, 8], [[0.03, 0.5, 0.5], [0.97, 0.5, 0.5]], 10.0 * np.eye(3))
-    assert sample_structure(far) is not None
+    assert valid_structure(far) is not None
 
 
 def test_matcher_exception_is_an_error_outcome():

@@ -5,12 +5,13 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent("""
+    import functools
     import jax, jax.numpy as jnp, numpy as np
     from csp_jax.config import get_config
     from csp_jax.data.species import expanded_species
     from csp_jax.training.loop import Batch, Capacities, run_step
     from csp_jax.training.parallel import replicate, shard_batch
-    from csp_jax.training.step import init_train_state, update_step
+    from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
     from csp_jax.geometry.crystal import Crystal
     assert jax.device_count() == 2, jax.devices()
     config = get_config("test")
@@ -22,10 +23,11 @@ SCRIPT = textwrap.dedent("""
     batch = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else jnp.asarray(x), batch)
     state = init_train_state(config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
-    (one, _), m1, _ = run_step(update_step, config, state, batch, key, Capacities(config, 5))
+    update = functools.partial(update_step, optimizer=optimizer(config.train))
+    (one, _), m1, _ = run_step(update, config_energy(config), config, state, batch, key, Capacities(config.neighbors, 5))
     sharded = shard_batch(batch)
     assert len(sharded.data.positions.sharding.device_set) == 2
-    (two, _), m2, _ = run_step(update_step, config, replicate(state), sharded, key, Capacities(config, 5))
+    (two, _), m2, _ = run_step(update, config_energy(config), config, replicate(state), sharded, key, Capacities(config.neighbors, 5))
     assert len(two.variables["params"]["out"]["kernel"].sharding.device_set) == 2
     for k in m1:
         np.testing.assert_allclose(np.asarray(m1[k]), np.asarray(m2[k]), rtol=1e-5, atol=1e-6)

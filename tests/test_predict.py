@@ -13,7 +13,7 @@ from csp_jax.config import get_config, override
 from csp_jax.geometry.crystal import from_structure
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.evaluation.matching import sample_structure
+from csp_jax.geometry.validity import valid_structure
 from csp_jax.predict import cell_species, predict
 from csp_jax.training.step import init_train_state
 
@@ -85,7 +85,7 @@ def test_predict_writes_cifs_ranked_by_energy(run_dir, tmp_path):
         assert [(not v, e) for v, e in zip(valid, named)] == sorted(
             (not v, e) for v, e in zip(valid, named))
         for path, ok in zip(paths, valid):
-            structure = sample_structure(from_structure(Structure.from_file(path)))
+            structure = valid_structure(from_structure(Structure.from_file(path)))
             assert (structure is not None) == ok
         for path, energy in zip(paths, named):
             structure = Structure.from_file(path)
@@ -132,4 +132,5 @@ def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
         parser["predict"].parse_args(["--checkpoint", "x", "--formula", "Li2O",
                                       "--num-atoms", "3", "--formula-units", "1"])
     args = parser["displacement"].parse_args(["--checkpoint", "x"])
-    assert (args.sigma, args.num_crystals, args.num_draws, args.split) == (0.1, 5, 1000, "test")
+    # unset options take the run's config.displacement values (tests/test_layout.py)
+    assert (args.sigma, args.num_crystals, args.num_draws, args.split, args.seed) == (None,) * 5

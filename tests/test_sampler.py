@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csp_jax.geometry import capacity as capacity_module
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.config import SamplerConfig
-from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule as config_schedule
 from csp_jax.sampling.mala import annealing_schedule, mala, random_crystal, run_chain
 
@@ -41,7 +41,7 @@ class FunctionEnergy:
 
     fn: Callable
     rho0: float = 0.05
-    width: int = 32
+    edges_per_chunk: int = 2**21 // 32
 
     def init(self, key):
         return {"params": {}}
@@ -297,7 +297,7 @@ def test_overflow_reruns_equal_a_large_capacity_run():
     # Capacity 18 is enough to start but overflows mid-chain, where the energy is wrong.
     with pytest.MonkeyPatch.context() as patch, pytest.raises(
             RuntimeError, match="overflows in the segment from step"):
-        patch.setattr(driver, "MAX_RERUNS", 0)
+        patch.setattr(capacity_module, "MAX_RERUNS", 0)
         run(FakeCapacity(18))
 
 

@@ -25,7 +25,7 @@ from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.training import checkpoint, train
-from csp_jax.training.step import energy_of
+from csp_jax.training.step import config_energy
 
 SRTIO3 = np.array([38, 22, 8, 8, 8], np.int32)
 
@@ -36,7 +36,7 @@ class PairSpringEnergy:
     plus the density penalty: 0.01 sum_edges w(d) (d - r0)^2 / n + log(rho / rho0)^2."""
 
     rho0: float = 0.05
-    width: int = 1
+    edges_per_chunk: int = 2**18
 
     def init(self, key):
         return {"params": {"r0": jnp.array(2.5)}}
@@ -103,7 +103,7 @@ def test_config_rho0_reaches_training_evaluation_and_prediction_chains(data_dir,
     with pytest.raises(ChainStarted) as training:
         train(config, tmp_path / "run", data_dir, max_steps=1, log=lambda *_: None)
     loaded = checkpoint.read_config(tmp_path / "run")  # what the run directory keeps
-    model = energy_of(loaded)
+    model = config_energy(loaded)
     assert model.rho0 == 0.03
     variables = model.init(jax.random.key(0))
     with pytest.raises(ChainStarted) as evaluation:

@@ -11,7 +11,7 @@ from csp_jax.training import checkpoint
 from csp_jax.data.species import bucket_sizes, draw_multipliers, expanded_species
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
-from csp_jax.training.step import contrastive_loss, init_train_state
+from csp_jax.training.step import config_energy, contrastive_loss, init_train_state
 from csp_jax.training import loop as training_loop
 from csp_jax.training.loop import TrainingDiverged, train
 
@@ -79,8 +79,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
     config = override(config, "train.max_bad_steps", "2")
     real_step = training_loop.update_step
 
-    def poisoned(state, data, samples, **kw):
-        new_state, metrics = real_step(state, data, samples, **kw)
+    def poisoned(state, data, samples, regularization, **kw):
+        new_state, metrics = real_step(state, data, samples, regularization, **kw)
         if int(state.step) >= 2:
             metrics = dict(metrics, loss=jnp.float32(np.nan))
         return new_state, metrics
@@ -96,41 +96,43 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
 def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
     """A step whose neighbour lists overflow is repeated with grown capacities until none does."""
     train_set = load_split("perov_5", "train", data_dir, limit=2)
-    capacities = training_loop.Capacities(config, data_atoms=5)
+    capacities = training_loop.Capacities(config.neighbors, data_atoms=5)
     batch, _ = training_loop.make_batch(config, train_set, np.arange(2), np.random.default_rng(0))
     state = init_train_state(config, jax.random.PRNGKey(0))
     seen = []
 
-    def step(state, data, samples, *, data_capacity, sample_capacity, **_):
+    def step(state, data, samples, regularization, *, data_capacity, sample_capacity, **_):
         seen.append((data_capacity, sample_capacity))
         overflow = data_capacity.max_edges < 5000
         return None, {"loss": np.float32(1.0), "overflow": np.bool_(overflow),
                       "data_needs": np.array([100, 5000]), "sample_needs": np.array([10, 10])}
 
-    _, metrics, reruns = training_loop.run_step(step, config, state, batch, jax.random.PRNGKey(1),
-                                                capacities)
+    _, metrics, reruns = training_loop.run_step(step, config_energy(config), config, state, batch,
+                                                jax.random.PRNGKey(1), capacities)
     assert not metrics["overflow"] and len(seen) == 2 and reruns >= 1  # grown to the need at once
     assert seen[1][0].max_edges >= 5000 > seen[0][0].max_edges
     assert seen[0][1] == seen[1][1]  # the samples' capacity held what they needed
     assert 0.0 < metrics["acceptance"] <= 1.0
     # The grown capacities are kept (and saved with checkpoints).
-    restored = training_loop.Capacities(config, 5, capacities.to_json())
+    restored = training_loop.Capacities(config.neighbors, 5, capacities.to_json())
     assert restored.data == capacities.data and restored.data.max_edges >= 5000
-    assert restored.samples == capacities.samples and capacities.samples
+    assert restored.chains == capacities.chains and capacities.chains
+    assert restored.update == capacities.update is not None
 
 
 def test_update_step_reports_overflow_of_a_small_capacity(config):
     """The jitted step flags (never hides) crystals whose neighbour lists do not fit."""
     from csp_jax.geometry.crystal import Crystal
     from csp_jax.geometry.neighbors import NeighborCapacity
-    from csp_jax.training.step import energy_of, update_step
+    from csp_jax.training.step import optimizer, update_step
 
     rng = np.random.default_rng(0)
     lattice = np.stack([6.0 * np.eye(3)] * 2).astype(np.float32)
     species = np.array([[38, 22, 8, 8, 8]] * 2, np.int32)
     data = Crystal(species, (rng.uniform(0, 1, (2, 5, 3)) @ lattice).astype(np.float32), lattice)
     state = init_train_state(config, jax.random.PRNGKey(0))
-    step = functools.partial(update_step, state, data, data, energy=energy_of(config), config=config,
+    step = functools.partial(update_step, state, data, data, config.train.regularization,
+                             energy=config_energy(config), optimizer=optimizer(config.train),
                              data_capacity=NeighborCapacity.for_atoms(5))
     _, metrics = step(sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
     assert bool(metrics["overflow"]) and np.any(np.asarray(metrics["sample_needs"]) > np.array([8, 64]))

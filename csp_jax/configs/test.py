@@ -12,8 +12,8 @@ def get_config() -> Config:
     return Config(
         name="test",
         model=ModelConfig(features=32, num_conv=3, num_fc=2),
-        data=DataConfig(dataset="perov_5", max_atoms=10, train_limit=8, val_limit=2),
-        sampler=SamplerConfig(num_steps=10, segment_length=10, geometric_q=0.0),
+        data=DataConfig(dataset="perov_5", max_atoms=10, train_limit=8, val_limit=2, geometric_q=0.0),
+        sampler=SamplerConfig(num_steps=10, segment_length=10),
         train=TrainConfig(batch_size=2, num_epochs=1, checkpoint_every=2),
         eval=EvalConfig(num_samples=2, batch_size=8, limit=3),
     )

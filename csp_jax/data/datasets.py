@@ -1,12 +1,14 @@
 """Benchmark datasets: locating, downloading, parsing and caching the CSV splits.
 
 The CDVAE/DiffCSP splits (`perov_5`, `mp_20`, `mpts_52`; `train`, `val`, `test`)
-are CSV files with one P1 CIF per row (column `cif`). Loading a split (SPEC §4):
+and `mp_20_biternary` (`val`, `test`: MP-20's binary and ternary rows) are CSV
+files with one P1 CIF per row (column `cif`). Loading a split (SPEC §4):
 
 1. find `<data_dir>/<dataset>/<split>.csv` or `.csv.gz` (data dir from the
    argument, else `$CSP_JAX_DATA`), else a copy downloaded earlier into
    `<cache_dir>/data/`; when none exists and `download=True`, fetch the file from
-   the DiffCSP repository at a pinned commit and verify its checksums;
+   the dataset's source (`DatasetInfo.source`, a repository at a pinned commit)
+   and verify its checksums;
 2. parse every CIF with pymatgen, Niggli-reduce it (`get_reduced_structure()`,
    which also wraps atoms into the cell) and pad it into a `Crystal`;
 3. save the arrays as `.npz` in the cache dir (`$CSP_JAX_CACHE`, default
@@ -41,18 +43,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from csp_jax.data.registry import DATASETS, SPLITS, Checksum
-from csp_jax.files import write_atomic
+from csp_jax.config import DataConfig
+from csp_jax.data.registry import DATASETS, Checksum
+from csp_jax.errors import one_line
+from csp_jax.files import cache_dir as cache_root, write_atomic
 from csp_jax.geometry.crystal import MAX_Z, Crystal, from_structure, pad, stack, to_structure
+from csp_jax.geometry.validity import MIN_DISTANCE  # closer atoms (own images included): a bad row
 
-DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
-DEFAULT_DATA_URL = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
 
 # Bump when parsing or the cache layout changes, so stale caches are not reused.
 DOWNLOAD_ATTEMPTS = 3
 DOWNLOAD_TIMEOUT_S = 120.0  # seconds without data before an attempt is abandoned
 CACHE_FORMAT = 2  # 2: rows with overlapping atoms or implausible volumes are bad rows
-MIN_DISTANCE = 0.5  # Angstrom: closer atoms (periodic images included) are a bad row
 VOLUME_PER_ATOM = (1.0, 1000.0)  # Angstrom^3: a cell outside this range is a bad row
 # Files with fewer rows are parsed in-process: starting workers costs more.
 _MIN_ROWS_FOR_POOL = 256
@@ -71,14 +73,15 @@ class ChecksumError(ValueError):
 
 def known_splits() -> dict[str, tuple[str, ...]]:
     """The datasets this module knows, each with its split names."""
-    return {dataset: SPLITS for dataset in DATASETS}
+    return {dataset: tuple(info.sizes) for dataset, info in DATASETS.items()}
 
 
 def _check_known(dataset: str, split: str) -> None:
-    if dataset not in DATASETS or split not in SPLITS:
-        raise ValueError(
-            f"unknown split {dataset}/{split}; known datasets {sorted(DATASETS)}, "
-            f"splits {list(SPLITS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets {sorted(DATASETS)}")
+    if split not in DATASETS[dataset].sizes:
+        raise ValueError(f"unknown split {dataset}/{split}; {dataset} has the splits "
+                         f"{', '.join(DATASETS[dataset].sizes)}")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -89,12 +92,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
             "no data directory: pass data_dir (--data-dir) or set CSP_JAX_DATA "
             "to a folder holding <dataset>/<split>.csv[.gz]")
     return Path(chosen).expanduser()
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache directory: `cache_dir` if given, else `$CSP_JAX_CACHE`, else ~/.cache/csp_jax."""
-    chosen = cache_dir if cache_dir is not None else os.environ.get("CSP_JAX_CACHE")
-    return Path(chosen or "~/.cache/csp_jax").expanduser()
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -111,20 +108,33 @@ def _ensure_writable_dir(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def _csv_sha256(data: bytes, suffix: str) -> str:
+    """SHA-256 of the CSV text of a file's bytes (gunzipped for ".gz"; "" when damaged)."""
+    if suffix.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            return ""
+    return hashlib.sha256(data).hexdigest()
+
+
 def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
                    base_url: str | None = None) -> Path:
-    """Download `<base_url>/<dataset>/<split>.csv` into `dest_dir/<dataset>/<split>.csv`.
+    """Download `<base_url>/<dataset>/<split><suffix>` into `dest_dir/<dataset>/`.
 
-    `base_url` defaults to `$CSP_JAX_DATA_URL`, else the DiffCSP data folder at
-    DIFFCSP_COMMIT. The bytes must match CHECKSUMS (git blob SHA-1, and SHA-256
-    where known), else ChecksumError and nothing is written. The file is written
+    `base_url` defaults to `$CSP_JAX_DATA_URL`, else the dataset's `source` (the
+    DiffCSP data folder at a pinned commit for the CDVAE/DiffCSP splits); the
+    suffix is the dataset's (".csv" or ".csv.gz"). The file must match CHECKSUMS
+    (git blob SHA-1 of the bytes served, SHA-256 of the CSV text where known),
+    else ChecksumError and nothing is written. The file is written
     to a temporary name and renamed, so a partial download is never visible. A
     transfer that times out, is cut short or fails its checksum is tried again,
     DOWNLOAD_ATTEMPTS times in all.
     """
     _check_known(dataset, split)
-    base_url = base_url or os.environ.get("CSP_JAX_DATA_URL") or DEFAULT_DATA_URL
-    url = f"{base_url.rstrip('/')}/{dataset}/{split}.csv"
+    info = DATASETS[dataset]
+    base_url = base_url or os.environ.get("CSP_JAX_DATA_URL") or info.source
+    url = f"{base_url.rstrip('/')}/{dataset}/{split}{info.suffix}"
     expected = CHECKSUMS[(dataset, split)]
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
@@ -136,8 +146,7 @@ def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
             failure = MissingDataError(f"{url}: download failed after {attempt} attempts: "
                                        f"{type(error).__name__}: {error}")
             continue
-        got = Checksum(git_blob_sha1(data),
-                       hashlib.sha256(data).hexdigest() if expected.sha256 else None)
+        got = Checksum(git_blob_sha1(data), _csv_sha256(data, info.suffix) if expected.sha256 else None)
         if got == expected:
             break
         failure = ChecksumError(
@@ -145,7 +154,7 @@ def download_split(dataset: str, split: str, dest_dir: str | os.PathLike,
             f"{got.git_blob_sha1}, expected {expected.git_blob_sha1}); file not kept")
     else:
         raise failure
-    target = Path(dest_dir) / dataset / f"{split}.csv"
+    target = Path(dest_dir) / dataset / f"{split}{info.suffix}"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, data)
     return target
@@ -169,7 +178,7 @@ def split_path(dataset: str, split: str, data_dir: str | os.PathLike | None = No
         root = resolve_data_dir(data_dir)
     except MissingDataError as error:
         no_root = error
-    fallback = resolve_cache_dir(cache_dir) / "data"
+    fallback = cache_root(cache_dir) / "data"
     roots = [r for r in (root, fallback) if r is not None]
     candidates = [r / dataset / f"{split}{ext}" for r in roots for ext in (".csv", ".csv.gz")]
     for path in candidates:
@@ -287,11 +296,6 @@ def _parse_cif(args: tuple[str, int | None]) -> Crystal | tuple[str, str]:
     return from_structure(reduced, dtype=np.float64)
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _describe(bad_row: _BadRow) -> str:
     detail = f" ({bad_row.detail})" if bad_row.detail else ""
     return f"row {bad_row.row}: {bad_row.reason}{detail}"
@@ -302,9 +306,9 @@ def _apply_bad_row_policy(source: str, bad: list[_BadRow], total: int, on_bad_ro
     if not bad:
         return
     if on_bad_row == "error":
-        raise ValueError(_one_line(f"{source}: {_describe(bad[0])}", limit=400))
+        raise ValueError(one_line(f"{source}: {_describe(bad[0])}", limit=400))
     reasons = ", ".join(f"{n} {r}" for r, n in Counter(b.reason for b in bad).most_common())
-    warnings.warn(_one_line(f"{source}: skipped {len(bad)} of {total} rows (reasons: {reasons}; "
+    warnings.warn(one_line(f"{source}: skipped {len(bad)} of {total} rows (reasons: {reasons}; "
                             f"first: {_describe(bad[0])})", limit=400), stacklevel=3)
 
 
@@ -391,7 +395,7 @@ def load_csv(path: str | os.PathLike, *, max_atoms: int | None = None,
         raise ValueError(f"limit must be a positive number of crystals, not {limit}")
     path = Path(path)
     data = _read_csv_text(path)
-    cache_file = _cache_file(resolve_cache_dir(cache_dir), path,
+    cache_file = _cache_file(cache_root(cache_dir), path,
                              hashlib.sha256(data).hexdigest(), max_atoms, limit)
     if cache and cache_file.is_file():
         cached = _load_cached(cache_file, path, on_bad_row)
@@ -457,3 +461,36 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
     return load_csv(path, max_atoms=max_atoms or DATASETS[dataset].max_atoms,
                     on_bad_row=on_bad_row, cache=cache, cache_dir=cache_dir, workers=workers,
                     limit=limit)
+
+
+HOLDOUT_SEED = 0  # the fixed shuffle a validation hold-out is taken from
+
+
+def training_splits(data: DataConfig, data_dir: str | os.PathLike | None = None):
+    """(training crystals, validation crystals) of a config's `data` section.
+
+    The training crystals are `data.train_split`; the validation crystals are
+    `data.val_split`, or, when that is "", the last `data.val_holdout` of a
+    fixed shuffle (HOLDOUT_SEED) of the training split, which training then
+    does without. `train_limit` / `val_limit` keep the first N of each (the
+    training split is then parsed no further, unless a hold-out needs it whole).
+    """
+    def load(split, limit):
+        return load_split(data.dataset, split, data_dir, download=True, limit=limit or None)
+
+    if data.val_split:
+        return load(data.train_split, data.train_limit), load(data.val_split, data.val_limit)
+    if data.val_holdout < 1:
+        raise ValueError("data.val_split is empty: set data.val_holdout to the number of "
+                         "training crystals held out for validation")
+    whole = load(data.train_split, 0)
+    if data.val_holdout >= len(whole):
+        raise ValueError(f"data.val_holdout={data.val_holdout} leaves no training crystals of "
+                         f"the {len(whole)} in {data.dataset}/{data.train_split}")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(whole))
+    train, val = np.sort(order[:-data.val_holdout]), np.sort(order[-data.val_holdout:])
+    if data.train_limit:
+        train = train[:data.train_limit]
+    if data.val_limit:
+        val = val[:data.val_limit]
+    return whole.subset(train), whole.subset(val)

@@ -1,21 +1,28 @@
 """The datasets csp_jax knows: one record each, with everything known about it.
 
 A `DatasetInfo` holds a benchmark's display name, its published cell size
-(the default padding), its splits with their row counts and checksums, and
-the paper's Table 1 numbers on it. Add a dataset by adding a record here.
+(the default padding), its splits with their row counts and checksums, where
+they are downloaded from, and the paper's Table 1 numbers on it (with a note
+where those were measured on other data). Add a dataset by adding a record here.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-SPLITS = ("train", "val", "test")
 
 
 class Checksum(NamedTuple):
-    """Expected digests of a decompressed split CSV (`sha256` is None where unknown)."""
+    """Expected digests of a split: the git blob id of the file as served (a `.csv`, or a
+    `.csv.gz` for a gzip source) and the SHA-256 of the CSV text (None where unknown)."""
 
     git_blob_sha1: str
     sha256: str | None = None
+
+
+DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"
+DIFFCSP_DATA = f"https://raw.githubusercontent.com/jiaor17/DiffCSP/{DIFFCSP_COMMIT}/data"
+WYCKOFF_COMMIT = "507e8f147a0e87905c2574ebfbbfc9fa21c2fb09"
+WYCKOFF_DATA = f"https://raw.githubusercontent.com/SymmetryAdvantage/WyckoffTransformer/{WYCKOFF_COMMIT}/data"
 
 
 class DatasetInfo(NamedTuple):
@@ -29,6 +36,9 @@ class DatasetInfo(NamedTuple):
                   (git blob ids) and SHA-256 where a copy was checked.
     paper:        Table 1 of the ContinuouSP paper on this dataset, 20 samples:
                   method -> (match rate %, RMSE).
+    source:       the folder the splits are downloaded from (`<source>/<name>/<split><suffix>`).
+    suffix:       ".csv", or ".csv.gz" for a gzip-compressed source.
+    note:         what a reader of `paper` must know (e.g. it was measured on other data).
     """
 
     name: str
@@ -37,6 +47,9 @@ class DatasetInfo(NamedTuple):
     sizes: dict
     checksums: dict
     paper: dict
+    source: str = DIFFCSP_DATA
+    suffix: str = ".csv"
+    note: str = ""
 
 
 DATASETS = {d.name: d for d in (
@@ -66,6 +79,20 @@ DATASETS = {d.name: d for d in (
                           "4d6e76c4726fb12fb2a7e5bb23594f9b82dbd9bf67b7bfd4866e9c74a8f49038")},
         {"ContinuouSP (paper)": (11.77, 0.2647), "DiffCSP": (34.02, 0.1749), "CDVAE": (20.79, 0.2085),
          "RS (random search)": (2.05, 0.3329)}),
+    DatasetInfo(
+        # Every binary and ternary row of MP-20's val and test splits (79% of each), with
+        # MP-20's columns; no train split: a model trains on val (less a hold-out) and is
+        # tested on test. 680 val and 689 test material_ids also occur in MPTS-52 val + test.
+        "mp_20_biternary", "MP-20 (binary + ternary)", 20, {"val": 7140, "test": 7118},
+        {"val": Checksum("ea97fada8ab0bf4c9e2761a6ca62e3d10537aaa1",
+                         "8f14dfefa9beb88739e5e21d75c797265f51b754105613a20aee9d1478e01e86"),
+         "test": Checksum("220c041da79efde30db5b49ca639c21efa1cff4d",
+                          "f8fe51d9eacfc3ec4f7614399b79383a8e158ddd3c54137eb182027d1a866276")},
+        {"ContinuouSP (paper)": (44.21, 0.1757), "DiffCSP": (77.93, 0.0492), "CDVAE": (66.95, 0.1026),
+         "RS (random search)": (8.73, 0.2501)},
+        source=WYCKOFF_DATA, suffix=".csv.gz",
+        note="published numbers are on all of MP-20 (27,136 training crystals, all element "
+             "counts), not on this subset"),
 )}
 
 

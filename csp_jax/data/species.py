@@ -1,11 +1,15 @@
 """Training batches of negative-sample species (SPEC §3, last bullet).
 
 For each data crystal the chain's species vector is `Expand(Reduce(A), j)` with
-`j ~ Geometric(0.5)` on {1, 2, ...}. Expanded cells are capped at `max_atoms`
-atoms (j is lowered to the largest multiple that fits; every such case is
-counted) and padded to the bucket size of the batch's largest cell; the
-training loop then runs each chain at its own cell's bucket size
-(`chain_groups`), so small cells do not pay for the largest.
+`j ~ Geometric(0.5)` on {1, 2, ...} (the paper's; `unit="formula"`), or the
+data crystal's own cell repeated j times (`unit="cell"`: with q = 0 the
+negatives have exactly the data cells' sizes, Z formula units each, as the
+test chains do). Expanded cells are capped at `max_atoms` atoms (j is lowered
+to the largest multiple that fits; every such case is counted) and padded to
+`max_atoms`. The training loop runs the chains in groups of a fixed number of
+chains of similar size (`chain_groups`), each at the bucket size of its
+largest cell, so small cells do not pay for the largest and few shapes are
+ever compiled.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from csp_jax.config import DataConfig
 from csp_jax.geometry.crystal import expand_composition, reduce_composition
 
 
@@ -46,29 +51,49 @@ class SampleSpecies(NamedTuple):
     num_capped: int
 
 
-def draw_multipliers(rng: np.random.Generator, size: int, q: float = 0.5) -> np.ndarray:
+def draw_multipliers(rng: np.random.Generator, size: int, q: float = DataConfig.geometric_q) -> np.ndarray:
     """j on {1, 2, ...} with P(j) = q^(j-1) (1 - q); for q = 0.5, P(j) = 0.5^j."""
     return rng.geometric(1.0 - q, size=size)
 
 
-def expanded_species(species: np.ndarray, multipliers: np.ndarray, max_atoms: int) -> SampleSpecies:
-    """`Expand(Reduce(A_b), j_b)` for every row of `species: [B, N]`, capped and bucketed."""
-    compositions = [reduce_composition(row) for row in species]
+UNITS = ("formula", "cell")
+
+
+def cell_composition(species) -> dict[int, int]:
+    """The composition of the whole cell, `{Z: count}` (what `unit="cell"` repeats)."""
+    zs, counts = np.unique(np.asarray(species)[np.asarray(species) > 0], return_counts=True)
+    return {int(z): int(c) for z, c in zip(zs, counts)}
+
+
+def expanded_species(species: np.ndarray, multipliers: np.ndarray, max_atoms: int,
+                     unit: str = "formula") -> SampleSpecies:
+    """j_b units of every row of `species: [B, N]`, capped, padded to [B, max_atoms].
+
+    unit "formula": `Expand(Reduce(A_b), j_b)` (SPEC §3); "cell": the row's own
+    cell repeated j_b times.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, not {unit!r}")
+    of = reduce_composition if unit == "formula" else cell_composition
+    compositions = [of(row) for row in species]
     sizes = np.array([sum(c.values()) for c in compositions])
     if np.any(sizes > max_atoms):
-        raise ValueError(f"a reduced composition has more than max_atoms={max_atoms} atoms")
+        raise ValueError(f"a {unit} has more than max_atoms={max_atoms} atoms")
     allowed = np.minimum(multipliers, max_atoms // sizes)
-    width = bucket_for(int(np.max(sizes * allowed)), max_atoms)
-    out = np.stack([expand_composition(c, int(j), width) for c, j in zip(compositions, allowed)])
+    out = np.stack([expand_composition(c, int(j), max_atoms) for c, j in zip(compositions, allowed)])
     return SampleSpecies(out, allowed, int(np.sum(allowed < multipliers)))
 
 
-def chain_groups(species: np.ndarray, max_atoms: int) -> list[tuple[int, np.ndarray]]:
-    """Rows of species [B, N] grouped by the bucket size of their own cell.
+def chain_groups(species: np.ndarray, max_atoms: int, group_size: int) -> list[tuple[int, np.ndarray]]:
+    """Rows of species [B, N] in groups of `group_size` rows of similar size.
 
-    Returns [(width, row indices)] in increasing width: run each group's
-    chains at that width (`species[rows, :width]`, padding only).
+    Rows are sorted by their number of atoms (stable) and cut into consecutive
+    groups of `group_size` (the last one may be shorter: the caller fills it
+    up); each group runs at the bucket size of its largest cell. Returns
+    [(width, row indices)] in increasing width. A batch then meets only the
+    shapes (group_size, bucket size), whatever its sizes.
     """
     sizes = np.count_nonzero(species, axis=1)
-    widths = np.array([bucket_for(int(n), max_atoms) for n in sizes])
-    return [(int(w), np.flatnonzero(widths == w)) for w in np.unique(widths)]
+    order = np.argsort(sizes, kind="stable")
+    groups = [order[i:i + group_size] for i in range(0, len(order), group_size)]
+    return [(bucket_for(int(sizes[rows].max()), max_atoms), rows) for rows in groups]

@@ -2,7 +2,7 @@
 
 Any hashable object with these members can be sampled, trained, evaluated and
 used for prediction (`tests/test_toy_energy.py` runs a pairwise energy through
-all of them). `csp_jax.energy.ContinuouSPEnergy` is the paper's.
+all of them). `csp_jax.energy.EnergyModel` is the paper's.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from csp_jax.geometry.crystal import Crystal
 class Energy(Protocol):
     """An energy H(A, X, L) of one crystal with explicit variables.
 
-    rho0:  reference density (atoms per A^3) of the chains' random starts
-           (SPEC §3: E|det L| = n / rho0).
-    width: features per pair edge; the chain driver sizes its vmapped chunks
-           by edges x width (CPU cache tuning, `csp_jax.sampling.driver`).
+    rho0:            reference density (atoms per A^3) of the chains' random
+                     starts (SPEC §3: E|det L| = n / rho0).
+    edges_per_chunk: the energy's declared cost: how many pair edges (chains x
+                     edge capacity) to vmap together; the chain driver sizes its
+                     chunks of chains by it (`csp_jax.sampling.driver.chains_per_chunk`).
 
     The object must be hashable and equal by value (compilations are cached
     on it). Its energy must be differentiable in `crystal.positions` and
@@ -28,7 +29,7 @@ class Energy(Protocol):
     """
 
     rho0: float
-    width: int
+    edges_per_chunk: int
 
     def init(self, key) -> dict:
         """Fresh variables `{"params": ..., ...}`; only "params" is trained."""

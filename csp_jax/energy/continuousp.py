@@ -23,10 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from csp_jax.geometry.crystal import Crystal
+from csp_jax.config import ModelConfig
+from csp_jax.energy import native
 from csp_jax.energy.network import CGCNN, power_iteration_step
+from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import (
     NeighborCapacity, NeighborList, cutoff_radius, edge_vectors, neighbor_list, safe_norm)
+
+# Pair-edge features (chains x edges x width) per vmapped chunk of chains,
+# measured best on a 2-core CPU with 1 MB of L2 per core (docs/performance.md):
+# with XLA ops, whose per-edge arrays should stay in cache, and with the fused
+# CPU kernel (`csp_jax.energy.native`), which keeps only the matmuls' outputs.
+CHUNK_WORK = 2**18
+CHUNK_WORK_NATIVE = 2**21
 
 
 def density_penalty(crystal: Crystal, rho0: float, weight: float) -> jax.Array:
@@ -45,8 +54,8 @@ class EnergyModel:
     features: int
     num_conv: int
     num_fc: int
-    rho0: float = 0.05
-    density_weight: float = 1.0
+    rho0: float = ModelConfig.rho0
+    density_weight: float = ModelConfig.density_weight
 
     @classmethod
     def from_config(cls, cfg) -> "EnergyModel":
@@ -54,9 +63,10 @@ class EnergyModel:
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
     @property
-    def width(self) -> int:
-        """Features per pair edge (the `Energy` interface's chunk-sizing hint)."""
-        return self.features
+    def edges_per_chunk(self) -> int:
+        """Pair edges (chains x edge capacity) to vmap together: CHUNK_WORK(_NATIVE) features
+        per chunk over `features` per edge (the `Energy` interface's declared cost)."""
+        return (CHUNK_WORK_NATIVE if native.active() else CHUNK_WORK) // self.features
 
     @property
     def network(self) -> CGCNN:

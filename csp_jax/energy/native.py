@@ -33,6 +33,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from csp_jax.files import cache_dir
+
 SOURCE = Path(__file__).parent / "kernels" / "pair_conv.cc"
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-std=c++17",
          "-shared", "-fPIC")
@@ -41,8 +43,7 @@ BACKWARD_TARGET = "csp_jax_pair_conv_backward"
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("CSP_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "csp_jax")
-    return Path(root) / "native"
+    return cache_dir() / "native"
 
 
 def _cpu_signature() -> str:

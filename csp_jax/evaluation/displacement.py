@@ -18,35 +18,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csp_jax.config import Config
+from csp_jax.config import Config, DisplacementConfig
 from csp_jax.data.datasets import CrystalDataset
 from csp_jax.energy.base import Energy
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.sampling.driver import grow_until_no_overflow, largest_needs
+from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
 
 CSV_FIELDS = ("material_id", "atom_index", "element", "displacement", "energy", "energy_undisplaced")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "capacity", "num_draws"))
-def _energies(model: Energy, variables, crystal: Crystal, atom, key, sigma, *,
+@functools.partial(jax.jit, static_argnames=("energy", "capacity", "num_draws"))
+def _energies(energy: Energy, variables, crystal: Crystal, atom, key, sigma, *,
               num_draws: int, capacity):
     """(|displacement| [D], H [D], H undisplaced [], overflow [], needs [D + 1, M]) for D draws on one atom."""
     noise = sigma * jax.random.normal(key, (num_draws, 3), crystal.positions.dtype)
 
-    def energy_of(shift):
+    def displaced(shift):
         moved = crystal.replace(positions=crystal.positions.at[atom].add(shift))
-        energy, aux = model.energy(variables, moved, capacity)
-        return energy, aux.overflow, aux.needs
+        h, aux = energy.energy(variables, moved, capacity)
+        return h, aux.overflow, aux.needs
 
-    energies, overflow, needs = jax.vmap(energy_of)(noise)
-    undisplaced, overflow_0, needs_0 = energy_of(jnp.zeros(3, noise.dtype))
+    energies, overflow, needs = jax.vmap(displaced)(noise)
+    undisplaced, overflow_0, needs_0 = displaced(jnp.zeros(3, noise.dtype))
     return (jnp.linalg.norm(noise, axis=-1), energies, undisplaced, jnp.any(overflow) | overflow_0,
             jnp.concatenate([needs, needs_0[None]]))
 
 
-def displaced_energies(model: Energy, variables, crystal: Crystal, atom: int, key, *,
-                       sigma: float = 0.1, num_draws: int = 1000, capacity=None):
+def displaced_energies(energy: Energy, variables, crystal: Crystal, atom: int, key, *,
+                       sigma: float = DisplacementConfig.sigma,
+                       num_draws: int = DisplacementConfig.num_draws, capacity=None):
     """H with atom `atom` of one crystal moved by N(0, sigma^2) noise per Cartesian component.
 
     crystal: one padded Crystal (species [N]). Returns numpy (displacement
@@ -57,7 +58,7 @@ def displaced_energies(model: Energy, variables, crystal: Crystal, atom: int, ke
     capacity = NeighborCapacity.for_atoms(crystal.species.shape[-1]) if capacity is None else capacity
 
     def run(capacity):
-        out = jax.device_get(_energies(model, variables, crystal, atom, key, sigma,
+        out = jax.device_get(_energies(energy, variables, crystal, atom, key, sigma,
                                        num_draws=num_draws, capacity=capacity))
         return out[:3], out[3], largest_needs(out[4])
 
@@ -82,29 +83,35 @@ def _plot(panels: list[dict], sigma: float, path: Path) -> None:
     fig.savefig(path, dpi=150)
 
 
-def displacement_experiment(config: Config, model: Energy, variables, dataset: CrystalDataset,
-                            out_dir, *, sigma: float = 0.1, num_crystals: int = 5,
-                            num_draws: int = 1000, seed: int = 0,
+def displacement_experiment(config: Config, energy: Energy, variables, dataset: CrystalDataset,
+                            out_dir, *, sigma: float | None = None, num_crystals: int | None = None,
+                            num_draws: int | None = None, seed: int | None = None,
                             log: Callable[[str], None] = print) -> tuple[Path, Path]:
     """SPEC §6: write `displacement.csv` (one row per draw, CSV_FIELDS) and `displacement.png`.
 
+    Options left None take `config.displacement` values.
     Crystals (without replacement) and their atoms are drawn from
     `numpy.random.default_rng(seed)`; the noise of crystal c from
     `fold_in(PRNGKey(seed), c)`. Returns (csv path, png path).
     """
     from pymatgen.core import Element
 
+    c = config.displacement
+    sigma = c.sigma if sigma is None else sigma
+    num_crystals = c.num_crystals if num_crystals is None else num_crystals
+    num_draws = c.num_draws if num_draws is None else num_draws
+    seed = c.seed if seed is None else seed
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(dataset), size=min(num_crystals, len(dataset)), replace=False)
     capacity = NeighborCapacity.from_config(config.neighbors, dataset.max_atoms)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     panels = []
-    for c, i in enumerate(picks):
+    for index, i in enumerate(picks):
         atom = int(rng.integers(dataset.num_atoms[i]))
         crystal = jax.tree.map(lambda a: a[i], dataset.crystals)
         displacement, energies, undisplaced = displaced_energies(
-            model, variables, crystal, atom, jax.random.fold_in(jax.random.PRNGKey(seed), c),
+            energy, variables, crystal, atom, jax.random.fold_in(jax.random.PRNGKey(seed), index),
             sigma=sigma, num_draws=num_draws, capacity=capacity)
         element = Element.from_Z(int(crystal.species[atom])).symbol
         panels.append({"material_id": str(dataset.material_ids[i]), "atom": atom, "element": element,

@@ -14,6 +14,7 @@ scores a stored sample file again without sampling.
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -23,24 +24,26 @@ from typing import Callable
 import jax
 import numpy as np
 
-from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.data.datasets import CrystalDataset
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation import metrics
-from csp_jax.evaluation.matching import sample_structure
+from csp_jax.evaluation.figures import evaluation_pngs
+from csp_jax.geometry.validity import valid_structure
 from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import sample_rows, schedule
+from csp_jax.sampling.mala import mala
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
 SETTINGS_FILE = "settings.json"
 
 
 def sample_chains(config: Config, energy: Energy, variables, species, key, *, batch_size: int,
-                  parts_dir: Path | None = None, log: Callable[[str], None] = print):
+                  parts_dir: Path | None = None, kernel: Callable = mala,
+                  log: Callable[[str], None] = print):
     """Annealed chains (the config's evaluation schedule) from random starts, one per row.
 
     species: [M, N] int (0 = padding); row r uses the key `fold_in(key, r)`.
@@ -74,15 +77,15 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
                 "non_finite": np.array(non_finite)}
         done.append(part)
         if parts_dir is not None:
-            tmp = parts_dir / f"rows_{begin:08d}.tmp.npz"
-            np.savez(tmp, **part)
-            tmp.replace(parts_dir / f"rows_{begin:08d}.npz")  # complete or absent, never half-written
+            buffer = io.BytesIO()
+            np.savez(buffer, **part)
+            write_atomic(parts_dir / f"rows_{begin:08d}.npz", buffer.getvalue())
 
     first = len(done) * batch_size
     if first < num_rows:
         sample_rows(key, species[first:], energy, variables, capacity, steps, batch_size=batch_size,
-                    segment_length=config.sampler.segment_length, first_row=first, log=log,
-                    on_batch=save_part)
+                    segment_length=config.sampler.segment_length, kernel=kernel, first_row=first,
+                    log=log, on_batch=save_part)
     crystals = Crystal(species, np.concatenate([p["positions"] for p in done]),
                        np.concatenate([p["lattice"] for p in done]))
     return (crystals, np.concatenate([p["energies"] for p in done]),
@@ -104,7 +107,7 @@ def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> N
     cif_dir.mkdir(parents=True, exist_ok=True)
     for t, material_id in enumerate(material_ids):
         first = metrics.sample_at(samples, t, 0)
-        if sample_structure(first) is not None:
+        if valid_structure(first) is not None:
             CifWriter(to_structure(first)).write_file(cif_dir / f"{material_id}.cif")
 
 
@@ -116,12 +119,13 @@ def _paths(out_dir, split: str) -> tuple[Path, Path]:
 def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset, out_dir, *,
              split: str | None = None, num_samples: int | None = None, limit: int | None = None,
              batch_size: int | None = None, key=None, timeout_s: float | None = None,
-             workers: int | None = None, resume: bool = False,
+             workers: int | None = None, resume: bool = False, kernel: Callable = mala,
              log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
 
     dataset: the whole split (its length is the total the report compares with).
-    Options left None take `config.eval` values; key defaults to PRNGKey(0).
+    Options left None take `config.eval` values (key: PRNGKey(eval.seed)).
+    kernel: the sampler (`mala`'s shape).
     limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
     says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
     continues from them (with the same settings, checked), otherwise an
@@ -135,7 +139,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     limit = e.limit if limit is None else limit
     batch_size = e.batch_size if batch_size is None else batch_size
     timeout_s = e.match_timeout if timeout_s is None else timeout_s
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = jax.random.PRNGKey(config.eval.seed) if key is None else key
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path, stem = _paths(out_dir, split)
@@ -160,7 +164,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     start = time.perf_counter()
     crystals, energies, reruns, non_finite = sample_chains(
         config, energy, variables, np.repeat(test.species, num_samples, axis=0), key,
-        batch_size=batch_size, parts_dir=parts_dir, log=log)
+        batch_size=batch_size, parts_dir=parts_dir, kernel=kernel, log=log)
     seconds = time.perf_counter() - start
     log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}; "
         f"non-finite proposals rejected: {non_finite}")
@@ -177,7 +181,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite}
     json_path, md_path = metrics.write_report(results, stem, config.data.dataset, len(dataset))
-    pngs = pictures.evaluation_pngs(results, out_dir, split)
+    pngs = evaluation_pngs(results, out_dir, split)
     log(f"wrote {samples_path}, {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results
 
@@ -208,6 +212,6 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
         results["sampling"] = record["sampling"]
     json_path, md_path = metrics.write_report(results, stem, dataset_name, len(dataset))
-    pngs = pictures.evaluation_pngs(results, samples_path.parent, samples_path.name[:-len("_samples.npz")])
+    pngs = evaluation_pngs(results, samples_path.parent, samples_path.name[:-len("_samples.npz")])
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results

@@ -1,4 +1,4 @@
-"""Validity of sampled crystals and their matching against the ground truth (SPEC §5).
+"""Matching sampled crystals against the ground truth (SPEC §5).
 
 Every (ground truth, sample) pair gets exactly one outcome: `MATCH` (with the
 normalised RMS displacement), `NO_MATCH`, `INVALID` (the sample is not a
@@ -23,16 +23,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Sequence
 
-import numpy as np
-
-from csp_jax.geometry.crystal import Crystal, to_structure
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.validity import valid_structure
 
 MATCH, NO_MATCH, INVALID, ERROR, TIMEOUT = range(5)
 OUTCOME_NAMES = ("match", "no_match", "invalid", "error", "timeout")
 
 MATCHER_KWARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
-MIN_VOLUME = 0.1  # Angstrom^3
-MIN_DISTANCE = 0.5  # Angstrom
 
 
 @dataclass(frozen=True)
@@ -49,30 +46,6 @@ class PairResult:
     message: str = ""
 
 
-def sample_structure(sample: Crystal):
-    """The sample as a `pymatgen.core.Structure`, or None when it is invalid.
-
-    sample: one unbatched `Crystal` (species [N], positions [N, 3], lattice [3, 3]).
-    Invalid (SPEC §5): a NaN or infinite coordinate or lattice entry, |det L| <
-    `MIN_VOLUME`, or two distinct atoms of the cell closer than `MIN_DISTANCE`
-    under periodic boundary conditions (pymatgen's minimum-image distance
-    matrix, the criterion of DiffCSP's evaluation).
-    """
-    mask = np.asarray(sample.species) > 0
-    positions = np.asarray(sample.positions, np.float64)[mask]
-    lattice = np.asarray(sample.lattice, np.float64)
-    if not (np.isfinite(positions).all() and np.isfinite(lattice).all()):
-        return None
-    if abs(np.linalg.det(lattice)) < MIN_VOLUME:
-        return None
-    structure = to_structure(sample)
-    distances = structure.distance_matrix
-    np.fill_diagonal(distances, np.inf)
-    if distances.size and distances.min() < MIN_DISTANCE:
-        return None
-    return structure
-
-
 def match_pair(ground_truth, sample: Crystal) -> PairResult:
     """Match one sample against its ground truth.
 
@@ -82,7 +55,7 @@ def match_pair(ground_truth, sample: Crystal) -> PairResult:
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    structure = sample_structure(sample)
+    structure = valid_structure(sample)
     if structure is None:
         return PairResult(INVALID)
     try:

@@ -5,11 +5,11 @@
 - `driver`: `sample` / `sample_rows`, which every batch of chains in csp_jax
   goes through (segments, overflow re-runs, capacity refits, chunked vmap).
 """
-from csp_jax.sampling.driver import (MAX_RERUNS, SampleResult, enable_compilation_cache,
-                                     grow_until_no_overflow, sample, sample_rows, schedule)
+from csp_jax.sampling.driver import (SampleResult, Schedule, enable_compilation_cache, sample,
+                                     sample_rows, schedule)
 from csp_jax.sampling.mala import (MALAInfo, MALAState, annealing_schedule, mala, random_crystal,
                                    run_chain)
 
-__all__ = ["MAX_RERUNS", "MALAInfo", "MALAState", "SampleResult", "annealing_schedule",
-           "enable_compilation_cache", "grow_until_no_overflow", "mala", "random_crystal",
-           "run_chain", "sample", "sample_rows", "schedule"]
+__all__ = ["MALAInfo", "MALAState", "SampleResult", "Schedule", "annealing_schedule",
+           "enable_compilation_cache", "mala", "random_crystal", "run_chain", "sample",
+           "sample_rows", "schedule"]

@@ -1,21 +1,21 @@
 """The host-side chain driver: every batch of chains in csp_jax runs here.
 
 Training negatives, evaluation and prediction samples and the benchmark all
-call `sample` (or `sample_rows`, which feeds it fixed-size chunks). The driver
+call `sample` (or `sample_rows`, which feeds it fixed-size batches). The driver
 
 - runs a kernel (`mala` today: any `kernel(energy_fn, reduce_fn) -> (init_fn,
   step_fn)` of the same shape) for a batch of chains from random starts, in
-  jitted segments of the schedule, each chain vmapped in chunks sized for the
-  CPU's cache (`chains_per_chunk`);
+  jitted segments of the schedule, chains vmapped in chunks sized by the
+  energy's declared cost (`chains_per_chunk`);
 - checks the energy's overflow flags after every segment and re-runs an
   overflowing segment from its saved start with a grown capacity
-  (`grow_until_no_overflow`, the one such loop, with one limit `MAX_RERUNS`),
+  (`csp_jax.geometry.capacity.grow_until_no_overflow`),
   so a result never depends on a capacity that was too small;
 - refits the capacity to the chains' needs between segments (chains need
   fewer neighbours as they settle, and the work is per edge of capacity);
 - caches its compilations per (energy, kernel, reduce_fn, capacity) in the
   process, and in JAX's persistent cache across processes
-  (`enable_compilation_cache`, under `$CSP_JAX_CACHE/xla`).
+  (`enable_compilation_cache`, under `csp_jax.files.cache_dir()/xla`).
 
 Chain c of a batch uses `keys[c]` only: its random start from
 `split(keys[c])[0]`, step k from `fold_in(split(keys[c])[1], k)`, so a chain's
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,72 +33,46 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from csp_jax.energy import native
+from csp_jax.config import SamplerConfig
 from csp_jax.energy.base import Energy
+from csp_jax.files import cache_dir
+from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.progress import Progress
 from csp_jax.sampling.mala import MALAInfo, MALAState, annealing_schedule, mala, random_crystal, run_chain
 
-MAX_RERUNS = 16  # capacity growths allowed for one piece of work before giving up
+class Schedule(NamedTuple):
+    """An annealing schedule of K steps: step_sizes [K] (alpha_k) and betas [K] (1 / T_k)."""
 
-# Pair-edge features (chains x edges x width) per vmapped chunk of chains,
-# measured best on a 2-core CPU with 1 MB of L2 per core (docs/performance.md):
-# with XLA ops, whose per-edge arrays should stay in cache, and with the fused
-# CPU kernel (`csp_jax.energy.native`), which keeps only the matmuls' outputs.
-CHUNK_WORK = 2**18
-CHUNK_WORK_NATIVE = 2**21
+    step_sizes: Any
+    betas: Any
+
+    @property
+    def num_steps(self) -> int:
+        return int(np.shape(self.step_sizes)[0])
 
 
-def schedule(sampler_config, num_steps: int | None = None):
-    """(step_sizes [K], betas [K]) of a `SamplerConfig`; K = `num_steps` or its own."""
+def schedule(sampler_config, num_steps: int | None = None) -> Schedule:
+    """The `Schedule` of a `SamplerConfig`; K = `num_steps` or its own."""
     s = sampler_config
-    return annealing_schedule(num_steps or s.num_steps, (s.step_size_start, s.step_size_end),
-                              (s.temperature_start, s.temperature_end))
+    return Schedule(*annealing_schedule(num_steps or s.num_steps, (s.step_size_start, s.step_size_end),
+                                        (s.temperature_start, s.temperature_end)))
 
 
 def enable_compilation_cache() -> None:
-    """Keep XLA compilations in `$CSP_JAX_CACHE/xla` (default ~/.cache/csp_jax/xla), so
-    a second process does not compile the same chains again."""
-    root = Path(os.environ.get("CSP_JAX_CACHE", Path.home() / ".cache" / "csp_jax"))
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    """Keep XLA compilations in `<cache_dir()>/xla` (`csp_jax.files.cache_dir`), so a
+    second process does not compile the same chains again."""
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def grow_until_no_overflow(run: Callable, capacity, where: str,
-                           grow: Callable = lambda capacity, needs: capacity.grow(*needs)):
-    """Call `run(capacity) -> (out, overflow, needs)` until it does not overflow.
-
-    overflow: anything whose `any()` says a capacity was too small; needs: the
-    largest needs seen (a tuple, empty when unknown), passed to
-    `grow(capacity, needs)`. Returns (out, capacity, number of re-runs); raises
-    RuntimeError naming `where` after MAX_RERUNS re-runs.
-    """
-    reruns = 0
-    while True:
-        out, overflow, needs = run(capacity)
-        if not bool(np.any(jax.device_get(overflow))):
-            return out, capacity, reruns
-        if reruns == MAX_RERUNS:
-            raise RuntimeError(f"capacity {capacity} still overflows {where} after {reruns} re-runs")
-        capacity = grow(capacity, needs)
-        reruns += 1
-
-
-def largest_needs(needs) -> tuple:
-    """The largest value of each need over all chains and steps: needs [..., M] -> M ints
-    (`MALAInfo.needs` of a batch; the arguments of `capacity.grow` and `capacity.fit`)."""
-    needs = np.asarray(jax.device_get(needs))
-    return tuple(int(n) for n in needs.reshape(-1, needs.shape[-1]).max(axis=0)) if needs.shape[-1] else ()
-
-
 def chains_per_chunk(energy: Energy, capacity) -> int:
-    """Chains to vmap together: the largest power of two, at least 1, with at most
-    CHUNK_WORK (CHUNK_WORK_NATIVE with the fused kernel) pair-edge features
-    (chains x edge capacity x `energy.width`) per chunk: 128 chains for perov5
-    (5 atoms), 16 for mp20 (20 atoms) with the kernel. A capacity without
-    `max_edges` counts as one edge."""
-    work = CHUNK_WORK_NATIVE if native.active() else CHUNK_WORK
-    target = max(1, work // (getattr(capacity, "max_edges", 1) * energy.width))
+    """Chains to vmap together: the largest power of two, at least 1, whose pair edges
+    (chains x `capacity.max_edges`) stay within the energy's `edges_per_chunk`
+    (its declared cost: 128 chains for perov5 at 5 atoms, 16 for mp20 at 20 atoms,
+    with ContinuouSP's fused CPU kernel). A capacity without `max_edges` counts as
+    one edge per chain."""
+    target = max(1, energy.edges_per_chunk // getattr(capacity, "max_edges", 1))
     return 1 << (target.bit_length() - 1)
 
 
@@ -132,7 +104,7 @@ def _energy_fn(energy: Energy, variables, capacity):
     return lambda crystal: energy.energy(variables, crystal, capacity)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity, chunk: int | None = None):
     """jit((variables, keys [B], species [B, N]) -> MALAState [B]): random starts, reduced and
     evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
@@ -146,7 +118,7 @@ def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacit
     return jax.jit(init)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity,
                      chunk: int | None = None):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) ->
@@ -164,6 +136,11 @@ def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capa
         return chunked_vmap(chain, chunk)(keys, states)
 
     return jax.jit(segment)
+
+
+def compiled_programs() -> int:
+    """Chain programs (initialisations and segments) built so far in this process."""
+    return compiled_init.cache_info().misses + compiled_segment.cache_info().misses
 
 
 class SampleResult(NamedTuple):
@@ -185,13 +162,13 @@ class SampleResult(NamedTuple):
     num_overflow_reruns: int
 
 
-def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
-           segment_length: int = 100, kernel: Callable = mala, reduce_fn: Callable | None = None,
+def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedule, *,
+           segment_length: int = SamplerConfig.segment_length, kernel: Callable = mala, reduce_fn: Callable | None = None,
            refit: bool = True, chunk: int | None = None) -> SampleResult:
     """Annealed chains from random starts for a batch of species vectors.
 
     keys: [B] PRNG keys, one per chain (e.g. `jax.random.split(key, B)`);
-    species: [B, N] int (0 = padding); schedule: (step_sizes [K], betas [K]);
+    species: [B, N] int (0 = padding); annealing: a `Schedule` (step_sizes [K], betas [K]);
     variables: the energy's (traced: new values do not recompile); capacity:
     the energy's starting capacity, grown on overflow and, with `refit`,
     fitted to the previous segment's needs before every later segment
@@ -204,7 +181,7 @@ def sample(keys, species, energy: Energy, variables, capacity, schedule, *,
     final capacity from the start.
     """
     species = jnp.asarray(species, jnp.int32)
-    step_sizes, betas = (jnp.asarray(a) for a in schedule)
+    step_sizes, betas = (jnp.asarray(a) for a in annealing)
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     split = jax.vmap(jax.random.split)(keys)
     init_keys, run_keys = split[:, 0], split[:, 1]
@@ -249,8 +226,9 @@ class Rows(NamedTuple):
     num_non_finite: int
 
 
-def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, batch_size: int,
-                segment_length: int = 100, kernel: Callable = mala, refit: bool = True,
+def sample_rows(key, species, energy: Energy, variables, capacity, annealing: Schedule, *,
+                batch_size: int, segment_length: int = SamplerConfig.segment_length,
+                kernel: Callable = mala, refit: bool = True,
                 first_row: int = 0, on_batch: Callable | None = None, trace: bool = False,
                 log: Callable[[str], None] = print) -> Rows:
     """`sample` for many rows in fixed-size batches, with a progress line.
@@ -267,16 +245,16 @@ def sample_rows(key, species, energy: Energy, variables, capacity, schedule, *, 
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
-    chunk = min(batch_size, num_rows)
-    num_steps = int(schedule[0].shape[0])
+    batch = min(batch_size, num_rows)
+    num_steps = Schedule(*annealing).num_steps
     crystals, energies, traces, reruns, non_finite = [], [], [], 0, 0
     progress = Progress(num_rows * num_steps, "sampling", unit="crystal-steps", log=log, unit_scale=True)
-    for begin in range(0, num_rows, chunk):
-        rows = species[begin:begin + chunk]
-        filled = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), axis=0)])
-        row_ids = first_row + begin + np.minimum(np.arange(chunk), len(rows) - 1)
+    for begin in range(0, num_rows, batch):
+        rows = species[begin:begin + batch]
+        filled = np.concatenate([rows, np.repeat(rows[:1], batch - len(rows), axis=0)])
+        row_ids = first_row + begin + np.minimum(np.arange(batch), len(rows) - 1)
         keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids))
-        result = sample(keys, filled, energy, variables, capacity, schedule,
+        result = sample(keys, filled, energy, variables, capacity, annealing,
                         segment_length=min(segment_length, num_steps), kernel=kernel, refit=refit)
         capacity = result.capacity
         reruns += result.num_overflow_reruns

@@ -18,8 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from csp_jax.config import Config
+from csp_jax.config import Config, TrainConfig
 from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.errors import one_line
 from csp_jax.files import write_atomic
 from csp_jax.training.step import init_train_state
 
@@ -42,7 +43,7 @@ def read_config(run_dir: Path) -> Config:
         raise ValueError(f"{path}: not a readable csp_jax config ({err})") from None
 
 
-def manager(run_dir: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
+def manager(run_dir: Path, max_to_keep: int | None = TrainConfig.keep_checkpoints) -> ocp.CheckpointManager:
     """The run's checkpoint manager; `max_to_keep` None keeps every checkpoint."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
@@ -111,7 +112,7 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=
         except OtherModelError:
             raise
         except Exception as error:  # orbax and tensorstore raise many types for a bad checkpoint
-            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            reason = one_line(f"{type(error).__name__}: {error}", limit=300)
             reasons.append(f"step {s}: {reason}")
             if s != steps[-1]:
                 log(f"skipping checkpoint {s} in {mngr.directory}: it cannot be read ({reason})")

@@ -1,36 +1,42 @@
 """The host side of training: data order, negatives, capacities, checkpoints, logs, plots.
 
-`train(config, run_dir)` runs the epochs: per step, the negatives come from
-the chain driver (`csp_jax.sampling.sample`) and `update_step` applies the
-loss. Everything random is derived from the config's seed and the step number
+`train(config, run_dir, energy=...)` runs the epochs: per step, the negatives
+come from the chain driver (`csp_jax.sampling.sample`) and `update_step`
+applies the loss. Everything random is derived from the config's seed and the step number
 (batch order from (seed, epoch), expansions j from (seed, step), chain keys
 from fold_in(key, step)), so `resume=True` continues exactly where the newest
 checkpoint left off.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csp_jax.config import Config
-from csp_jax.data.datasets import CrystalDataset, load_split
+from csp_jax.config import Config, NeighborConfig
+from csp_jax.data.datasets import CrystalDataset, training_splits
 from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species
+from csp_jax.energy.base import Energy
 from csp_jax.files import write_atomic
+from csp_jax.geometry.capacity import at_least, grow_exceeded, grow_until_no_overflow
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
-from csp_jax.sampling.driver import grow_until_no_overflow, sample, schedule
+from csp_jax.sampling.driver import compiled_programs as driver_programs
+from csp_jax.sampling.driver import sample, schedule
+from csp_jax.sampling.mala import mala
 from csp_jax.training import checkpoint
 from csp_jax.training.curves import plot_training_curve, read_metrics
 from csp_jax.training.parallel import replicate, shard_batch
-from csp_jax.training.step import energy_of, init_train_state, update_step, validation_step
+from csp_jax.training.step import (config_energy, init_train_state, optimizer, update_step,
+                                   validation_step)
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
@@ -42,100 +48,124 @@ class TrainingDiverged(RuntimeError):
 
 
 class Batch(NamedTuple):
-    """data: Crystal [B, N_data]; sample_species: [B, N_sample] int32 for the chains."""
+    """data: Crystal [B, N_data]; sample_species: [B, max_atoms] int32 for the chains."""
 
     data: Crystal
     sample_species: jax.Array
 
 
 class Capacities:
-    """Neighbour capacities in use: one for the data, one per sample size (at the chains' starts)."""
+    """Neighbour capacities in use, kept in checkpoints.
 
-    def __init__(self, config: Config, data_atoms: int, saved: dict | None = None):
-        self.config = config
-        self.data = NeighborCapacity(*saved["data"]) if saved else self._default(data_atoms)
-        self.samples = {int(n): NeighborCapacity(*c) for n, c in (saved or {}).get("samples", {}).items()}
+    data:   the data crystals' (grows only);
+    update: the negatives' in the update step (grows only, to the largest the
+            chains ended with: few update programs are compiled);
+    chains: per chain width, where that width's chains start (what random
+            starts needed so far; the driver refits it as the chains settle).
+    """
+
+    def __init__(self, neighbors: NeighborConfig, data_atoms: int, saved: dict | None = None):
+        self.neighbors = neighbors
+        saved = saved or {}
+        self.data = NeighborCapacity(*saved["data"]) if "data" in saved else self._default(data_atoms)
+        self.update = NeighborCapacity(*saved["update"]) if "update" in saved else None
+        self.chains = {int(n): NeighborCapacity(*c) for n, c in saved.get("samples", {}).items()}
 
     def _default(self, atoms: int) -> NeighborCapacity:
-        return NeighborCapacity.from_config(self.config.neighbors, atoms)
+        return NeighborCapacity.from_config(self.neighbors, atoms)
 
-    def sample(self, atoms: int) -> NeighborCapacity:
-        return self.samples.setdefault(atoms, self._default(atoms))
+    def for_chains(self, width: int) -> NeighborCapacity:
+        """The start capacity of chains of `width` atom slots (a default for a new width)."""
+        return self.chains.setdefault(width, self._default(width))
 
     def to_json(self) -> dict:
-        return {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.samples.items()}}
-
-
-def grow_exceeded(capacity: NeighborCapacity, needs) -> NeighborCapacity:
-    """`capacity` grown where `needs` ([image slots, edges]) exceed it, else unchanged."""
-    return capacity.grow(*needs) if np.any(np.asarray(needs) > np.array(capacity)) else capacity
+        saved = {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.chains.items()}}
+        return saved if self.update is None else dict(saved, update=list(self.update))
 
 
 def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[Batch, int]:
     """(Batch, number of capped expansions) for the crystals at `indices`."""
-    multipliers = draw_multipliers(rng, len(indices), config.sampler.geometric_q)
-    species = expanded_species(dataset.species[indices], multipliers, config.data.max_atoms)
+    d = config.data
+    multipliers = draw_multipliers(rng, len(indices), d.geometric_q)
+    species = expanded_species(dataset.species[indices], multipliers, d.max_atoms, d.expand_from)
     batch = Batch(dataset.subset(indices).crystals, species.species)
     return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
 
-def negatives(config: Config, energy, variables, species, key, capacities: Capacities):
-    """The chains of one training batch, each run at the bucket size of its own cell.
+class Negatives(NamedTuple):
+    """The chains of one training batch: samples (Crystal [B, N] numpy), their mean
+    acceptance probability, overflow re-runs and rejected non-finite proposals."""
 
-    species: [B, N]; chain b uses the key `split(key, B)[b]`. Chains are
-    grouped by their cell's bucket size (`chain_groups`); a group's chain
-    count is padded to a power of two with copies of its first chain (their
-    results dropped), so few shapes are compiled. Returns (samples: Crystal
-    [B, N] numpy, mean acceptance probability, capacity that holds every
-    sample, overflow re-runs, non-finite proposals rejected).
+    samples: Crystal
+    acceptance: float
+    num_overflow_reruns: int
+    num_non_finite: int
+
+
+def negatives(config: Config, energy: Energy, variables, species, key, capacities: Capacities, *,
+              kernel: Callable = mala) -> Negatives:
+    """The chains of one training batch, in groups of similar size (`chain_groups`).
+
+    species: [B, N]; chain b uses the key `split(key, B)[b]`. A group of fewer
+    than `train.chains_per_group` chains is filled up with copies of its first
+    chain (results dropped), so every group has one of a few shapes. Each
+    group starts at the capacity kept for its width; `capacities.update` grows
+    to hold every sample.
     """
     species = np.asarray(jax.device_get(species))
     keys = jax.random.split(key, species.shape[0])
+    group = min(config.train.chains_per_group, species.shape[0])
+    annealing = schedule(config.sampler)
     positions = np.zeros(species.shape + (3,), np.float32)
     lattices = np.zeros((species.shape[0], 3, 3), np.float32)
-    acceptance, reruns, non_finite, capacity = 0.0, 0, 0, None
-    for width, rows in chain_groups(species, config.data.max_atoms):
-        padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (len(rows) - 1).bit_length()) - len(rows))])
-        chains = sample(keys[padded], species[padded, :width], energy, variables, capacities.sample(width),
-                        schedule(config.sampler), segment_length=config.sampler.segment_length)
-        capacities.samples[width] = chains.start_capacity  # what random starts needed so far
+    acceptance, reruns, non_finite = 0.0, 0, 0
+    for width, rows in chain_groups(species, config.data.max_atoms, group):
+        filled = np.concatenate([rows, np.repeat(rows[:1], group - len(rows))])
+        chains = sample(keys[filled], species[filled, :width], energy, variables,
+                        capacities.for_chains(width), annealing,
+                        segment_length=config.sampler.segment_length, kernel=kernel)
+        capacities.chains[width] = chains.start_capacity
+        capacities.update = at_least(capacities.update, chains.capacity)
         crystal = jax.device_get(chains.states.crystal)
         positions[rows, :width] = crystal.positions[:len(rows)]
         lattices[rows] = crystal.lattice[:len(rows)]
         acceptance += float(np.sum(np.mean(chains.info.acceptance_probability[:len(rows)], axis=1)))
         reruns += chains.num_overflow_reruns
         non_finite += int(np.sum(~chains.info.finite[:len(rows)]))
-        capacity = chains.capacity if capacity is None else NeighborCapacity(
-            *np.maximum(np.array(capacity), np.array(chains.capacity)))
-    samples = Crystal(species, positions, lattices)
-    return samples, acceptance / species.shape[0], capacity, reruns, non_finite
+    return Negatives(Crystal(species, positions, lattices), acceptance / species.shape[0], reruns, non_finite)
 
 
-def run_step(step_fn, config: Config, state, batch: Batch, key, capacities: Capacities):
-    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn(state, data, samples, ...)`.
+def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities,
+             *, kernel: Callable = mala):
+    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn`.
 
-    step_fn: `update_step` or `validation_step`. The chains start at the
-    capacity kept for their size (grown where random starts needed more; the
-    driver refits it to the chains' needs after their first segment); the
-    step's capacities grow until nothing overflows. Returns (output of
-    step_fn, metrics as numpy with the chains' mean acceptance and their
-    rejected non-finite proposals, overflow re-runs).
+    step_fn: `update_step` (with its optimizer bound) or `validation_step`,
+    called as `step_fn(state, data, samples, regularization, energy=,
+    data_capacity=, sample_capacity=)`; its capacities grow until nothing
+    overflows. Returns (output of step_fn, metrics as numpy with the chains'
+    mean acceptance and their rejected non-finite proposals, overflow re-runs).
     """
-    energy = energy_of(config)
-    samples, acceptance, sample_capacity, chain_reruns, non_finite = negatives(
-        config, energy, state.variables, batch.sample_species, key, capacities)
-    samples = shard_batch(jax.tree.map(jnp.asarray, samples))
+    chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities, kernel=kernel)
+    samples = shard_batch(jax.tree.map(jnp.asarray, chains.samples))
 
     def step_at(caps):
-        out = step_fn(state, batch.data, samples, energy=energy, config=config,
+        out = step_fn(state, batch.data, samples, config.train.regularization, energy=energy,
                       data_capacity=caps[0], sample_capacity=caps[1])
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
         return (out, metrics), metrics["overflow"], (metrics["data_needs"], metrics["sample_needs"])
 
-    (out, metrics), (capacities.data, _), reruns = grow_until_no_overflow(
-        step_at, (capacities.data, sample_capacity), "in the training step",
+    (out, metrics), (capacities.data, capacities.update), reruns = grow_until_no_overflow(
+        step_at, (capacities.data, capacities.update), "in the training step",
         grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
-    return out, dict(metrics, acceptance=acceptance, non_finite_proposals=non_finite), reruns + chain_reruns
+    metrics = dict(metrics, acceptance=chains.acceptance, non_finite_proposals=chains.num_non_finite)
+    return out, metrics, reruns + chains.num_overflow_reruns
+
+
+def compiled_programs() -> int:
+    """Programs compiled so far in this process by training: the driver's and the steps'
+    (a step replaced by a plain function, as tests do, counts none)."""
+    steps = (update_step, validation_step)
+    return driver_programs() + sum(s._cache_size() for s in steps if hasattr(s, "_cache_size"))
 
 
 class MetricsLog:
@@ -151,7 +181,8 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def validation_loss(config, state, val_set, capacities) -> float:
+def validation_loss(energy: Energy, config: Config, state, val_set, capacities, *,
+                    kernel: Callable = mala) -> float:
     """Mean loss over the full validation batches (chains with frozen spectral state)."""
     batch_size = min(config.train.batch_size, len(val_set))
     losses = []
@@ -159,25 +190,26 @@ def validation_loss(config, state, val_set, capacities) -> float:
         indices = np.arange(b * batch_size, (b + 1) * batch_size)
         batch, _ = make_batch(config, val_set, indices, np.random.default_rng([config.train.seed, 2, b]))
         key = jax.random.fold_in(state.key, VAL_KEY_OFFSET + b)
-        _, metrics, _ = run_step(validation_step, config, state, batch, key, capacities)
+        _, metrics, _ = run_step(validation_step, energy, config, state, batch, key, capacities,
+                                 kernel=kernel)
         losses.append(float(metrics["loss"]))
     return float(np.mean(losses)) if losses else math.nan
 
 
-def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
-          max_steps: int | None = None, log=print):
-    """Train `config` into `run_dir`; returns the final TrainState.
+def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = None,
+          kernel: Callable = mala, resume: bool = False, max_steps: int | None = None, log=print):
+    """Train an energy on `config`'s data into `run_dir`; returns the final TrainState.
 
+    energy: any `csp_jax.energy.Energy` (None: the config's ContinuouSP model,
+    `config_energy`); kernel: the sampler of the negatives (`mala`'s shape).
     max_steps: stop (with a checkpoint) after this many steps in this call.
     Raises TrainingDiverged after `train.max_bad_steps` non-finite losses in a row.
     """
     run_dir = Path(run_dir)
     t = config.train
+    energy = config_energy(config) if energy is None else energy
     started = time.perf_counter()
-    train_set = load_split(config.data.dataset, "train", data_dir, download=True,
-                           limit=config.data.train_limit or None)
-    val_set = load_split(config.data.dataset, "val", data_dir, download=True,
-                         limit=config.data.val_limit or None)
+    train_set, val_set = training_splits(config.data, data_dir)
     batch_size = t.batch_size
     if batch_size > len(train_set):
         raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train_set)} training crystals")
@@ -185,7 +217,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
     total_steps = t.num_epochs * steps_per_epoch
 
     mngr = checkpoint.manager(run_dir, t.keep_checkpoints or None)
-    state = init_train_state(config, jax.random.PRNGKey(t.seed))
+    state = init_train_state(config, jax.random.PRNGKey(t.seed), energy)
     if resume and mngr.latest_step() is not None:
         trained = checkpoint.read_config(run_dir).model
         if trained != config.model:
@@ -194,12 +226,12 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         state, meta = checkpoint.restore(mngr, state, log=log)
         for unreadable in [s for s in mngr.all_steps() if s > int(state.step)]:
             mngr.delete(unreadable)  # so that the resumed run can write that step again
-        capacities = Capacities(config, train_set.max_atoms, meta["capacities"])
+        capacities = Capacities(config.neighbors, train_set.max_atoms, meta["capacities"])
         log(f"resumed from step {int(state.step)} in {run_dir}")
     elif mngr.latest_step() is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: add --resume or choose another --out")
     else:
-        capacities = Capacities(config, train_set.max_atoms)
+        capacities = Capacities(config.neighbors, train_set.max_atoms)
     state = replicate(state)
     checkpoint.write_config(run_dir, config)
     metrics_log = MetricsLog(run_dir / METRICS_FILE, int(state.step))
@@ -213,15 +245,17 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         f"{t.num_epochs} epochs, steps {start}..{stop} of {total_steps}")
     progress = Progress(total_steps, "training", unit="steps", log=log, initial=start)
     bad_in_row = 0
+    update = functools.partial(update_step, optimizer=optimizer(t))
     for step in range(start, stop):
         epoch, b = divmod(step, steps_per_epoch)
         order = np.random.default_rng([t.seed, epoch]).permutation(len(train_set))
         indices = np.sort(order[b * batch_size:(b + 1) * batch_size])
         batch, capped = make_batch(config, train_set, indices, np.random.default_rng([t.seed, 1, step]))
         key = jax.random.fold_in(state.key, step)
-        tic = time.perf_counter()
-        (new_state, _), metrics, reruns = run_step(update_step, config, state, batch, key, capacities)
-        seconds = time.perf_counter() - tic
+        tic, programs = time.perf_counter(), compiled_programs()
+        (new_state, _), metrics, reruns = run_step(update, energy, config, state, batch, key, capacities,
+                                                   kernel=kernel)
+        seconds, programs = time.perf_counter() - tic, compiled_programs() - programs
         finite = bool(np.isfinite(metrics["loss"]))
         if finite:
             state, bad_in_row = new_state, 0
@@ -233,8 +267,8 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
                   **{k: float(metrics[k]) for k in ("loss", "e_data", "e_sample", "acceptance")},
                   "skipped": not finite, "capped": capped, "overflow_reruns": reruns,
                   "non_finite_proposals": int(metrics["non_finite_proposals"]),
-                  "atoms_padded": int(batch.sample_species.shape[1]),
-                  "seconds": seconds, "crystal_steps_per_s": rate}
+                  "real_atoms": int(np.count_nonzero(np.asarray(batch.sample_species))),
+                  "new_programs": programs, "seconds": seconds, "crystal_steps_per_s": rate}
         metrics_log.write(record)
         if bad_in_row >= t.max_bad_steps:
             raise TrainingDiverged(
@@ -244,12 +278,13 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
                            f"E_data {record['e_data']:.3f} E_sample {record['e_sample']:.3f} "
                            f"acc {record['acceptance']:.2f} | {rate:.0f} crystal-steps/s"
                            + (f" | capped {capped}" if capped else "")
-                           + (f" | overflow re-runs {reruns}" if reruns else ""))
+                           + (f" | overflow re-runs {reruns}" if reruns else "")
+                           + (f" | compiled {programs}" if programs else ""))
         end_of_epoch = (step + 1) % steps_per_epoch == 0
         if finite and ((step + 1) % t.checkpoint_every == 0 or end_of_epoch or step + 1 == stop):
             save()
         if end_of_epoch:
-            val = validation_loss(config, state, val_set, capacities)
+            val = validation_loss(energy, config, state, val_set, capacities, kernel=kernel)
             metrics_log.write({"kind": "val", "step": step + 1, "epoch": epoch + 1, "loss": val})
             progress.write(f"epoch {epoch + 1}: validation loss {val:.4f}")
             plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)

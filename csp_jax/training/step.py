@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from csp_jax.config import Config
+from csp_jax.config import Config, TrainConfig
 from csp_jax.energy.base import Energy
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.crystal import Crystal
@@ -44,34 +44,40 @@ class TrainState:
     key: jax.Array
 
 
-def optimizer(config: Config) -> optax.GradientTransformation:
-    """Adam, constant learning rate, no clipping, no weight decay (SPEC §4)."""
-    t = config.train
-    return optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
+@functools.lru_cache(maxsize=None)
+def adam(learning_rate: float, b1: float, b2: float) -> optax.GradientTransformation:
+    """Adam, constant learning rate, no clipping, no weight decay (SPEC §4); one object per
+    setting, so that a jitted step keyed on it compiles once."""
+    return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
-def energy_of(config: Config) -> EnergyModel:
-    """The energy a config trains: ContinuouSP's, sized by `config.model`."""
+def optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of a config's `train` section."""
+    return adam(train_config.learning_rate, train_config.b1, train_config.b2)
+
+
+def config_energy(config: Config) -> EnergyModel:
+    """The energy a config describes when no other is given: ContinuouSP's, sized by `config.model`."""
     return EnergyModel.from_config(config.model)
 
 
 def init_train_state(config: Config, key, energy: Energy | None = None) -> TrainState:
-    """A fresh state; `key` is a raw [2] uint32 key (`jax.random.PRNGKey`);
-    `energy` defaults to `energy_of(config)`."""
+    """A fresh state for training `energy` (None: `config_energy(config)`) with the config's
+    optimizer; `key` is a raw [2] uint32 key (`jax.random.PRNGKey`)."""
     init_key, run_key = jax.random.split(key)
-    variables = (energy_of(config) if energy is None else energy).init(init_key)
+    variables = (config_energy(config) if energy is None else energy).init(init_key)
     return TrainState(jnp.zeros((), jnp.int32), variables,
-                      optimizer(config).init(variables["params"]), run_key)
+                      optimizer(config.train).init(variables["params"]), run_key)
 
 
-def contrastive_loss(e_data, e_sample, regularization: float):
+def contrastive_loss(e_data, e_sample, regularization):
     """SPEC §4: mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2))."""
     return (jnp.mean(e_data - e_sample)
             + regularization * (jnp.mean(e_data**2) + jnp.mean(e_sample**2)))
 
 
 def losses(energy: Energy, variables, data: Crystal, samples: Crystal,
-           data_capacity, sample_capacity, regularization: float, training: bool):
+           data_capacity, sample_capacity, regularization, training: bool):
     """(loss, (E_data [B], E_sample [B'], variables after the passes, data aux, sample aux)).
 
     data: Crystal [B, N]; samples: Crystal [B', N'] (gradient stopped). With
@@ -101,38 +107,36 @@ def _metrics(loss, e_data, e_sample, aux_data, aux_sample):
     }
 
 
-STATIC = ("energy", "config", "data_capacity", "sample_capacity")
+@functools.partial(jax.jit, static_argnames=("energy", "optimizer", "data_capacity", "sample_capacity"))
+def update_step(state: TrainState, data: Crystal, samples: Crystal, regularization, *, energy: Energy,
+                optimizer: optax.GradientTransformation, data_capacity, sample_capacity):
+    """One optimizer step on the contrastive loss of data [B, N] and negatives [B', N'].
 
-
-@functools.partial(jax.jit, static_argnames=STATIC)
-def update_step(state: TrainState, data: Crystal, samples: Crystal, *, energy: Energy, config: Config,
-                data_capacity, sample_capacity):
-    """One Adam step on the contrastive loss of data [B, N] and negatives [B', N'].
-
-    Returns (new state, metrics): loss, e_data, e_sample, overflow (a
-    neighbour list exceeded its capacity: discard the result and repeat with
-    more), data_needs and sample_needs.
+    regularization: [] float, lambda of the loss (traced: a new value does not
+    recompile). Returns (new state, metrics): loss, e_data, e_sample, overflow
+    (a neighbour list exceeded its capacity: discard the result and repeat
+    with more), data_needs and sample_needs.
     """
     params = state.variables["params"]
 
     def loss_fn(params):
         variables = dict(state.variables, params=params)
         return losses(energy, variables, data, samples, data_capacity, sample_capacity,
-                      config.train.regularization, training=True)
+                      regularization, training=True)
 
     (loss, (e_data, e_sample, variables, aux_data, aux_sample)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer(config).update(grads, state.opt_state, params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
     variables = dict(variables, params=optax.apply_updates(params, updates))
     new_state = state.replace(step=state.step + 1, opt_state=opt_state, variables=variables)
     return new_state, _metrics(loss, e_data, e_sample, aux_data, aux_sample)
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-def validation_step(state: TrainState, data: Crystal, samples: Crystal, *, energy: Energy,
-                    config: Config, data_capacity, sample_capacity):
+@functools.partial(jax.jit, static_argnames=("energy", "data_capacity", "sample_capacity"))
+def validation_step(state: TrainState, data: Crystal, samples: Crystal, regularization, *,
+                    energy: Energy, data_capacity, sample_capacity):
     """The metrics of `update_step` with frozen variables and no update."""
     loss, (e_data, e_sample, _, aux_data, aux_sample) = losses(
         energy, state.variables, data, samples, data_capacity, sample_capacity,
-        config.train.regularization, training=False)
+        regularization, training=False)
     return _metrics(loss, e_data, e_sample, aux_data, aux_sample)
