@@ -53,6 +53,11 @@ NON_NEGATIVE_INT = _number(int, 0, True)
 POSITIVE_FLOAT = _number(float, 0.0, False)
 
 
+def FORMULA_UNITS(text: str):
+    """An argparse type: a positive number of formula units, or "auto"."""
+    return "auto" if text == "auto" else POSITIVE_INT(text)
+
+
 def add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (the default sub-command)")
     p.add_argument("--config", required=True, help=f"one of: {', '.join(available_configs())}")
@@ -87,8 +92,28 @@ def run_train(args) -> None:
 
 
 def _add_checkpoint(p) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="training run directory (its newest checkpoint is used)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|NAME",
+                   help="training run directory (its newest checkpoint is used), or the name of a "
+                        "shipped model (perov5, mp20)")
+
+
+def _model_dir(checkpoint: str) -> Path:
+    """The folder `--checkpoint` names: a directory, else a shipped model of that name."""
+    from csp_jax import pretrained
+
+    path = Path(checkpoint)
+    if path.is_dir() or len(path.parts) != 1 or checkpoint not in pretrained.available():
+        return path  # a missing directory is reported by the loader, naming it
+    return pretrained.path(checkpoint)
+
+
+def _out_dir(args, name: str) -> Path:
+    """--out, else `<run dir>/<name>`; for a shipped model given by name, `<name>/<model>` here."""
+    if args.out:
+        return Path(args.out)
+    if _model_dir(args.checkpoint) != Path(args.checkpoint):
+        return Path(name) / args.checkpoint
+    return Path(args.checkpoint) / name
 
 
 def _add_data_dir(p) -> None:
@@ -114,7 +139,8 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--limit", type=NON_NEGATIVE_INT,
                    help="evaluate the first N crystals of a fixed shuffle (default: config, 0 = all)")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/eval)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/eval; "
+                                           "eval/<name> here for a shipped model's name)")
     _add_data_dir(p)
     p.add_argument("--workers", type=POSITIVE_INT, help="matching processes (default: all cores)")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="seconds per matched pair (default: config)")
@@ -130,9 +156,9 @@ def run_evaluate(args) -> None:
     from csp_jax.training.checkpoint import load_model, read_config
     from csp_jax.evaluation.evaluate import evaluate, recompute
 
-    out = Path(args.out or Path(args.checkpoint) / "eval")
+    out = _out_dir(args, "eval")
     if args.recompute:
-        config = read_config(args.checkpoint)
+        config = read_config(_model_dir(args.checkpoint))
         split = args.split or config.eval.split
         samples_path = out / f"{split}_samples.npz"
         if not samples_path.is_file():
@@ -140,7 +166,7 @@ def run_evaluate(args) -> None:
         recompute(samples_path, _load_split(config, split, args.data_dir), config.data.dataset,
                   timeout_s=args.timeout or config.eval.match_timeout, workers=args.workers)
         return
-    config, energy, variables = load_model(args.checkpoint)
+    config, energy, variables = load_model(_model_dir(args.checkpoint))
     split = args.split or config.eval.split
     evaluate(config, energy, variables, _load_split(config, split, args.data_dir), out,
              split=split, num_samples=args.num_samples, limit=args.limit,
@@ -156,9 +182,12 @@ def add_predict(subparsers) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--num-atoms", type=POSITIVE_INT,
                       help="atoms per cell, a multiple of the reduced formula's (default: the reduced formula)")
-    size.add_argument("--formula-units", type=POSITIVE_INT, help="reduced formula units per cell (default 1)")
+    size.add_argument("--formula-units", type=FORMULA_UNITS, metavar="Z|auto",
+                      help="reduced formula units per cell (default 1); auto: Z = 1..4 within the "
+                           "model's cell limit, ranked together")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/predictions)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/predictions; "
+                                           "predictions/<name> here for a shipped model's name)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, help="sampling seed (default: config eval.seed, 0)")
     p.set_defaults(func=run_predict)
 
@@ -167,8 +196,8 @@ def run_predict(args) -> None:
     from csp_jax.training.checkpoint import load_model
     from csp_jax.predict import predict
 
-    config, energy, variables = load_model(args.checkpoint)
-    predict(config, energy, variables, args.formula, Path(args.out or Path(args.checkpoint) / "predictions"),
+    config, energy, variables = load_model(_model_dir(args.checkpoint))
+    predict(config, energy, variables, args.formula, _out_dir(args, "predictions"),
             num_samples=args.num_samples, num_atoms=args.num_atoms, formula_units=args.formula_units,
             key=_key(args.seed), batch_size=args.batch_size)
 
@@ -180,7 +209,8 @@ def add_displacement(subparsers) -> None:
     p.add_argument("--num-crystals", type=POSITIVE_INT, help="random test crystals (default: config, 5)")
     p.add_argument("--num-draws", type=POSITIVE_INT, help="noise draws per crystal (default: config, 1000)")
     p.add_argument("--split", help="split to draw crystals from (default: config, test)")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/displacement)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/displacement; "
+                                           "displacement/<name> here for a shipped model's name)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, help="seed for crystals, atoms and noise (default: config, 0)")
     _add_data_dir(p)
     p.set_defaults(func=run_displacement)
@@ -190,10 +220,10 @@ def run_displacement(args) -> None:
     from csp_jax.training.checkpoint import load_model
     from csp_jax.evaluation.displacement import displacement_experiment
 
-    config, energy, variables = load_model(args.checkpoint)
+    config, energy, variables = load_model(_model_dir(args.checkpoint))
     split = args.split or config.displacement.split
     displacement_experiment(config, energy, variables, _load_split(config, split, args.data_dir),
-                            Path(args.out or Path(args.checkpoint) / "displacement"),
+                            _out_dir(args, "displacement"),
                             sigma=args.sigma, num_crystals=args.num_crystals,
                             num_draws=args.num_draws, seed=args.seed)
 

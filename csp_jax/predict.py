@@ -30,7 +30,8 @@ from csp_jax.sampling.mala import mala
 
 SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
 ANGLE_TOLERANCE = 5.0  # degrees
-SUMMARY_FIELDS = ("formula", "num_atoms", "rank", "energy", "valid", "volume", "density",
+AUTO_FORMULA_UNITS = (1, 2, 3, 4)  # the cells `formula_units="auto"` samples, within the model's limit
+SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "volume", "density",
                   "space_group", "a", "b", "c", "alpha", "beta", "gamma", "cif")
 
 
@@ -83,6 +84,26 @@ def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
     return name, expand_composition(reduced, formula_units)
 
 
+def formula_cells(formula: str, config: Config, num_atoms: int | None = None,
+                  formula_units: int | str | None = None) -> tuple[str, list[tuple[int, np.ndarray]]]:
+    """(name, [(Z, species [n])]) of the cells `predict` samples for `formula`.
+
+    One cell (`cell_species`), or with `formula_units="auto"` every Z of
+    AUTO_FORMULA_UNITS whose cell fits the model's limit (the largest cell it
+    was trained on, `data.max_atoms`, and `eval.max_atoms`; at least Z = 1),
+    named by the reduced formula.
+    """
+    if formula_units != "auto":
+        name, species = cell_species(formula, config.eval.max_atoms, num_atoms, formula_units)
+        return name, [(len(species) // sum(reduce_composition(species).values()), species)]
+    if num_atoms is not None:
+        raise ValueError("give the number of atoms or formula units 'auto', not both")
+    name, unit = cell_species(formula, config.eval.max_atoms)
+    limit = min(config.data.max_atoms, config.eval.max_atoms)
+    fits = [z for z in AUTO_FORMULA_UNITS if z == 1 or z * len(unit) <= limit]
+    return name, [(z, cell_species(formula, config.eval.max_atoms, formula_units=z)[1]) for z in fits]
+
+
 def _space_group(structure) -> str:
     """International symbol and number at the tolerant SYMPREC, e.g. `Pm-3m (221)`; `n/a`
     where spglib cannot determine the symmetry (e.g. a sample with atoms almost on top
@@ -96,9 +117,11 @@ def _space_group(structure) -> str:
         return "n/a"
 
 
-def _summary_row(name: str, rank: int, energy: float, valid: bool, structure, cif: str) -> dict:
+def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, structure,
+                 cif: str) -> dict:
     lattice = structure.lattice
-    return {"formula": name, "num_atoms": len(structure), "rank": rank, "energy": energy,
+    return {"formula": name, "num_atoms": len(structure), "formula_units": units, "rank": rank,
+            "energy": energy,
             "valid": valid, "volume": structure.volume, "density": float(structure.density),
             "space_group": _space_group(structure),
             "a": lattice.a, "b": lattice.b, "c": lattice.c,
@@ -124,12 +147,15 @@ def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
 def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], out_dir, *,
             num_samples: int | None = None, num_atoms: int | None = None,
-            formula_units: int | None = None, key=None, batch_size: int | None = None,
+            formula_units: int | str | None = None, key=None, batch_size: int | None = None,
             kernel: Callable = mala, log: Callable[[str], None] = print) -> list[dict]:
     """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
 
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
-    every formula; cells are capped at `config.eval.max_atoms`. All formulas
+    every formula; cells are capped at `config.eval.max_atoms`. With
+    `formula_units="auto"`, each formula is sampled with Z = 1..4 formula
+    units (`formula_cells`), `num_samples` chains each, and all its samples
+    are ranked together (the summary's `formula_units` says each one's Z). All formulas
     are checked before anything is sampled. Samples with a non-finite energy
     or crystal are left out of the ranking (and logged). Invalid samples (a
     collapsed cell or atoms closer than 0.5 A: the evaluation's criterion,
@@ -138,15 +164,22 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     (no refit between segments: see docs/performance.md). Returns the summary rows
     (SUMMARY_FIELDS), by formula then rank.
     """
-    cells = [cell_species(f, config.eval.max_atoms, num_atoms, formula_units) for f in formulas]
+    groups = [formula_cells(f, config, num_atoms, formula_units) for f in formulas]
+    cells = [cell for group in groups for cell in group[1]]
     num_samples = config.eval.num_samples if num_samples is None else num_samples
     key = jax.random.PRNGKey(config.eval.seed) if key is None else key
     batch_size = config.eval.batch_size if batch_size is None else batch_size
     width = max(len(species) for _, species in cells)
     species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
                         num_samples, axis=0)
+    units = np.repeat([z for _, z_cells in groups for z, _ in z_cells], num_samples)
     steps = schedule(config.sampler, config.eval.num_steps)
-    log(f"sampling {len(cells)} formula(s) x {num_samples} chains, {steps[0].shape[0]} steps")
+    for name, z_cells in groups:
+        if len(z_cells) > 1 or formula_units == "auto":
+            log(f"{name}: formula units {', '.join(str(z) for z, _ in z_cells)} (cells of "
+                f"{', '.join(str(len(c)) for _, c in z_cells)} atoms), ranked together")
+    log(f"sampling {len(cells)} cell(s) of {len(groups)} formula(s) x {num_samples} chains, "
+        f"{steps[0].shape[0]} steps")
     sampled = sample_rows(
         key, species, energy, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
         batch_size=batch_size, segment_length=config.sampler.segment_length, kernel=kernel,
@@ -157,15 +190,17 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
 
     out_dir = Path(out_dir)
     digits = max(2, len(str(num_samples)))
-    rows = []
-    for c, (name, cell) in enumerate(cells):
+    rows, first = [], 0
+    for name, z_cells in groups:
         cell_dir = out_dir / name
         cell_dir.mkdir(parents=True, exist_ok=True)
-        rows_of_cell = range(c * num_samples, (c + 1) * num_samples)
+        rows_of_cell = range(first, first + len(z_cells) * num_samples)
+        first = rows_of_cell.stop
         finite = [i for i in rows_of_cell if math.isfinite(energies[i])
                   and np.isfinite(crystals.positions[i]).all() and np.isfinite(crystals.lattice[i]).all()]
-        if len(finite) < num_samples:
-            log(f"{name}: {num_samples - len(finite)} of {num_samples} samples are not finite, left out")
+        if len(finite) < len(rows_of_cell):
+            log(f"{name}: {len(rows_of_cell) - len(finite)} of {len(rows_of_cell)} samples are not "
+                f"finite, left out")
         samples = {i: jax.tree.map(lambda a: a[i], crystals) for i in finite}
         checked = {i: valid_structure(sample) for i, sample in samples.items()}  # None: invalid
         valid = {i: structure is not None for i, structure in checked.items()}
@@ -176,13 +211,13 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
             structure = checked[i] if valid[i] else to_structure(samples[i])
             path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
             CifWriter(structure).write_file(path)
-            rows.append(_summary_row(name, rank, float(energies[i]), valid[i], structure,
+            rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i], structure,
                                      str(path.relative_to(out_dir))))
             if rank == 1:
                 pictures.structure_png(structure, cell_dir / "rank01.png",
                                        f"{name}, rank 1: H = {energies[i]:.4f}, {rows[-1]['space_group']}")
         pictures.chain_energy_png(sampled.trace[rows_of_cell.start:rows_of_cell.stop],
-                                  cell_dir / "chains.png", f"{name}: {num_samples} chains")
+                                  cell_dir / "chains.png", f"{name}: {len(rows_of_cell)} chains")
         log(f"{name}: {len(finite)} CIFs, rank01.png and chains.png in {cell_dir}")
     csv_path, md_path = _write_summary(rows, out_dir)
     log(f"wrote {csv_path}, {md_path}")

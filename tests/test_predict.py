@@ -14,7 +14,7 @@ from csp_jax.geometry.crystal import from_structure
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.geometry.validity import valid_structure
-from csp_jax.predict import cell_species, predict
+from csp_jax.predict import cell_species, formula_cells, predict
 from csp_jax.training.step import init_train_state
 
 from csp_jax import cli
@@ -134,3 +134,22 @@ def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     args = parser["displacement"].parse_args(["--checkpoint", "x"])
     # unset options take the run's config.displacement values (tests/test_layout.py)
     assert (args.sigma, args.num_crystals, args.num_draws, args.split, args.seed) == (None,) * 5
+
+
+def test_auto_formula_units_sample_every_cell_that_fits_and_rank_them_together(run_dir, tmp_path):
+    config = override(checkpoint.read_config(run_dir), "data.max_atoms", "12")
+    assert [(z, len(s)) for z, s in formula_cells("NaCl", config, formula_units="auto")[1]] == \
+        [(1, 2), (2, 4), (3, 6), (4, 8)]
+    assert [z for z, _ in formula_cells("SrTiO3", config, formula_units="auto")[1]] == [1, 2]
+    assert [z for z, _ in formula_cells("Ga2Te3", config, formula_units="auto")[1]] == [1, 2]
+    assert formula_cells("GaTe", config, formula_units=4)[1][0][0] == 4
+    with pytest.raises(ValueError, match="not both"):
+        formula_cells("NaCl", config, num_atoms=4, formula_units="auto")
+    _, model, variables = checkpoint.load_model(run_dir)
+    rows = predict(config, model, variables, ["SrTiO3"], tmp_path, num_samples=2, formula_units="auto",
+                   log=lambda _: None)
+    assert sorted((r["formula_units"], r["num_atoms"]) for r in rows) == [(1, 5), (1, 5), (2, 10), (2, 10)]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4] and {r["formula"] for r in rows} == {"SrTiO3"}
+    valid = [r["energy"] for r in rows if r["valid"]]
+    assert valid == sorted(valid)  # one ranking over both cell sizes
+    assert len(list((tmp_path / "SrTiO3").glob("rank*.cif"))) == 4

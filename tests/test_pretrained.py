@@ -60,7 +60,11 @@ def test_shipped_model_predicts_a_test_perovskite(data_dir):
     assert any(r.outcome == MATCH for r in results), [r.outcome for r in results]
 
 
-def test_predict_command_takes_the_shipped_model(tmp_path):
+def test_predict_command_takes_the_shipped_model_by_folder_or_name(tmp_path, monkeypatch):
     assert cli.main(["predict", "--checkpoint", str(pretrained.path("perov5")), "--formula", "SrTiO3",
-                     "--num-samples", "2", "--out", str(tmp_path)]) == 0
-    assert len(list((tmp_path / "SrTiO3").glob("rank*.cif"))) == 2
+                     "--num-samples", "2", "--out", str(tmp_path / "folder")]) == 0
+    assert len(list((tmp_path / "folder" / "SrTiO3").glob("rank*.cif"))) == 2
+    monkeypatch.chdir(tmp_path)  # by name, the default output folder is predictions/<name> here
+    assert cli.main(["predict", "--checkpoint", "perov5", "--formula", "SrTiO3", "--num-samples", "2"]) == 0
+    assert len(list((tmp_path / "predictions" / "perov5" / "SrTiO3").glob("rank*.cif"))) == 2
+    assert cli.main(["predict", "--checkpoint", "perov6", "--formula", "SrTiO3"]) == 1  # neither

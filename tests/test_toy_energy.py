@@ -1,11 +1,12 @@
 """Energies are swappable, and the config is the one source of rho0.
 
 A toy pairwise energy on the same neighbour list (`PairSpringEnergy`, which
-implements `csp_jax.energy.Energy` and nothing more) runs through the chain
-driver, the evaluation and the prediction unchanged; `model.rho0` set in the
+implements `csp_jax.energy.Energy` and nothing more) is trained, sampled,
+evaluated and used for prediction through the public functions unchanged; `model.rho0` set in the
 config reaches the random starts of training, evaluation and prediction chains.
 """
 import dataclasses
+import json
 import math
 
 import jax
@@ -53,17 +54,22 @@ class PairSpringEnergy:
         return variables
 
 
-def test_toy_energy_runs_through_driver_evaluation_and_prediction(data_dir, tmp_path):
+def test_toy_energy_trains_evaluates_and_predicts_through_the_public_functions(data_dir, tmp_path):
     toy = PairSpringEnergy()
     assert isinstance(toy, Energy)
-    variables = toy.init(jax.random.key(0))
+    config = override(override(get_config("test"), "sampler.num_steps", "20"), "sampler.segment_length", "10")
+    state = train(config, tmp_path / "run", data_dir, energy=toy, max_steps=2, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2] and int(state.step) == 2
+    assert all(math.isfinite(r["loss"]) for r in records)
+    variables = jax.device_get(state.variables)
+    assert float(variables["params"]["r0"]) != 2.5  # two Adam steps moved the spring's rest length
     species = np.tile(SRTIO3, (4, 1))
     result = sample(jax.random.split(jax.random.key(1), 4), species, toy, variables,
                     NeighborCapacity.for_atoms(5), schedule(SamplerConfig(), 60), segment_length=10)
     energies = result.info.energy
     assert np.all(np.isfinite(energies)) and np.mean(energies[:, -1]) < np.mean(energies[:, 0])
 
-    config = override(override(get_config("test"), "sampler.num_steps", "20"), "sampler.segment_length", "10")
     dataset = load_split("perov_5", "test", data_dir)
     results = evaluate(config, toy, variables, dataset, tmp_path / "eval", num_samples=2, limit=2,
                        batch_size=4, timeout_s=60, workers=1, log=lambda _: None)
