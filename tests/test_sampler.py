@@ -365,3 +365,24 @@ def test_capacity_refit_between_segments_keeps_the_samples():
     # Equal up to float32 summation order (other padded shapes and chunk sizes).
     np.testing.assert_allclose(fitted.states.crystal.positions, fixed.states.crystal.positions, atol=1e-4)
     np.testing.assert_allclose(fitted.states.crystal.lattice, fixed.states.crystal.lattice, atol=1e-4)
+
+
+def test_sample_rows_runs_a_batch_at_its_cells_width_and_pads_back():
+    """Rows of 2-atom cells padded to 12 slots run at width 2 (the same chains as rows of
+    width 2, up to float32 rounding) and come back with 12 slots, the padding zero."""
+    from csp_jax.energy import EnergyModel
+    from csp_jax.geometry.neighbors import NeighborCapacity
+    from csp_jax.sampling.driver import sample_rows
+
+    model = EnergyModel(32, 3, 2)
+    variables = model.init(jax.random.key(0))
+    narrow = np.array([[11, 17]] * 3, np.int32)
+    wide = np.pad(narrow, ((0, 0), (0, 10)))
+    run = lambda species: sample_rows(jax.random.key(1), species, model, variables,  # noqa: E731
+                                      NeighborCapacity.for_atoms(2), config_schedule(SamplerConfig(), 20),
+                                      batch_size=2, segment_length=10, log=lambda _: None)
+    a, b = run(narrow), run(wide)
+    assert b.crystals.positions.shape == (3, 12, 3) and not np.any(b.crystals.positions[:, 2:])
+    np.testing.assert_array_equal(b.crystals.species, wide)
+    np.testing.assert_allclose(b.crystals.positions[:, :2], a.crystals.positions, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.energies, a.energies, rtol=1e-5, atol=1e-6)

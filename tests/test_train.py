@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from csp_jax.training import checkpoint
-from csp_jax.data.species import bucket_sizes, draw_multipliers, expanded_species
+from csp_jax.data.species import draw_multipliers, expanded_species
+from csp_jax.geometry.crystal import bucket_sizes
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.training.step import config_energy, contrastive_loss, init_train_state

@@ -13,29 +13,12 @@ ever compiled.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from csp_jax.config import DataConfig
-from csp_jax.geometry.crystal import expand_composition, reduce_composition
-
-
-def bucket_sizes(max_atoms: int) -> tuple[int, ...]:
-    """Padded sizes of chains: 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (2^(k/2) rounded up) below
-    max_atoms, then max_atoms: at most 1.5x the atoms of a cell, few shapes to compile."""
-    sizes = sorted({n if n <= 4 else n + n % 2
-                    for n in (math.ceil(2 ** (k / 2) - 1e-9) for k in range(2, 2 * max(2, max_atoms).bit_length() + 1))})
-    return tuple(n for n in sizes if n < max_atoms) + (max_atoms,)
-
-
-def bucket_for(num_atoms: int, max_atoms: int) -> int:
-    """The smallest bucket size holding `num_atoms` atoms."""
-    for size in bucket_sizes(max_atoms):
-        if num_atoms <= size:
-            return size
-    raise ValueError(f"{num_atoms} atoms exceed max_atoms={max_atoms}")
+from csp_jax.geometry.crystal import bucket_for, expand_composition, reduce_composition
 
 
 class SampleSpecies(NamedTuple):

@@ -162,15 +162,19 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
     start = time.perf_counter()
+    # Chains run with the test crystals sorted by size (stable), so that a batch holds cells
+    # of similar size and runs at their width; the results go back to the test order.
+    by_size = np.argsort(test.num_atoms, kind="stable")
     crystals, energies, reruns, non_finite = sample_chains(
-        config, energy, variables, np.repeat(test.species, num_samples, axis=0), key,
+        config, energy, variables, np.repeat(test.species[by_size], num_samples, axis=0), key,
         batch_size=batch_size, parts_dir=parts_dir, kernel=kernel, log=log)
     seconds = time.perf_counter() - start
     log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}; "
         f"non-finite proposals rejected: {non_finite}")
-    samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:]), crystals)
-    metrics.save_samples(samples_path, samples, energies.reshape(num_test, num_samples),
-                         test.material_ids)
+    unsort = np.argsort(by_size)
+    samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
+    energies = energies.reshape(num_test, num_samples)[unsort]
+    metrics.save_samples(samples_path, samples, energies, test.material_ids)
     shutil.rmtree(parts_dir)
     _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
 

@@ -137,3 +137,19 @@ def expand_composition(composition: dict[int, int], j: int, max_atoms: int | Non
     if len(species) > max_atoms:
         raise ValueError(f"{len(species)} atoms exceed max_atoms={max_atoms}")
     return np.pad(species, (0, max_atoms - len(species)))
+
+
+def bucket_sizes(max_atoms: int) -> tuple[int, ...]:
+    """Padded sizes of chains: 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (2^(k/2) rounded up) below
+    max_atoms, then max_atoms: at most 1.5x the atoms of a cell, few shapes to compile."""
+    sizes = sorted({n if n <= 4 else n + n % 2
+                    for n in (math.ceil(2 ** (k / 2) - 1e-9) for k in range(2, 2 * max(2, max_atoms).bit_length() + 1))})
+    return tuple(n for n in sizes if n < max_atoms) + (max_atoms,)
+
+
+def bucket_for(num_atoms: int, max_atoms: int) -> int:
+    """The smallest bucket size holding `num_atoms` atoms."""
+    for size in bucket_sizes(max_atoms):
+        if num_atoms <= size:
+            return size
+    raise ValueError(f"{num_atoms} atoms exceed max_atoms={max_atoms}")

@@ -37,6 +37,7 @@ from csp_jax.config import SamplerConfig
 from csp_jax.energy.base import Energy
 from csp_jax.files import cache_dir
 from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
+from csp_jax.geometry.crystal import Crystal, bucket_for
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.progress import Progress
 from csp_jax.sampling.mala import MALAInfo, MALAState, annealing_schedule, mala, random_crystal, run_chain
@@ -213,6 +214,11 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
     return SampleResult(states, info, capacity, start_capacity, reruns)
 
 
+def _pad_atoms(positions, num_atoms: int) -> np.ndarray:
+    """positions [B, n, 3] padded with zeros to [B, num_atoms, 3]."""
+    return np.pad(positions, ((0, 0), (0, num_atoms - positions.shape[1]), (0, 0)))
+
+
 class Rows(NamedTuple):
     """Output of `sample_rows`: crystals (Crystal [M, N] numpy), energies [M] of the final
     states, overflow re-runs summed, the final capacity, the energy after every step
@@ -237,6 +243,9 @@ def sample_rows(key, species, energy: Energy, variables, capacity, annealing: Sc
     continue where it stopped) uses the key `fold_in(key, r)`. Rows run in
     batches of min(batch_size, M) chains; the last batch is filled up with
     copies of its first row (results dropped), so every batch has one shape.
+    A batch runs at the bucket size of its largest cell (`bucket_for`, at
+    most N), and its results are padded back to N: rows sorted by size make
+    batches of small cells cheap.
     The capacity carries over from batch to batch; `refit` as in `sample`
     (False for a job of a batch or two: the capacity only grows, to a few
     values, instead of being compiled anew for most segments). After each batch,
@@ -254,14 +263,17 @@ def sample_rows(key, species, energy: Energy, variables, capacity, annealing: Sc
         filled = np.concatenate([rows, np.repeat(rows[:1], batch - len(rows), axis=0)])
         row_ids = first_row + begin + np.minimum(np.arange(batch), len(rows) - 1)
         keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids))
-        result = sample(keys, filled, energy, variables, capacity, annealing,
+        width = bucket_for(int(np.count_nonzero(filled, axis=1).max()), species.shape[1])
+        result = sample(keys, filled[:, :width], energy, variables, capacity, annealing,
                         segment_length=min(segment_length, num_steps), kernel=kernel, refit=refit)
         capacity = result.capacity
         reruns += result.num_overflow_reruns
         batch_non_finite = int(np.sum(~result.info.finite[:len(rows)]))
         non_finite += batch_non_finite
         states = jax.device_get(result.states)
-        crystals.append(jax.tree.map(lambda a: a[:len(rows)], states.crystal))
+        crystal = states.crystal
+        crystals.append(Crystal(rows, _pad_atoms(crystal.positions[:len(rows)], species.shape[1]),
+                                crystal.lattice[:len(rows)]))
         energies.append(states.energy[:len(rows)])
         if trace:
             traces.append(result.info.energy[:len(rows)])
