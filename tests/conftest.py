@@ -1,18 +1,21 @@
 """Shared test fixtures: the data directory and float64 switching.
 
+What the tests share besides fixtures (the repository path `REPO`, the SrTiO3
+and random crystal builders, the CSV writer) is in `helpers.py`.
+
 The session keeps XLA compilations in `$CSP_JAX_CACHE/xla`, as the `csp-jax`
 command does, so tests that build the same programs compile them once.
 """
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 from csp_jax.sampling.driver import enable_compilation_cache
+from helpers import REPO
 
 enable_compilation_cache()
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def find_data_dir():
@@ -30,3 +33,10 @@ def data_dir():
     if path is None or not path.is_dir():
         pytest.skip("no data directory: set CSP_JAX_DATA or place shared/data beside the checkout")
     return path
+
+
+@pytest.fixture
+def x64():
+    """The test runs with float64 enabled (`pytestmark = pytest.mark.usefixtures("x64")`)."""
+    with jax.enable_x64(True):
+        yield

@@ -15,20 +15,18 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
-from conftest import REPO
 from csp_jax import cli
 from csp_jax.data import datasets as data
+from helpers import REPO, perovskite_structure, write_csv
 
 PRETRAINED = REPO / "csp_jax" / "pretrained" / "perov5"
 OLD_RUN = REPO / "tests" / "fixtures" / "run_before_layout"
 
 
 def good_cif():
-    cubic = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
-                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    return cubic.to(fmt="cif")
+    return perovskite_structure().to(fmt="cif")
 
 
 def with_cell(cif, **values):
@@ -82,19 +80,6 @@ def bad_cifs():
               ("json", json.dumps({"cif": cif})), ("xyz", "5\nSrTiO3\nSr 0 0 0\n"),
               ("binary", "\x00\x01\x02 data_x"), ("header only", cif[: cif.index("loop_")])]
     return cases
-
-
-def write_csv(path, cifs, header=("", "material_id", "cif")):
-    import csv
-    import io
-
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for i, cif in enumerate(cifs):
-        writer.writerow([i, f"m-{i}", cif])
-    path.write_text(buffer.getvalue())
-    return path
 
 
 class Tally:
@@ -175,14 +160,15 @@ def run_cli(argv, capsys):
     return status, [line for line in err.splitlines() if line.strip()], raised
 
 
-def check_cli(tally, case, argv, capsys, names=None):
+def check_cli(tally, case, argv, capsys, names=None, says=None):
+    """One `error:` line naming `names` (any case) and containing `says` (as written), status 1."""
     status, lines, raised = run_cli(argv, capsys)
     if raised is not None:
         tally.record("traceback", case, repr(raised))
     elif status == 0:
         tally.record("accepted", case)
     elif status == 1 and len(lines) == 1 and lines[0].startswith("error: ") and (
-            names is None or names.lower() in lines[0].lower()):
+            names is None or names.lower() in lines[0].lower()) and (says is None or says in lines[0]):
         tally.record("clean error", case)
     else:
         tally.record("unclear error", case, f"status {status}: {lines}")
@@ -230,13 +216,20 @@ def test_bad_command_lines_give_one_error_line(capsys, tmp_path, data_dir, monke
             check_cli(tally, f"{command} {' '.join(option)}",
                       [command, "--checkpoint", str(PRETRAINED), *extra, *option,
                        "--out", "o"], capsys)
-    for argv in (["--config", "nope"], ["--config", "test", "--max-steps", "0"],
-                 ["--config", "test", "--resume", "--out", "missing"], ["frobnicate"],
-                 ["evaluate"], ["predict", "--checkpoint", str(PRETRAINED)]):
-        check_cli(tally, " ".join(argv), argv, capsys)
+    for argv, says in ((["--config", "nope"], "unknown config 'nope'"),
+                       (["--config", "test", "--set", "sampler.num_stepz=3"],
+                        "unknown config key 'sampler.num_stepz'"),
+                       (["--config", "test", "--set", "sampler.num_steps=abc"],
+                        "bad value for sampler.num_steps"),
+                       (["predict", "--checkpoint", "/nonexistent", "--formula", "SrTiO3"],
+                        "not a csp_jax run directory"),
+                       (["--config", "test", "--max-steps", "0"], None),
+                       (["--config", "test", "--resume", "--out", "missing"], None), (["frobnicate"], None),
+                       (["evaluate"], None), (["predict", "--checkpoint", str(PRETRAINED)], None)):
+        check_cli(tally, " ".join(argv), argv, capsys, says=says)
     tally.report("command lines", capsys)
     assert not list(tmp_path.iterdir())  # nothing was written for a refused command
-    assert sum(tally.counts.values()) >= 80
+    assert sum(tally.counts.values()) >= 84
 
 
 def run_dirs(tmp_path):

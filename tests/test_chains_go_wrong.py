@@ -19,6 +19,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.evaluation import matching, metrics
@@ -27,6 +29,8 @@ from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.training import loop
 from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
+
+pytestmark = pytest.mark.slow  # real-energy chains, training and evaluation: 20-35 s each
 
 evaluation = importlib.import_module("csp_jax.evaluation.evaluate")  # the module, not the function
 CONFIG = get_config("test")

@@ -3,7 +3,6 @@ import csv
 import gzip
 import hashlib
 import http.server
-import io
 import threading
 import time
 import warnings
@@ -13,14 +12,14 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from csp_jax.data import datasets as data
+from helpers import perovskite_structure, write_csv
 
 # A cubic perovskite written in a skewed (non-reduced) basis of the cubic cell.
 SKEWED_LATTICE = [[3.9, 0.0, 0.0], [3.9, 3.9, 0.0], [0.0, 3.9, 3.9]]
 
 
 def perovskite(lattice=SKEWED_LATTICE):
-    cubic = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
-                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cubic = perovskite_structure()
     return Structure(Lattice(lattice), cubic.species, cubic.cart_coords,
                      coords_are_cartesian=True, to_unit_cell=True)
 
@@ -28,17 +27,6 @@ def perovskite(lattice=SKEWED_LATTICE):
 def rocksalt():
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
                                      [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-def write_csv(path, cifs):
-    """A CSV in the DiffCSP layout (pandas index column first) with ids m-0, m-1, ..."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["", "material_id", "cif"])
-    for i, cif in enumerate(cifs):
-        writer.writerow([i, f"m-{i}", cif])
-    path.write_bytes(buffer.getvalue().encode())
-    return path
 
 
 def with_nan(cif, key):
@@ -378,6 +366,7 @@ def check_against_pymatgen(ds, rows):
         assert np.all(frac > -1e-5) and np.all(frac < 1 + 1e-5)
 
 
+@pytest.mark.slow  # 3785 CIFs parsed when the cache is fresh: about 15 s
 def test_perov_5_test_split(perov_test):
     assert len(perov_test) == 3785 and perov_test.max_atoms == 5
     assert np.all(perov_test.num_atoms == 5)
@@ -386,6 +375,7 @@ def test_perov_5_test_split(perov_test):
     check_against_pymatgen(perov_test, [0, 1234, 3784])
 
 
+@pytest.mark.slow  # 300 MPTS-52 rows parsed: about 7 s
 def test_mpts_52_val_split(mpts_val):
     assert len(mpts_val) == MPTS_ROWS and mpts_val.max_atoms == 52
     assert mpts_val.num_atoms.max() > 40 and mpts_val.num_atoms.min() >= 1
@@ -396,6 +386,7 @@ def test_mpts_52_val_split(mpts_val):
     check_against_pymatgen(mpts_val, [0, MPTS_ROWS // 2, big])
 
 
+@pytest.mark.slow  # the whole Perov-5 test split parsed when the cache is fresh
 def test_cached_reload_is_identical(perov_test, data_dir, monkeypatch):
     def no_parsing(*args, **kwargs):
         raise AssertionError("cache miss")
@@ -445,12 +436,14 @@ def test_mp_20_biternary_split(data_dir, split):
     check_against_pymatgen(ds, [0, BITERNARY_ROWS // 2, big])
 
 
+@pytest.mark.slow
 def test_mp_20_biternary_splits_share_no_material(data_dir):
     ids = [set(data.load_split("mp_20_biternary", s, data_dir, limit=BITERNARY_ROWS).material_ids)
            for s in ("val", "test")]
     assert not ids[0] & ids[1]
 
 
+@pytest.mark.slow
 def test_holdout_of_the_training_split_is_fixed_and_disjoint(perov_test, data_dir):
     from csp_jax.config import DataConfig
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from csp_jax.config import get_config
-from csp_jax.geometry.crystal import Crystal
 from csp_jax.data.datasets import load_split
 from csp_jax.evaluation.displacement import CSV_FIELDS, displaced_energies, displacement_experiment
 from csp_jax.energy.continuousp import EnergyModel
@@ -14,6 +13,7 @@ from csp_jax.geometry.neighbors import NeighborCapacity
 
 from helpers import perovskite
 
+pytestmark = pytest.mark.slow  # the model and the displaced energies compiled: about 9 s
 
 NUM_DRAWS = 200  # one value everywhere: the draw count is a compile-time constant
 
@@ -31,13 +31,9 @@ def energy_fn(model_and_variables):
     return jax.jit(lambda crystal: model.energy(variables, crystal, NeighborCapacity.for_atoms(5))[0])
 
 
-def _float32(crystal):
-    return Crystal(crystal.species, np.float32(crystal.positions), np.float32(crystal.lattice))
-
-
 def test_zero_noise_gives_the_model_energy(model_and_variables, energy_fn):
     model, variables = model_and_variables
-    crystal = _float32(perovskite())
+    crystal = perovskite(dtype=np.float32)
     expected = energy_fn(crystal)
     displacement, energies, undisplaced = displaced_energies(
         model, variables, crystal, 2, jax.random.PRNGKey(0), sigma=0.0, num_draws=NUM_DRAWS)
@@ -49,7 +45,7 @@ def test_zero_noise_gives_the_model_energy(model_and_variables, energy_fn):
 
 def test_displacements_follow_the_noise_and_move_the_energy(model_and_variables):
     model, variables = model_and_variables
-    crystal = _float32(perovskite())
+    crystal = perovskite(dtype=np.float32)
     displacement, energies, undisplaced = displaced_energies(
         model, variables, crystal, 2, jax.random.PRNGKey(1), sigma=0.1, num_draws=NUM_DRAWS)
     # |noise|^2 / sigma^2 is chi-square with 3 degrees of freedom: mean 3, sd of the mean 0.17.

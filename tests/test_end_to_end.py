@@ -1,18 +1,18 @@
-"""The run command end to end on the `test` config: train, resume, predict, evaluate."""
+"""The run command end to end on the `test` config: train, resume, evaluate."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pymatgen.core import Structure
 
-from conftest import REPO
 from csp_jax import cli as run
 from csp_jax.config import available_configs
+from helpers import REPO, checkout_env
 
 
-def test_train_resume_predict_evaluate(tmp_path, data_dir, capsys):
+@pytest.mark.slow  # training and an evaluation through the command: about 20 s
+def test_train_resume_evaluate(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     common = ["--config", "test", "--out", str(out), "--data-dir", str(data_dir)]
     assert run.main(common + ["--max-steps", "2"]) == 0
@@ -25,13 +25,8 @@ def test_train_resume_predict_evaluate(tmp_path, data_dir, capsys):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4]  # four training steps, then the epoch's validation
 
-    assert run.main(["predict", "--checkpoint", str(out), "--formula", "SrTiO3",
-                     "--num-samples", "2", "--out", str(tmp_path / "pred")]) == 0
-    cifs = sorted((tmp_path / "pred" / "SrTiO3").glob("rank*.cif"))
-    assert len(cifs) == 2
-    assert Structure.from_file(cifs[0]).composition.reduced_formula == "SrTiO3"
-
-    # Two chains, like the training's and the prediction's: the same compiled programs.
+    # Two chains, like the training's: the same compiled programs. (Predicting from a run
+    # directory through the command: tests/test_predict.py.)
     assert run.main(["evaluate", "--checkpoint", str(out), "--limit", "2", "--num-samples", "1",
                      "--data-dir", str(data_dir), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
@@ -40,26 +35,14 @@ def test_train_resume_predict_evaluate(tmp_path, data_dir, capsys):
     assert (tmp_path / "eval" / "test_metrics.md").is_file()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--config", "nope"], "unknown config 'nope'"),
-    (["--config", "test", "--set", "sampler.num_stepz=3"], "unknown config key 'sampler.num_stepz'"),
-    (["--config", "test", "--set", "sampler.num_steps=abc"], "bad value for sampler.num_steps"),
-    (["predict", "--checkpoint", "/nonexistent", "--formula", "SrTiO3"], "not a csp_jax run directory"),
-])
-def test_bad_input_is_one_clear_line(argv, message, capsys):
-    assert run.main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
-
-
-
+@pytest.mark.slow  # the command in subprocesses
 def test_run_script_and_console_script_are_the_cli():
     """`python experiments/run.py` and the installed `csp-jax` both reach `csp_jax.cli.main`."""
     script = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--config", "nope"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=checkout_env())
     assert script.returncode == 1
     assert script.stderr.strip() == f"error: unknown config 'nope'; choose from {', '.join(available_configs())}"
     console = subprocess.run([str(Path(sys.executable).parent / "csp-jax"), "--help"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=checkout_env())
     assert console.returncode == 0
     assert all(c in console.stdout for c in ("train", "evaluate", "predict", "displacement", "bench"))

@@ -15,6 +15,8 @@ from helpers import perovskite, random_crystal
 
 CAP = NeighborCapacity(max_images=729, max_edges=6000)
 
+pytestmark = pytest.mark.usefixtures("x64")  # float64 throughout
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -25,12 +27,6 @@ def model():
 def variables64(model):
     variables = model.init(jax.random.key(3))
     return jax.tree.map(lambda x: np.asarray(x, np.float64), variables)
-
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -96,7 +92,13 @@ def transformations(rng):
     }
 
 
-@pytest.mark.parametrize("name", list(transformations(np.random.default_rng(0))))
+def invariance_cases():
+    """Every transformation; the supercells (new shapes to compile) in the slow lane."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name.startswith("supercell") else name
+            for name in transformations(np.random.default_rng(0))]
+
+
+@pytest.mark.parametrize("name", invariance_cases())
 def test_invariance(model, variables64, name):
     rng = np.random.default_rng(7)
     transform = transformations(rng)[name]
@@ -150,6 +152,7 @@ def test_continuous_when_pair_crosses_cutoff(model, variables64):
     assert all(b < 0.2 * a for a, b in zip(jumps, jumps[1:])), jumps
 
 
+@pytest.mark.slow  # its own program compiled: about 7 s
 def test_gradients_match_finite_differences(model, variables64):
     rng = np.random.default_rng(5)
     crystal = jax.tree.map(jnp.asarray, random_crystal(rng, 4, max_atoms=6, skew=0.2))
@@ -178,8 +181,8 @@ def test_gradients_finite_with_coincident_atoms(model, variables64):
     x[1] = x[0]  # coincident pair: no edge, finite gradient
     x[2] = x[0] + 1e-3  # closer than 0.01 A
     crystal = jax.tree.map(jnp.asarray, crystal.replace(positions=x))
-    gx, gl = jax.grad(lambda x, lattice: model.energy(
-        variables64, crystal.replace(positions=x, lattice=lattice), CAP)[0], argnums=(0, 1))(
+    gx, gl = jax.jit(jax.grad(lambda x, lattice: model.energy(
+        variables64, crystal.replace(positions=x, lattice=lattice), CAP)[0], argnums=(0, 1)))(
             crystal.positions, crystal.lattice)
     assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gl))
 
@@ -190,8 +193,8 @@ def test_float32_matches_float64(model, variables64):
     e64 = energy(model, variables64, crystal)
     with jax.enable_x64(False):
         v32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables64)
-        e32, _ = model.energy(v32, jax.tree.map(lambda x: jnp.asarray(x) if x.dtype.kind == "i"
-                                                 else jnp.asarray(x, jnp.float32), crystal), CAP)
+        e32, _ = jit_energy(model, v32, jax.tree.map(lambda x: jnp.asarray(x) if x.dtype.kind == "i"
+                                                      else jnp.asarray(x, jnp.float32), crystal), CAP)
     assert float(e32) == pytest.approx(e64, rel=1e-4, abs=1e-5)
 
 

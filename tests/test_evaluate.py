@@ -26,6 +26,7 @@ def test_subset_indices_are_fixed_nested_and_sorted():
     assert np.array_equal(subset_indices(7, 50), np.arange(7))
 
 
+@pytest.mark.slow  # an evaluation, its pictures and a recomputation: about 25 s
 def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     config = override(get_config("perov5"), "sampler.num_steps", "10")
     model = EnergyModel.from_config(config.model)
@@ -74,7 +75,7 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
 
 
 def test_recompute_refuses_samples_of_another_split(data_dir, tmp_path):
-    dataset = load_split("perov_5", "test", data_dir)
+    dataset = load_split("perov_5", "test", data_dir, limit=20)  # the first rows: no parse of the whole split
     path = tmp_path / "test_samples.npz"
     np.savez(path, species=np.ones((1, 1, 5), np.int32), positions=np.zeros((1, 1, 5, 3)),
              lattice=np.eye(3)[None, None], energies=np.zeros((1, 1)), material_ids=np.array(["none"]))
@@ -86,6 +87,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # three evaluations: 15-20 s
 def test_interrupted_evaluation_resumes_to_the_same_result(data_dir, tmp_path):
     """Killed after its first batch of chains, `evaluate(resume=True)` samples only the rest and
     gives the samples and metrics of an uninterrupted run; without resume it refuses to start."""

@@ -21,8 +21,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
 from csp_jax.training.checkpoint import load_model
+from helpers import REPO, checkout_env
+
+pytestmark = pytest.mark.slow  # the command in subprocesses, killed and resumed
 
 RUN = str(REPO / "experiments" / "run.py")
 TRAIN = ["--config", "test", "--set", "train.num_epochs=2", "--set", "train.checkpoint_every=1"]
@@ -85,8 +87,8 @@ def same_tree(a, b) -> bool:
 
 @pytest.fixture
 def env(data_dir, tmp_path):
-    return {**os.environ, "CSP_JAX_DATA": str(data_dir), "PYTHONUNBUFFERED": "1",
-            "CSP_JAX_CACHE": os.environ.get("CSP_JAX_CACHE", str(tmp_path / "cache"))}
+    return checkout_env(CSP_JAX_DATA=str(data_dir), PYTHONUNBUFFERED="1",
+                        CSP_JAX_CACHE=os.environ.get("CSP_JAX_CACHE", str(tmp_path / "cache")))
 
 
 def test_training_killed_five_times_resumes_to_identical_parameters(tmp_path, env, capsys):

@@ -11,12 +11,12 @@ from csp_jax.geometry.crystal import Crystal, from_structure, pad
 from csp_jax.evaluation.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
                                         PairResult, match_pair, match_pairs)
 from csp_jax.geometry.validity import valid_structure
+from helpers import perovskite_structure
 
 
 def perovskite(a=3.905):
-    """Cubic SrTiO3, 5 atoms."""
-    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    """Cubic SrTiO3, 5 atoms, at its experimental lattice constant."""
+    return perovskite_structure(a)
 
 
 def perturbed(structure, sigma, seed=0):
@@ -98,6 +98,7 @@ def scripted_match(action, value):
     return PairResult(MATCH, float(value))
 
 
+@pytest.mark.slow  # worker processes started again: about 10 s
 def test_pool_times_out_and_survives_crashes():
     pairs = [("fast", 0.1), ("sleep", 60.0), ("fast", 0.2), ("crash", 0.0),
              ("fast", 0.3), ("fast", 0.4), ("fast", 0.5)]

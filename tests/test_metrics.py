@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
 
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.evaluation.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
 from csp_jax.evaluation.metrics import (paper_table, aggregate, evaluate_samples, load_samples,
                              markdown_report, sample_at, save_samples, write_report)
+from helpers import perovskite_structure
 
 
 def test_aggregate_hand_computed():
@@ -30,11 +30,6 @@ def test_aggregate_without_matches_has_no_rmse():
     assert metrics["match_rate"] == 0.0 and metrics["rmse"] is None and metrics["rmse_k1"] is None
 
 
-def perovskite(a):
-    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-
-
 def variants(gt, rng):
     """An exact copy, a noisy copy, a stretched copy (no match) and a NaN-lattice copy, padded to 6."""
     exact = from_structure(gt, max_atoms=6, dtype=np.float64)
@@ -50,7 +45,7 @@ def variants(gt, rng):
 def make_samples():
     """Two test crystals x three samples: [T=2, K=3, N=6] (one padding slot)."""
     rng = np.random.default_rng(0)
-    gts = [perovskite(3.9), perovskite(4.2)]
+    gts = [perovskite_structure(3.9), perovskite_structure(4.2)]
     first, second = variants(gts[0], rng), variants(gts[1], rng)
     rows = [[first["noisy"], first["stretched"], first["nan"]],
             [second["stretched"], second["noisy"], second["exact"]]]

@@ -74,6 +74,7 @@ def test_layer_matches_xla_version(d, batch):
     assert np.all(np.asarray(cotangents[8])[~args[9]] == 0)  # nothing flows to padding
 
 
+@pytest.mark.slow  # the energy compiled twice per model: about 10 s each
 @pytest.mark.parametrize("config", ["perov5", "mp20"])
 def test_energy_and_gradients_match_xla_version(config, monkeypatch):
     """Energies, forces, lattice and parameter gradients of the model, kernel vs XLA ops."""

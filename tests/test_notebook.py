@@ -2,13 +2,17 @@
 import shutil
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO
+from helpers import REPO, checkout_env
+
+pytestmark = pytest.mark.slow  # the whole notebook
 
 
 def test_demo_notebook_executes(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("CSP_JAX_DATA", str(data_dir))
+    monkeypatch.setenv("PYTHONPATH", checkout_env()["PYTHONPATH"])  # the kernel imports this checkout
     work = tmp_path / "notebooks"
     work.mkdir()
     shutil.copy(REPO / "notebooks" / "demo.ipynb", work)

@@ -1,8 +1,13 @@
 """Data parallelism: two CPU devices give the results of one."""
-import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
+
+from helpers import checkout_env
+
+pytestmark = pytest.mark.slow  # a subprocess with two devices: about 50 s
 
 SCRIPT = textwrap.dedent("""
     import functools
@@ -40,7 +45,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_training_step_on_two_devices_equals_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = checkout_env(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout

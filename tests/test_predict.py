@@ -69,6 +69,7 @@ def test_cell_species_errors_are_one_line(formula, kwargs, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # prediction chains compiled: about 20 s with the next test
 def test_predict_writes_cifs_ranked_by_energy(run_dir, tmp_path):
     config, model, variables = checkpoint.load_model(run_dir)
     rows = predict(config, model, variables, FORMULAS, tmp_path, num_samples=3,
@@ -113,16 +114,15 @@ def test_predict_checks_every_formula_before_sampling(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # prediction chains compiled: about 20 s with the test above
 def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     subparsers = argparse.ArgumentParser().add_subparsers(dest="command")
     for add in (cli.add_evaluate, cli.add_predict, cli.add_displacement):
         add(subparsers)
     parser = subparsers._name_parser_map  # the sub-command parsers by name
     assert set(parser) == {"evaluate", "predict", "displacement"}
-    args = parser["predict"].parse_args(
-        ["--checkpoint", str(run_dir), "--formula", *FORMULAS, "--num-samples", "3",
-         "--batch-size", "4", "--out", str(tmp_path)])
-    args.func(args)
+    assert cli.main(["predict", "--checkpoint", str(run_dir), "--formula", *FORMULAS, "--num-samples", "3",
+                     "--batch-size", "4", "--out", str(tmp_path)]) == 0
     for formula in FORMULAS:
         assert len(list((tmp_path / formula).glob("rank*.cif"))) == 3
         for picture in ("rank01.png", "chains.png"):  # the top structure, the chains' energies
@@ -136,6 +136,7 @@ def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     assert (args.sigma, args.num_crystals, args.num_draws, args.split, args.seed) == (None,) * 5
 
 
+@pytest.mark.slow
 def test_auto_formula_units_sample_every_cell_that_fits_and_rank_them_together(run_dir, tmp_path):
     config = override(checkpoint.read_config(run_dir), "data.max_atoms", "12")
     assert [(z, len(s)) for z, s in formula_cells("NaCl", config, formula_units="auto")[1]] == \

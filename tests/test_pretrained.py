@@ -11,6 +11,9 @@ from csp_jax.evaluation.matching import MATCH, match_pairs
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample_rows, schedule
+from helpers import perovskite
+
+pytestmark = pytest.mark.slow  # the shipped model's chains
 
 # Energies of the shipped model on the crystals of `fixed_crystals`, stored when it was exported.
 STORED_ENERGIES = [-0.26533743739128113, -0.24565574526786804, -0.29967665672302246]
@@ -18,10 +21,8 @@ STORED_ENERGIES = [-0.26533743739128113, -0.24565574526786804, -0.29967665672302
 
 def fixed_crystals() -> list[Crystal]:
     """Cubic SrTiO3 (a = 3.9 A), the same with Ti moved 0.2 A, and a sheared BaZrO3 cell."""
-    half = 1.95
-    positions = np.array([[0, 0, 0], [half, half, half], [half, half, 0], [half, 0, half], [0, half, half]])
-    cubic = Crystal(np.array([38, 22, 8, 8, 8], np.int32), positions, 3.9 * np.eye(3))
-    moved = cubic.replace(positions=positions + np.array([[0, 0, 0], [0.2, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    cubic = perovskite()
+    moved = cubic.replace(positions=cubic.positions + np.array([[0, 0, 0], [0.2, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
     lattice = np.array([[4.2, 0.0, 0.0], [0.3, 4.1, 0.0], [0.2, -0.4, 4.3]])
     sheared = Crystal(np.array([40, 56, 8, 8, 8], np.int32), np.array(
         [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) @ lattice, lattice)

@@ -1,7 +1,11 @@
 """The README's Python examples run as written (in order, in one namespace)."""
 import re
 
-from conftest import REPO
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # the README's examples
 
 
 def python_blocks():

@@ -20,11 +20,8 @@ from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
 from helpers import random_crystal
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = [pytest.mark.usefixtures("x64"),  # float64 throughout
+              pytest.mark.slow]  # the dense reference and the library compiled per case: 5-15 s each
 
 
 def box_images(positions, lattice, cutoff):
@@ -136,24 +133,30 @@ def test_float32_library_matches_float64_reference(config, num_atoms):
     variables64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
     rng = np.random.default_rng(7)
     capacity = NeighborCapacity(max_images=729, max_edges=int(4 * 113 * num_atoms))
-    for _ in range(3):
-        crystal = random_crystal(rng, num_atoms, skew=0.4)
-        lattice = np.asarray(crystal.lattice)
-        cutoff = 3.0 * (abs(np.linalg.det(lattice)) / num_atoms) ** (1 / 3)
-        images = jnp.asarray(box_images(np.asarray(crystal.positions), lattice, cutoff))
-        args64 = (jnp.asarray(crystal.positions), jnp.asarray(lattice))
+    crystals = [random_crystal(rng, num_atoms, skew=0.4) for _ in range(3)]
+    # One set of translations for all three (the union of their boxes): one compilation each.
+    boxes = [box_images(np.asarray(c.positions), np.asarray(c.lattice),
+                        3.0 * (abs(np.linalg.det(np.asarray(c.lattice))) / num_atoms) ** (1 / 3)) for c in crystals]
+    reach = np.max([np.max(b, axis=0) for b in boxes], axis=0).astype(int)
+    images = jnp.asarray(list(itertools.product(*(range(-r, r + 1) for r in reach))), jnp.float64)
+
+    def library(positions, lattice, species):
+        return model.energy(variables, Crystal(species, positions, lattice), capacity)[0]
+
+    def reference(positions, lattice, species):
+        return reference_energy(variables64["params"], variables64["spectral"], species, positions, lattice,
+                                images, model.num_conv, model.num_fc)
+
+    with jax.enable_x64(False):
+        library_grad = jax.jit(jax.value_and_grad(library, argnums=(0, 1)))
+    reference_grad = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))
+    for crystal in crystals:
+        species = jnp.asarray(crystal.species)
+        args64 = (jnp.asarray(crystal.positions), jnp.asarray(crystal.lattice))
         args32 = tuple(np.asarray(a, np.float32) for a in args64)
-
-        def library(positions, lattice):
-            return model.energy(variables, crystal.replace(positions=positions, lattice=lattice), capacity)[0]
-
-        def reference(positions, lattice):
-            return reference_energy(variables64["params"], variables64["spectral"], jnp.asarray(crystal.species),
-                                    positions, lattice, images, model.num_conv, model.num_fc)
-
         with jax.enable_x64(False):  # the library as the sampler runs it
-            energy, grads = jax.jit(jax.value_and_grad(library, argnums=(0, 1)))(*args32)
-        ref_energy, ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(*args64)
+            energy, grads = library_grad(*args32, species)
+        ref_energy, ref_grads = reference_grad(*args64, species)
         assert energy.dtype == jnp.float32
         np.testing.assert_allclose(energy, ref_energy, rtol=1e-5, atol=1e-5)
         for g, r in zip(grads, ref_grads):

@@ -213,6 +213,7 @@ def repulsive_energy_fn(crystal):
     return repulsion + jnp.log(density / 0.05) ** 2, NO_OVERFLOW
 
 
+@pytest.mark.slow  # 200 steps with Niggli reduction: about 12 s
 def test_annealed_samples_are_finite_reduced_crystals():
     species = jnp.tile(jnp.array([[14, 8, 8, 8, 0]], jnp.int32), (8, 1))
     result = sample(jax.random.split(jax.random.key(5), 8), species,
@@ -234,6 +235,7 @@ def test_annealed_samples_are_finite_reduced_crystals():
     assert abs(np.median(np.asarray(crystal.volume)) / 4 * 0.05 - 1) < 0.5
 
 
+@pytest.mark.slow  # chain segments compiled: about 7 s
 def test_same_key_same_samples_different_keys_differ():
     species = jnp.tile(SPECIES[None], (4, 1))
     run = lambda key: sample(jax.random.split(key, 4), species, HARMONIC, {}, None,
@@ -247,6 +249,7 @@ def test_same_key_same_samples_different_keys_differ():
     assert not np.allclose(first.states.crystal.lattice[0], first.states.crystal.lattice[1])
 
 
+@pytest.mark.slow  # three chain lengths compiled: about 7 s
 def test_segments_and_recording_equal_one_scan():
     init_fn, step_fn = mala(harmonic_energy_fn, identity_reduce)
     state = jax.jit(init_fn)(random_crystal(jax.random.key(8), SPECIES, 0.05))
@@ -278,6 +281,7 @@ def truncating_energy(crystal, capacity):
     return jnp.where(overflow, 0.5 * energy, energy), {"overflow": overflow}
 
 
+@pytest.mark.slow  # chains at three capacities: about 16 s
 def test_overflow_reruns_equal_a_large_capacity_run():
     """|L|_F starts between 8 and 16.4 and drifts to about 17.6 (up to 18.8):
     capacity 9 overflows at the start, 18 during the chain, 36 never."""
@@ -340,6 +344,7 @@ def test_chunked_vmap_equals_vmap():
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]))
 
 
+@pytest.mark.slow  # chains of the real energy at several capacities: about 25 s
 def test_capacity_refit_between_segments_keeps_the_samples():
     """`sample` shrinks an oversized neighbour capacity to the chains' needs between segments;
     the samples equal those of a run that keeps the large capacity throughout."""
@@ -367,6 +372,7 @@ def test_capacity_refit_between_segments_keeps_the_samples():
     np.testing.assert_allclose(fitted.states.crystal.lattice, fixed.states.crystal.lattice, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sample_rows_runs_a_batch_at_its_cells_width_and_pads_back():
     """Rows of 2-atom cells padded to 12 slots run at width 2 (the same chains as rows of
     width 2, up to float32 rounding) and come back with 12 slots, the padding zero."""

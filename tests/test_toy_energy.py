@@ -54,6 +54,7 @@ class PairSpringEnergy:
         return variables
 
 
+@pytest.mark.slow  # training, chains, an evaluation and a prediction
 def test_toy_energy_trains_evaluates_and_predicts_through_the_public_functions(data_dir, tmp_path):
     toy = PairSpringEnergy()
     assert isinstance(toy, Energy)
@@ -80,6 +81,7 @@ def test_toy_energy_trains_evaluates_and_predicts_through_the_public_functions(d
     assert all(math.isfinite(row["energy"]) for row in rows)
 
 
+@pytest.mark.slow  # two models' chain starts compiled: 11-16 s
 def test_random_starts_scale_with_rho0_exactly():
     """Same keys, rho0 0.05 and 0.03: every start cell is larger by exactly 5/3 in volume."""
     keys = jax.random.split(jax.random.key(2), 8)
@@ -113,8 +115,8 @@ def test_config_rho0_reaches_training_evaluation_and_prediction_chains(data_dir,
     assert model.rho0 == 0.03
     variables = model.init(jax.random.key(0))
     with pytest.raises(ChainStarted) as evaluation:
-        evaluate(loaded, model, variables, load_split("perov_5", "test", data_dir), tmp_path / "eval",
-                 num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
+        evaluate(loaded, model, variables, load_split("perov_5", "test", data_dir, limit=20),  # no whole parse
+                 tmp_path / "eval", num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
     with pytest.raises(ChainStarted) as prediction:
         predict(loaded, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
     stages = {name: raised.value.args[0] for name, raised in

@@ -47,12 +47,16 @@ def params_of(run_dir):
     return state, meta
 
 
+@pytest.mark.slow  # the training programs compiled: about 30 s
 def test_resume_continues_exactly(tmp_path, data_dir, config):
-    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit."""
+    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit; without resume an existing
+    run is refused."""
     quiet = lambda *_: None  # noqa: E731
     one = train(config, tmp_path / "one", data_dir, log=quiet)
     train(config, tmp_path / "two", data_dir, max_steps=2, log=quiet)
     assert checkpoint.manager(tmp_path / "two").latest_step() == 2
+    with pytest.raises(FileExistsError, match="--resume"):  # an existing run continues only if asked
+        train(config, tmp_path / "two", data_dir, max_steps=1, log=quiet)
     two = train(config, tmp_path / "two", data_dir, resume=True, log=quiet)
     assert int(one.step) == int(two.step) == 4
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
@@ -70,12 +74,7 @@ def test_resume_continues_exactly(tmp_path, data_dir, config):
                               np.asarray(jax.tree.leaves(two.variables["params"])[0]))
 
 
-def test_existing_run_needs_resume(tmp_path, data_dir, config):
-    train(config, tmp_path, data_dir, max_steps=1, log=lambda *_: None)
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(config, tmp_path, data_dir, max_steps=1, log=lambda *_: None)
-
-
+@pytest.mark.slow  # the training programs compiled, when alone: about 25 s
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monkeypatch):
     config = override(config, "train.max_bad_steps", "2")
     real_step = training_loop.update_step
@@ -94,6 +93,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dir, config, monk
     assert [r["skipped"] for r in records if r["kind"] == "train"] == [False, False, True, True]
 
 
+@pytest.mark.slow  # the negatives' chains compiled: about 15 s
 def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
     """A step whose neighbour lists overflow is repeated with grown capacities until none does."""
     train_set = load_split("perov_5", "train", data_dir, limit=2)
@@ -121,6 +121,7 @@ def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
     assert restored.update == capacities.update is not None
 
 
+@pytest.mark.slow  # the update step compiled twice: 10-12 s
 def test_update_step_reports_overflow_of_a_small_capacity(config):
     """The jitted step flags (never hides) crystals whose neighbour lists do not fit."""
     from csp_jax.geometry.crystal import Crystal
