@@ -423,6 +423,7 @@ def test_registry_sizes_and_checksums_match_the_files_here(data_dir):
 BITERNARY_ROWS = 400  # the first rows of each mp_20_biternary file: cells of 2 to 20 atoms
 
 
+@pytest.mark.slow  # parses 400 rows of each file
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_mp_20_biternary_split(data_dir, split):
     ds = data.load_split("mp_20_biternary", split, data_dir, on_bad_row="error", limit=BITERNARY_ROWS)
