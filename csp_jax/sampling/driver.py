@@ -105,7 +105,13 @@ def _energy_fn(energy: Energy, variables, capacity):
     return lambda crystal: energy.energy(variables, crystal, capacity)
 
 
-@functools.lru_cache(maxsize=512)
+# Programs kept per process: enough for a training run's groups (8 widths x a few capacity
+# classes); each holds its compiled executable, so the cap
+# bounds memory, and an evicted program comes back from the persistent cache.
+PROGRAMS_KEPT = 128
+
+
+@functools.lru_cache(maxsize=PROGRAMS_KEPT)
 def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity, chunk: int | None = None):
     """jit((variables, keys [B], species [B, N]) -> MALAState [B]): random starts, reduced and
     evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
@@ -119,7 +125,7 @@ def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacit
     return jax.jit(init)
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=PROGRAMS_KEPT)
 def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity,
                      chunk: int | None = None):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) ->
