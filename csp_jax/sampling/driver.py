@@ -105,10 +105,12 @@ def _energy_fn(energy: Energy, variables, capacity):
     return lambda crystal: energy.energy(variables, crystal, capacity)
 
 
-# Programs kept per process: enough for a training run's groups (8 widths x a few capacity
-# classes); each holds its compiled executable, so the cap
-# bounds memory, and an evicted program comes back from the persistent cache.
-PROGRAMS_KEPT = 128
+# Programs kept per process, per kind (initialisation, segment). Each compiled CPU program
+# holds its machine code in about 700 memory mappings (the mp20 model); Linux allows a
+# process 65,530 by default (vm.max_map_count), which a training run that kept ~90 programs
+# exhausted ("LLVM compilation error: Cannot allocate memory"). An evicted program comes
+# back from the persistent compilation cache.
+PROGRAMS_KEPT = 32
 
 
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
