@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from csp_jax.config import DataConfig
-from csp_jax.geometry.crystal import bucket_for, expand_composition, reduce_composition
+from csp_jax.geometry.crystal import bucket_for, cell_composition, expand_composition, reduce_composition
 
 
 class SampleSpecies(NamedTuple):
@@ -40,12 +40,6 @@ def draw_multipliers(rng: np.random.Generator, size: int, q: float = DataConfig.
 
 
 UNITS = ("formula", "cell")
-
-
-def cell_composition(species) -> dict[int, int]:
-    """The composition of the whole cell, `{Z: count}` (what `unit="cell"` repeats)."""
-    zs, counts = np.unique(np.asarray(species)[np.asarray(species) > 0], return_counts=True)
-    return {int(z): int(c) for z, c in zip(zs, counts)}
 
 
 def expanded_species(species: np.ndarray, multipliers: np.ndarray, max_atoms: int,

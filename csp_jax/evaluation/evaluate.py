@@ -149,7 +149,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     num_test = len(test)
     parts_dir = out_dir / f"{split}_parts"
     settings = {"split": split, "num_test": num_test, "num_samples": num_samples, "steps": num_steps,
-                "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist()}
+                "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
+                "order": "by_size"}  # the chains' row order (parts of another order do not resume)
     settings_path = parts_dir / SETTINGS_FILE
     if parts_dir.is_dir() and not resume:
         raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "

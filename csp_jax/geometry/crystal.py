@@ -117,11 +117,17 @@ def reduce_composition(species) -> dict[int, int]:
 
     species: [N] atomic numbers (padding zeros are ignored).
     """
-    zs, counts = np.unique(np.asarray(species)[np.asarray(species) > 0], return_counts=True)
-    if len(zs) == 0:
+    counts = cell_composition(species)
+    if not counts:
         raise ValueError("empty composition")
-    g = _fold(math.gcd, counts.tolist())
-    return {int(z): int(c) // g for z, c in zip(zs, counts)}
+    g = _fold(math.gcd, list(counts.values()))
+    return {z: c // g for z, c in counts.items()}
+
+
+def cell_composition(species) -> dict[int, int]:
+    """The composition of the whole cell, `{Z: count}` sorted by Z (padding zeros ignored)."""
+    zs, counts = np.unique(np.asarray(species)[np.asarray(species) > 0], return_counts=True)
+    return {int(z): int(c) for z, c in zip(zs, counts)}
 
 
 def expand_composition(composition: dict[int, int], j: int, max_atoms: int | None = None) -> np.ndarray:
