@@ -14,6 +14,7 @@ from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.training.step import config_energy, contrastive_loss, init_train_state
 from csp_jax.training import loop as training_loop
+from csp_jax.sampling.driver import sample
 from csp_jax.training.loop import TrainingDiverged, train
 
 
@@ -140,3 +141,34 @@ def test_update_step_reports_overflow_of_a_small_capacity(config):
     assert bool(metrics["overflow"]) and np.any(np.asarray(metrics["sample_needs"]) > np.array([8, 64]))
     _, metrics = step(sample_capacity=NeighborCapacity.for_atoms(5))
     assert not bool(metrics["overflow"])
+
+
+@pytest.mark.slow  # 12 training steps of chains in 5 segments: about 20 s
+def test_chain_capacities_only_grow_so_steps_reuse_their_programs(tmp_path, data_dir, config, monkeypatch):
+    """Each chain width keeps a capacity per segment that only grows (the driver's `floors`),
+    although every segment refits to the chains as they settle: a step whose chains fit
+    the capacities kept builds no program, and only a need never met before grows one."""
+    config = override(override(config, "sampler.segment_length", "2"), "train.num_epochs", "3")
+    runs = []  # the capacities of each training step's chains (one width)
+
+    def recording(*args, **kwargs):
+        result = sample(*args, **kwargs)
+        runs.append((kwargs["floors"], result.capacities))
+        return result
+
+    monkeypatch.setattr(training_loop, "sample", recording)
+    train(config, tmp_path, data_dir, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    built = [r["new_programs"] for r in records if r["kind"] == "train"]
+    # One chain batch per record: 4 training steps, then one validation batch, per epoch.
+    steps = [run for run, r in zip(runs, records) if r["kind"] == "train"]
+    assert len(steps) == len(built) == 12
+    for floors, used in steps:
+        assert all(np.all(np.array(u) >= np.array(f)) for u, f in zip(used, floors))  # never below a floor
+    for (floors, used), n in list(zip(steps, built))[1:]:
+        if tuple(used) == tuple(floors):
+            assert n == 0  # the capacities kept: every program reused
+    assert sum(built[1:]) < len(built) - 1  # most steps after the first build nothing
+    _, meta = params_of(tmp_path)  # kept in the checkpoint: one capacity per segment
+    [kept] = meta["capacities"]["samples"].values()  # one width (6 slots for 5 atoms)
+    assert [tuple(c) for c in kept] == [tuple(c) for c in steps[-1][1]]

@@ -36,7 +36,7 @@ from jax import lax
 from csp_jax.config import SamplerConfig
 from csp_jax.energy.base import Energy
 from csp_jax.files import cache_dir
-from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
+from csp_jax.geometry.capacity import at_least, grow_until_no_overflow, largest_needs
 from csp_jax.geometry.crystal import Crystal, bucket_for
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.progress import Progress
@@ -157,23 +157,31 @@ class SampleResult(NamedTuple):
 
     states:              MALAState [B, ...], the final states.
     info:                MALAInfo [B, K] (numpy), every step of every chain.
-    capacity:            the capacity the last segment ran with.
-    start_capacity:      the capacity the first segment ran with (what random
-                         starts needed: where the next batch should start).
+    capacities:          the capacity each segment ran with, in order (the
+                         `floors` of a later batch like this one).
     num_overflow_reruns: how many times a segment (or the initialisation) was
                          run again with a grown capacity.
     """
 
     states: MALAState
     info: MALAInfo
-    capacity: Any
-    start_capacity: Any
+    capacities: tuple
     num_overflow_reruns: int
+
+    @property
+    def capacity(self):
+        """The capacity the last segment ran with."""
+        return self.capacities[-1]
+
+    @property
+    def start_capacity(self):
+        """The capacity the first segment ran with (what random starts needed)."""
+        return self.capacities[0]
 
 
 def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedule, *,
            segment_length: int = SamplerConfig.segment_length, kernel: Callable = mala, reduce_fn: Callable | None = None,
-           refit: bool = True, chunk: int | None = None) -> SampleResult:
+           refit: bool = True, floors: tuple = (), chunk: int | None = None) -> SampleResult:
     """Annealed chains from random starts for a batch of species vectors.
 
     keys: [B] PRNG keys, one per chain (e.g. `jax.random.split(key, B)`);
@@ -181,7 +189,10 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
     variables: the energy's (traced: new values do not recompile); capacity:
     the energy's starting capacity, grown on overflow and, with `refit`,
     fitted to the previous segment's needs before every later segment
-    (`capacity.fit(*needs)`). reduce_fn: None for Niggli + wrap. chunk:
+    (`capacity.fit(*needs)`). floors: capacities per segment (an earlier
+    batch's `SampleResult.capacities`): segment i runs at least at floors[i]
+    (none past the end), so batches of one shape settle on one capacity per
+    segment and compile nothing new. reduce_fn: None for Niggli + wrap. chunk:
     chains vmapped together (None: `chains_per_chunk`, the CPU-tuned choice).
 
     The chains run in segments of `segment_length` steps; a segment (or the
@@ -199,13 +210,16 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
         states = compiled_init(energy, kernel, reduce_fn, capacity, chunk)(variables, init_keys, species)
         return states, states.overflow, ()
 
-    states, capacity, reruns = grow_until_no_overflow(init_at, capacity, "at initialisation")
-    infos = []
+    states, capacity, reruns = grow_until_no_overflow(init_at, at_least(capacity, floors[0] if floors else None),
+                                                      "at initialisation")
+    infos, capacities = [], []
     for start in range(0, step_sizes.shape[0], segment_length):
         stop = start + segment_length
         if infos and refit and hasattr(capacity, "fit"):
             needs = largest_needs(infos[-1].needs)
             capacity = capacity.fit(*needs) if needs else capacity
+        if len(capacities) < len(floors):
+            capacity = at_least(capacity, floors[len(capacities)])
 
         def segment_at(capacity, states=states, start=start, stop=stop):
             out = compiled_segment(energy, kernel, reduce_fn, capacity, chunk)(
@@ -215,11 +229,10 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
         (states, info), capacity, more = grow_until_no_overflow(
             segment_at, capacity, f"in the segment from step {start}")
         reruns += more
-        if not infos:
-            start_capacity = capacity
+        capacities.append(capacity)
         infos.append(jax.device_get(info))
     info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
-    return SampleResult(states, info, capacity, start_capacity, reruns)
+    return SampleResult(states, info, tuple(capacities), reruns)
 
 
 def _pad_atoms(positions, num_atoms: int) -> np.ndarray:

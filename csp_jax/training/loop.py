@@ -10,6 +10,7 @@ checkpoint left off.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import time
@@ -60,8 +61,9 @@ class Capacities:
     data:   the data crystals' (grows only);
     update: the negatives' in the update step (grows only, to the largest the
             chains ended with: few update programs are compiled);
-    chains: per chain width, where that width's chains start (what random
-            starts needed so far; the driver refits it as the chains settle).
+    chains: per chain width, the capacity of each segment of that width's
+            chains (grows only: the driver's `floors`, so after the first
+            batches the chains of a width reuse their compiled programs).
     """
 
     def __init__(self, neighbors: NeighborConfig, data_atoms: int, saved: dict | None = None):
@@ -69,18 +71,27 @@ class Capacities:
         saved = saved or {}
         self.data = NeighborCapacity(*saved["data"]) if "data" in saved else self._default(data_atoms)
         self.update = NeighborCapacity(*saved["update"]) if "update" in saved else None
-        self.chains = {int(n): NeighborCapacity(*c) for n, c in saved.get("samples", {}).items()}
+        self.chains = {int(n): tuple(NeighborCapacity(*c) for c in _per_segment(caps))
+                       for n, caps in saved.get("samples", {}).items()}
 
     def _default(self, atoms: int) -> NeighborCapacity:
         return NeighborCapacity.from_config(self.neighbors, atoms)
 
-    def for_chains(self, width: int) -> NeighborCapacity:
-        """The start capacity of chains of `width` atom slots (a default for a new width)."""
-        return self.chains.setdefault(width, self._default(width))
+    def for_chains(self, width: int) -> tuple[NeighborCapacity, ...]:
+        """The capacities per segment of chains of `width` atom slots (for a new width:
+        the default for `width` atoms, for the first segment)."""
+        return self.chains.setdefault(width, (self._default(width),))
 
     def to_json(self) -> dict:
-        saved = {"data": list(self.data), "samples": {str(n): list(c) for n, c in self.chains.items()}}
+        saved = {"data": list(self.data),
+                 "samples": {str(n): [list(c) for c in caps] for n, caps in self.chains.items()}}
         return saved if self.update is None else dict(saved, update=list(self.update))
+
+
+def _per_segment(saved: list) -> list:
+    """A width's saved capacities: [[images, edges], ...] per segment, or one
+    [images, edges] (checkpoints written before capacities were kept per segment)."""
+    return [saved] if isinstance(saved[0], int) else saved
 
 
 def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[Batch, int]:
@@ -109,8 +120,8 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
     species: [B, N]; chain b uses the key `split(key, B)[b]`. A group of fewer
     than `train.chains_per_group` chains is filled up with copies of its first
     chain (results dropped), so every group has one of a few shapes. Each
-    group starts at the capacity kept for its width; `capacities.update` grows
-    to hold every sample.
+    group's segments run at least at the capacities kept for its width, which
+    grow to what they ran with; `capacities.update` grows to hold every sample.
     """
     species = np.asarray(jax.device_get(species))
     keys = jax.random.split(key, species.shape[0])
@@ -121,10 +132,11 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
     acceptance, reruns, non_finite = 0.0, 0, 0
     for width, rows in chain_groups(species, config.data.max_atoms, group):
         filled = np.concatenate([rows, np.repeat(rows[:1], group - len(rows))])
-        chains = sample(keys[filled], species[filled, :width], energy, variables,
-                        capacities.for_chains(width), annealing,
-                        segment_length=config.sampler.segment_length, kernel=kernel)
-        capacities.chains[width] = chains.start_capacity
+        floors = capacities.for_chains(width)
+        chains = sample(keys[filled], species[filled, :width], energy, variables, floors[0], annealing,
+                        segment_length=config.sampler.segment_length, kernel=kernel, floors=floors)
+        capacities.chains[width] = tuple(at_least(c, f) for c, f in
+                                         itertools.zip_longest(chains.capacities, floors))
         capacities.update = at_least(capacities.update, chains.capacity)
         crystal = jax.device_get(chains.states.crystal)
         positions[rows, :width] = crystal.positions[:len(rows)]
