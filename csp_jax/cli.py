@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 
 from csp_jax.errors import one_line
-from csp_jax.config import available_configs, check_range, get_config, override
+from csp_jax.config import CHOICES, available_configs, check_range, get_config, override
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
 
@@ -175,7 +175,7 @@ def run_evaluate(args) -> None:
 
 
 def add_predict(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="predict structures for formulas, CIFs ranked by energy")
+    p = subparsers.add_parser("predict", help="predict structures for formulas, ranked CIFs")
     _add_checkpoint(p)
     p.add_argument("--formula", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
     p.add_argument("--num-samples", type=POSITIVE_INT, help="chains per formula (default: config eval.num_samples)")
@@ -185,6 +185,9 @@ def add_predict(subparsers) -> None:
     size.add_argument("--formula-units", type=FORMULA_UNITS, metavar="Z|auto",
                       help="reduced formula units per cell (default 1); auto: Z = 1..4 within the "
                            "model's cell limit, ranked together")
+    p.add_argument("--ranking", choices=CHOICES["eval.ranking"],
+                   help="order of the samples: energy; consensus (the largest group of samples that "
+                        "match each other, then energy); first (chain order) (default: config eval.ranking)")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/predictions; "
                                            "predictions/<name> here for a shipped model's name)")
@@ -199,7 +202,7 @@ def run_predict(args) -> None:
     config, energy, variables = load_model(_model_dir(args.checkpoint))
     predict(config, energy, variables, args.formula, _out_dir(args, "predictions"),
             num_samples=args.num_samples, num_atoms=args.num_atoms, formula_units=args.formula_units,
-            key=_key(args.seed), batch_size=args.batch_size)
+            key=_key(args.seed), batch_size=args.batch_size, ranking=args.ranking)
 
 
 def add_displacement(subparsers) -> None:

@@ -83,6 +83,7 @@ class EvalConfig:
     num_steps: int = 0  # MALA steps of evaluation and prediction chains (0 = sampler.num_steps)
     max_atoms: int = 100  # largest cell `predict` samples
     seed: int = 0  # sampling key of evaluation and prediction: PRNGKey(seed)
+    ranking: str = "energy"  # the order of `predict`'s samples: energy | consensus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +179,8 @@ RANGES = {
     "displacement.num_draws": (1, None, True), "displacement.seed": (0, None, True),
 }
 # Allowed words of string keys.
-CHOICES = {"data.expand_from": ("formula", "cell")}
+CHOICES = {"data.expand_from": ("formula", "cell"),
+           "eval.ranking": ("energy", "consensus")}  # csp_jax.evaluation.ranking
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:

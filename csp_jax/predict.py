@@ -3,10 +3,12 @@
 `cell_species` turns a formula (pymatgen `Composition` syntax, e.g. `SrTiO3`)
 and a cell size into the species vector `Expand(Reduce(A), Z)` (SPEC §1);
 `predict` samples K chains per formula and writes, per formula, the samples as
-CIFs ranked by final energy (`<out>/<cell>/rank01_E-1.2345.cif`), a picture of
-the top-ranked structure (`rank01.png`) and of the chains' energy against the
-MALA step (`chains.png`), plus a
-summary table of all of them (`<out>/summary.csv` and `summary.md`: energy,
+ranked CIFs (`<out>/<cell>/rank01_E-1.2345.cif`; the ranking is
+`config.eval.ranking`, see `csp_jax.evaluation.ranking`: by final energy, or by
+consensus, the largest group of samples that match each other first), a
+picture of the top-ranked structure (`rank01.png`) and of the chains' energy
+against the MALA step (`chains.png`), plus a summary table of all of them
+(`<out>/summary.csv` and `summary.md`: energy, group of matching samples,
 volume, density, space group, lattice parameters).
 """
 from __future__ import annotations
@@ -25,13 +27,15 @@ from csp_jax.energy.base import Energy
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
+from csp_jax.evaluation.matching import MATCH, match_pairs, match_samples
+from csp_jax.evaluation.ranking import cluster_labels, ranked_order
 from csp_jax.sampling.driver import sample_rows, schedule
 from csp_jax.sampling.mala import mala
 
 SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
 ANGLE_TOLERANCE = 5.0  # degrees
 AUTO_FORMULA_UNITS = (1, 2, 3, 4)  # the cells `formula_units="auto"` samples, within the model's limit
-SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "volume", "density",
+SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "group", "volume", "density",
                   "space_group", "a", "b", "c", "alpha", "beta", "gamma", "cif")
 
 
@@ -117,18 +121,18 @@ def _space_group(structure) -> str:
         return "n/a"
 
 
-def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, structure,
+def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, group: int, structure,
                  cif: str) -> dict:
     lattice = structure.lattice
     return {"formula": name, "num_atoms": len(structure), "formula_units": units, "rank": rank,
-            "energy": energy,
-            "valid": valid, "volume": structure.volume, "density": float(structure.density),
+            "energy": energy, "valid": valid, "group": group,
+            "volume": structure.volume, "density": float(structure.density),
             "space_group": _space_group(structure),
             "a": lattice.a, "b": lattice.b, "c": lattice.c,
             "alpha": lattice.alpha, "beta": lattice.beta, "gamma": lattice.gamma, "cif": cif}
 
 
-def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def _write_summary(rows: list[dict], out_dir: Path, ranking: str) -> tuple[Path, Path]:
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, SUMMARY_FIELDS)
@@ -140,15 +144,36 @@ def _write_summary(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
     lines = ["| " + " | ".join(SUMMARY_FIELDS) + " |", "|---" * len(SUMMARY_FIELDS) + "|"]
     lines += ["| " + " | ".join(text(row[k]) for k in SUMMARY_FIELDS) + " |" for row in rows]
-    md_path.write_text("Energies H of the trained model (lower is better); density in g/cm^3, "
+    md_path.write_text(f"Ranked by {ranking} ({RANKING_NOTES[ranking]}). Energies H of the trained "
+                       "model (lower is better); group: samples of one group match each other "
+                       "(StructureMatcher), 0 the largest, -1 invalid or not compared; density in g/cm^3, "
                        f"space group at symprec {SYMPREC} A.\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+RANKING_NOTES = {"energy": "final energy, invalid samples last",
+                 "consensus": "the largest group of mutually matching samples first, then energy"}
+
+
+def _groups(samples: dict, checked: dict, timeout_s: float) -> dict:
+    """Sample index -> group: labels of `ranking.cluster_labels` renumbered by size (0 the
+    largest, -1 invalid), from matching the valid samples against each other (K^2 / 2 pairs)."""
+    indices = list(samples)
+    valid = [checked[i] is not None for i in indices]
+    pairs = [(a, b) for a in range(len(indices)) for b in range(a + 1, len(indices)) if valid[a] and valid[b]]
+    results = match_pairs([(samples[indices[a]], samples[indices[b]]) for a, b in pairs], timeout_s,
+                          match_fn=match_samples)
+    labels = cluster_labels(valid, [pair for pair, r in zip(pairs, results) if r.outcome == MATCH])
+    sizes = np.bincount(labels[labels >= 0], minlength=1)
+    by_size = {int(c): n for n, c in enumerate(np.argsort(-sizes, kind="stable"))}
+    return {i: by_size[int(c)] if c >= 0 else -1 for i, c in zip(indices, labels)}
 
 
 def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], out_dir, *,
             num_samples: int | None = None, num_atoms: int | None = None,
             formula_units: int | str | None = None, key=None, batch_size: int | None = None,
-            kernel: Callable = mala, log: Callable[[str], None] = print) -> list[dict]:
+            ranking: str | None = None, kernel: Callable = mala,
+            log: Callable[[str], None] = print) -> list[dict]:
     """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
 
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
@@ -157,10 +182,11 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     units (`formula_cells`), `num_samples` chains each, and all its samples
     are ranked together (the summary's `formula_units` says each one's Z). All formulas
     are checked before anything is sampled. Samples with a non-finite energy
-    or crystal are left out of the ranking (and logged). Invalid samples (a
-    collapsed cell or atoms closer than 0.5 A: the evaluation's criterion,
-    `geometry.validity.valid_structure`) are ranked after the valid ones, whatever
-    their energy, and marked `valid` False. The neighbour capacity only grows
+    or crystal are left out of the ranking (and logged). `ranking` (None:
+    `config.eval.ranking`) orders the rest (`csp_jax.evaluation.ranking.ranked_order`);
+    invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
+    criterion, `geometry.validity.valid_structure`) come after the valid ones,
+    whatever their energy, and are marked `valid` False. The neighbour capacity only grows
     (no refit between segments: see docs/performance.md). Returns the summary rows
     (SUMMARY_FIELDS), by formula then rank.
     """
@@ -169,6 +195,9 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     num_samples = config.eval.num_samples if num_samples is None else num_samples
     key = jax.random.PRNGKey(config.eval.seed) if key is None else key
     batch_size = config.eval.batch_size if batch_size is None else batch_size
+    ranking = config.eval.ranking if ranking is None else ranking
+    if ranking not in RANKING_NOTES:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKING_NOTES)}")
     width = max(len(species) for _, species in cells)
     species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
                         num_samples, axis=0)
@@ -207,18 +236,21 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
         if not all(valid.values()):
             log(f"{name}: {list(valid.values()).count(False)} invalid samples (collapsed cell or "
                 f"overlapping atoms) ranked last")
-        for rank, i in enumerate(sorted(finite, key=lambda i: (not valid[i], energies[i])), start=1):
+        group = _groups(samples, checked, config.eval.match_timeout) if ranking == "consensus" else {}
+        labels = np.array([group.get(i, 0) if valid[i] else -1 for i in finite], int)
+        order = [finite[j] for j in ranked_order(energies[finite], labels, ranking)]
+        for rank, i in enumerate(order, start=1):
             structure = checked[i] if valid[i] else to_structure(samples[i])
             path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
             CifWriter(structure).write_file(path)
-            rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i], structure,
-                                     str(path.relative_to(out_dir))))
+            rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i],
+                                     group.get(i, -1), structure, str(path.relative_to(out_dir))))
             if rank == 1:
                 pictures.structure_png(structure, cell_dir / "rank01.png",
                                        f"{name}, rank 1: H = {energies[i]:.4f}, {rows[-1]['space_group']}")
         pictures.chain_energy_png(sampled.trace[rows_of_cell.start:rows_of_cell.stop],
                                   cell_dir / "chains.png", f"{name}: {len(rows_of_cell)} chains")
         log(f"{name}: {len(finite)} CIFs, rank01.png and chains.png in {cell_dir}")
-    csv_path, md_path = _write_summary(rows, out_dir)
+    csv_path, md_path = _write_summary(rows, out_dir, ranking)
     log(f"wrote {csv_path}, {md_path}")
     return rows

@@ -6,6 +6,7 @@ import pytest
 
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.evaluation.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
+from csp_jax.evaluation.ranking import cluster_labels, ranked_order, wilson_interval
 from csp_jax.evaluation.metrics import (paper_table, aggregate, evaluate_samples, load_samples,
                              markdown_report, sample_at, save_samples, write_report)
 from helpers import perovskite_structure
@@ -66,9 +67,31 @@ def test_samples_file_round_trip(tmp_path):
         save_samples(tmp_path / "bad.npz", samples, energies[:, :2], ["mp-1", "mp-22"])
 
 
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 27.75), abs=0.01)
+    assert wilson_interval(5, 10) == pytest.approx((23.66, 76.34), abs=0.01)
+    assert wilson_interval(99, 100) == pytest.approx((94.55, 99.82), abs=0.01)
+
+
+def test_rankings_pick_energy_and_the_largest_cluster():
+    energies = np.array([0.5, -1.0, 0.2, 0.1, -3.0, np.nan])
+    valid = np.array([True, True, True, True, False, True])
+    labels = cluster_labels(valid, [(0, 2), (2, 3)])  # 0, 2, 3 one structure; 1 alone
+    assert labels.tolist() == [0, 1, 0, 0, -1, 2]
+    assert ranked_order(energies, labels, "first").tolist() == [0, 1, 2, 3, 4, 5]
+    # Energy: the invalid sample (-3.0) and the non-finite one go last.
+    assert ranked_order(energies, labels, "energy")[:4].tolist() == [1, 3, 2, 0]
+    assert set(ranked_order(energies, labels, "energy")[4:].tolist()) == {4, 5}
+    # Consensus: the cluster of three, by energy, then the lone sample.
+    assert ranked_order(energies, labels, "consensus")[:4].tolist() == [3, 2, 0, 1]
+    with pytest.raises(ValueError, match="unknown ranking"):
+        ranked_order(energies, labels, "vote")
+
+
 def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     gts, samples = make_samples()
-    results = evaluate_samples(gts, samples, timeout_s=60.0, workers=2)
+    energies = np.array([[1.0, 0.0, -5.0], [0.0, 2.0, 3.0]])
+    results = evaluate_samples(gts, samples, timeout_s=60.0, workers=2, energies=energies)
     assert results["outcome"] == [[MATCH, NO_MATCH, INVALID], [NO_MATCH, MATCH, MATCH]]
     for t in range(2):
         for k in range(3):
@@ -78,15 +101,29 @@ def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     assert results["match_rate"] == 100.0 and results["match_rate_k1"] == 50.0
     assert results["rmse"] == pytest.approx((results["rms"][0][0] + results["rms"][1][2]) / 2)
     assert results["pair_counts"] == {"match": 3, "no_match": 2, "invalid": 1, "error": 0, "timeout": 0}
+    # Samples against each other: only crystal 1's noisy and exact copies are one structure.
+    assert results["labels"] == [[0, 1, -1], [0, 1, 1]] and results["distinct_structures"] == 2.0
+    # Lowest energy picks the stretched copies (the NaN cell is invalid, whatever its energy);
+    # the consensus picks crystal 1's pair of copies, which matches.
+    top = results["top1"]
+    assert (top["first"]["match_rate"], top["energy"]["match_rate"], top["consensus"]["match_rate"]) == (50, 0, 50)
+    assert results["sample_match_rate"] == pytest.approx(50.0)
+    assert results["crmse"] == pytest.approx(results["rmse"])  # both crystals matched
+    assert results["match_rate_interval"] == pytest.approx(list(wilson_interval(2, 2)))
+    assert results["strict"]["match_rate"] == 100.0 and results["strict"]["tolerances"]["stol"] == 0.3
+    assert results["rms_strict"][1][2] < 1e-6
+    assert results["volume_ratio"] == pytest.approx([1.0, 1.0, 1.0])  # noise moves atoms, not cells
 
     json_path, md_path = write_report(results, tmp_path / "perov_5", "perov_5", num_test_total=3785)
     record = json.loads(json_path.read_text())
     assert record["subset"] and record["num_test_total"] == 3785
-    recomputed = aggregate(record["outcome"], np.array(record["rms"], dtype=float))
+    recomputed = aggregate(record["outcome"], np.array(record["rms"], dtype=float), energies, record["labels"])
     assert recomputed == {key: results[key] for key in recomputed}
     table = md_path.read_text()
     assert "Only 2 of the 3785 test crystals" in table
     assert "| csp_jax, 3 samples | 100.00, " in table
+    assert "| csp_jax, top-ranked of 3 by consensus | 50.00, " in table
+    assert "| top by energy | 0.00 [0.0, 65.8], n/a |" in table and "stol 0.3, ltol 0.2" in table
     assert all(method in table for method in paper_table())
     assert "| 99.16, 0.0893 | 44.21, 0.1757 | 11.77, 0.2647 |" in table
     assert "Only" not in markdown_report(results, "perov_5", num_test_total=2)

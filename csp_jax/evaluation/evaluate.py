@@ -181,7 +181,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
 
     log(f"matching {num_test * num_samples} pairs")
     results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
-                                       timeout_s, workers)
+                                       timeout_s, workers, energies=energies)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite}
@@ -203,7 +203,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     samples_path = Path(samples_path)
     if not samples_path.name.endswith("_samples.npz"):
         raise ValueError(f"{samples_path} is not a <split>_samples.npz file")
-    samples, _, material_ids = metrics.load_samples(samples_path)
+    samples, energies, material_ids = metrics.load_samples(samples_path)
     row_of = {str(m): i for i, m in enumerate(dataset.material_ids)}
     missing = [str(m) for m in material_ids if str(m) not in row_of]
     if missing:
@@ -211,7 +211,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
                          f"(first: {missing[0]}); wrong split or dataset?")
     log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}")
     results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
-                                       samples, timeout_s, workers)
+                                       samples, timeout_s, workers, energies=energies)
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
     previous = Path(f"{stem}.json")
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):

@@ -30,6 +30,7 @@ MATCH, NO_MATCH, INVALID, ERROR, TIMEOUT = range(5)
 OUTCOME_NAMES = ("match", "no_match", "invalid", "error", "timeout")
 
 MATCHER_KWARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
+STRICT_MATCHER_KWARGS = {"stol": 0.3, "angle_tol": 5, "ltol": 0.2}  # the stricter table
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ class PairResult:
     message: str = ""
 
 
-def match_pair(ground_truth, sample: Crystal) -> PairResult:
+def match_pair(ground_truth, sample: Crystal, tolerances: dict = MATCHER_KWARGS) -> PairResult:
     """Match one sample against its ground truth.
 
     ground_truth: `pymatgen.core.Structure`; sample: unbatched `Crystal`.
-    Uses `StructureMatcher(**MATCHER_KWARGS).get_rms_dist(ground_truth, sample)`:
+    Uses `StructureMatcher(**tolerances).get_rms_dist(ground_truth, sample)`:
     None is NO_MATCH, element [0] is the RMS normalised by (V / n)^(1/3).
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -59,12 +60,24 @@ def match_pair(ground_truth, sample: Crystal) -> PairResult:
     if structure is None:
         return PairResult(INVALID)
     try:
-        rms = StructureMatcher(**MATCHER_KWARGS).get_rms_dist(ground_truth, structure)
+        rms = StructureMatcher(**tolerances).get_rms_dist(ground_truth, structure)
     except Exception as error:  # noqa: BLE001 -- any matcher failure is an outcome
         return PairResult(ERROR, message=f"{type(error).__name__}: {error}")
     if rms is None:
         return PairResult(NO_MATCH)
     return PairResult(MATCH, float(rms[0]))
+
+
+def match_pair_strict(ground_truth, sample: Crystal) -> PairResult:
+    """`match_pair` at STRICT_MATCHER_KWARGS."""
+    return match_pair(ground_truth, sample, STRICT_MATCHER_KWARGS)
+
+
+def match_samples(first: Crystal, second: Crystal) -> PairResult:
+    """Do two samples describe one structure (`match_pair` of one against the other)?
+    INVALID when either is invalid."""
+    structure = valid_structure(first)
+    return PairResult(INVALID) if structure is None else match_pair(structure, second)
 
 
 _WORKER_COMMAND = "from csp_jax.evaluation.matching import _serve; _serve()"

@@ -1,0 +1,83 @@
+"""Which of a crystal's K samples the model answers with, and how sure a rate is.
+
+A user of `predict` takes the structure ranked first, so the evaluation
+scores the top sample of every ranking `predict` offers (RANKINGS):
+
+- "first":     sample 0 (the chains are exchangeable: a random pick);
+- "energy":    the valid sample of lowest final energy (invalid or
+               non-finite samples last);
+- "consensus": the largest cluster of mutually matching samples (connected
+               components of the sample-against-sample StructureMatcher
+               graph; a tie goes to the cluster holding the lowest energy),
+               then energy within it.
+
+`wilson_interval` gives the 95% interval of a rate over n crystals.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from csp_jax.config import CHOICES
+
+RANKINGS = ("first", *CHOICES["eval.ranking"])  # `predict` offers the last two (`config.eval.ranking`)
+Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of successes / n, in percent ((0, 100) for n = 0)."""
+    if n == 0:
+        return 0.0, 100.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def cluster_labels(valid, matched_pairs) -> np.ndarray:
+    """Labels [K] of the connected components of the match graph among valid samples.
+
+    valid: [K] bool; matched_pairs: (i, j) index pairs of samples that match.
+    Labels count from 0 in order of each component's first sample; -1 marks
+    an invalid sample.
+    """
+    valid = np.asarray(valid, bool)
+    parent = list(range(len(valid)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in matched_pairs:
+        parent[root(int(i))] = root(int(j))
+    labels, names = np.full(len(valid), -1), {}
+    for i in np.flatnonzero(valid):
+        labels[i] = names.setdefault(root(int(i)), len(names))
+    return labels
+
+
+def ranked_order(energies, labels, ranking: str) -> np.ndarray:
+    """Sample indices [K], best first, under `ranking` (one of RANKINGS).
+
+    energies: [K] final energies (non-finite ranks last); labels: [K] from
+    `cluster_labels` (-1: invalid, ranked after every valid sample).
+    """
+    energies = np.asarray(energies, np.float64)
+    labels = np.asarray(labels)
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
+    if ranking == "first":
+        return np.arange(len(energies))
+    energy = np.where(np.isfinite(energies), energies, np.inf)
+    invalid = (labels < 0) | ~np.isfinite(energies)
+    if ranking == "energy":
+        return np.lexsort((energy, invalid))
+    good = ~invalid
+    size = {c: int(np.sum(good & (labels == c))) for c in set(labels[good].tolist())}
+    lowest = {c: float(energy[good & (labels == c)].min()) for c in size}
+    cluster_size = np.array([size.get(c, 0) if g else 0 for c, g in zip(labels.tolist(), good)])
+    cluster_lowest = np.array([lowest[c] if g else np.inf for c, g in zip(labels.tolist(), good)])
+    return np.lexsort((energy, cluster_lowest, -cluster_size, invalid))
