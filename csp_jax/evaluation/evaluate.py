@@ -179,7 +179,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     shutil.rmtree(parts_dir)
     _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
 
-    log(f"matching {num_test * num_samples} pairs")
+    log(f"matching {num_test * num_samples} pairs, then the matched ones at strict tolerances "
+        f"and the samples of each crystal against each other")
     results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
                                        timeout_s, workers, energies=energies)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
@@ -209,7 +210,8 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     if missing:
         raise ValueError(f"{len(missing)} sampled crystals are not in the dataset "
                          f"(first: {missing[0]}); wrong split or dataset?")
-    log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}")
+    log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}, "
+        f"then the matched ones at strict tolerances and the samples against each other")
     results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
                                        samples, timeout_s, workers, energies=energies)
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
