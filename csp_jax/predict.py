@@ -31,12 +31,12 @@ from csp_jax.evaluation.matching import MATCH, match_pairs, match_samples
 from csp_jax.evaluation.ranking import cluster_labels, ranked_order
 from csp_jax.sampling.driver import sample_rows, schedule
 from csp_jax.sampling.mala import mala
+from csp_jax.symmetry import MAX_RMS, SYMPRECS, Symmetrised, space_groups, symmetrise
 
-SYMPREC = 0.1  # Angstrom, tolerant: samples of an annealed chain are never exactly symmetric
-ANGLE_TOLERANCE = 5.0  # degrees
 AUTO_FORMULA_UNITS = (1, 2, 3, 4)  # the cells `formula_units="auto"` samples, within the model's limit
-SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "group", "volume", "density",
-                  "space_group", "a", "b", "c", "alpha", "beta", "gamma", "cif")
+SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "group", "volume",
+                  "density", *(f"sg_{symprec}" for symprec in SYMPRECS), "space_group", "symprec",
+                  "a", "b", "c", "alpha", "beta", "gamma", "cif", "symmetrised_cif")
 
 
 def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
@@ -108,28 +108,19 @@ def formula_cells(formula: str, config: Config, num_atoms: int | None = None,
     return name, [(z, cell_species(formula, config.eval.max_atoms, formula_units=z)[1]) for z in fits]
 
 
-def _space_group(structure) -> str:
-    """International symbol and number at the tolerant SYMPREC, e.g. `Pm-3m (221)`; `n/a`
-    where spglib cannot determine the symmetry (e.g. a sample with atoms almost on top
-    of each other)."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC, angle_tolerance=ANGLE_TOLERANCE)
-        return f"{analyzer.get_space_group_symbol()} ({analyzer.get_space_group_number()})"
-    except (RuntimeError, ValueError):  # spglib: "Unable to determine symmetry"
-        return "n/a"
-
-
 def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, group: int, structure,
-                 cif: str) -> dict:
+                 cif: str, symmetrised: Symmetrised | None, sym_cif: str) -> dict:
     lattice = structure.lattice
+    groups = space_groups(structure)
     return {"formula": name, "num_atoms": len(structure), "formula_units": units, "rank": rank,
             "energy": energy, "valid": valid, "group": group,
             "volume": structure.volume, "density": float(structure.density),
-            "space_group": _space_group(structure),
+            **{f"sg_{symprec}": groups[symprec] for symprec in SYMPRECS},
+            "space_group": symmetrised.space_group if symmetrised else "n/a",
+            "symprec": symmetrised.symprec if symmetrised else None,
             "a": lattice.a, "b": lattice.b, "c": lattice.c,
-            "alpha": lattice.alpha, "beta": lattice.beta, "gamma": lattice.gamma, "cif": cif}
+            "alpha": lattice.alpha, "beta": lattice.beta, "gamma": lattice.gamma, "cif": cif,
+            "symmetrised_cif": sym_cif}
 
 
 def _write_summary(rows: list[dict], out_dir: Path, ranking: str) -> tuple[Path, Path]:
@@ -147,7 +138,9 @@ def _write_summary(rows: list[dict], out_dir: Path, ranking: str) -> tuple[Path,
     md_path.write_text(f"Ranked by {ranking} ({RANKING_NOTES[ranking]}). Energies H of the trained "
                        "model (lower is better); group: samples of one group match each other "
                        "(StructureMatcher), 0 the largest, -1 invalid or not compared; density in g/cm^3, "
-                       f"space group at symprec {SYMPREC} A.\n\n" + "\n".join(lines) + "\n")
+                       f"sg_<symprec>: the sample's space group at that tolerance (A); space_group: that of "
+                       f"the symmetrised CIF (refined at `symprec`, atoms moved at most {MAX_RMS} in "
+                       "StructureMatcher's normalised RMS).\n\n" + "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -243,8 +236,14 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
             structure = checked[i] if valid[i] else to_structure(samples[i])
             path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
             CifWriter(structure).write_file(path)
+            symmetrised, sym_cif = (symmetrise(structure) if valid[i] else None), ""
+            if symmetrised is not None and symmetrised.symprec is not None:
+                sym_path = path.with_name(path.stem + "_sym.cif")
+                CifWriter(symmetrised.structure, symprec=symmetrised.symprec).write_file(sym_path)
+                sym_cif = str(sym_path.relative_to(out_dir))
             rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i],
-                                     group.get(i, -1), structure, str(path.relative_to(out_dir))))
+                                     group.get(i, -1), structure, str(path.relative_to(out_dir)),
+                                     symmetrised, sym_cif))
             if rank == 1:
                 pictures.structure_png(structure, cell_dir / "rank01.png",
                                        f"{name}, rank 1: H = {energies[i]:.4f}, {rows[-1]['space_group']}")

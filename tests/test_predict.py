@@ -188,5 +188,10 @@ def test_consensus_ranks_the_largest_group_of_matching_samples_first(tmp_path, m
     assert orders["energy"] == [(-1.0, -1), (0.1, -1), (0.3, -1), (-5.0, -1)]
     assert [e for e, _ in orders["consensus"]] == [0.1, 0.3, -1.0, -5.0]
     assert [g for _, g in orders["consensus"]] == [0, 0, 1, -1]
+    # The top structure, a slightly noisy cubic cell, comes with its symmetrised CIF: Pm-3m.
+    top = rows[0]
+    assert top["space_group"] == "Pm-3m (221)" and top["symprec"] in (0.01, 0.1, 0.5)
+    assert Structure.from_file(tmp_path / "consensus" / top["symmetrised_cif"]).get_space_group_info()[1] == 221
+    assert rows[-1]["symmetrised_cif"] == "" and rows[-1]["space_group"] == "n/a"  # the collapsed cell
     with pytest.raises(ValueError, match="unknown ranking"):
         predict(config, model, None, ["SrTiO3"], tmp_path, ranking="vote")
