@@ -3,7 +3,8 @@
 `cell_species` turns a formula (pymatgen `Composition` syntax, e.g. `SrTiO3`)
 and a cell size into the species vector `Expand(Reduce(A), Z)` (SPEC §1);
 `predict` samples K chains per formula and writes, per formula, the samples as
-ranked CIFs (`<out>/<cell>/rank01_E-1.2345.cif`; the ranking is
+ranked CIFs (`<out>/<cell>/rank01_E-1.2345.cif`, symmetrised in
+`<out>/<cell>/symmetrised/`, see `csp_jax.symmetry`; the ranking is
 `config.eval.ranking`, see `csp_jax.evaluation.ranking`: by final energy, or by
 consensus, the largest group of samples that match each other first), a
 picture of the top-ranked structure (`rank01.png`) and of the chains' energy
@@ -238,7 +239,8 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
             CifWriter(structure).write_file(path)
             symmetrised, sym_cif = (symmetrise(structure) if valid[i] else None), ""
             if symmetrised is not None and symmetrised.symprec is not None:
-                sym_path = path.with_name(path.stem + "_sym.cif")
+                sym_path = cell_dir / "symmetrised" / path.name
+                sym_path.parent.mkdir(exist_ok=True)
                 CifWriter(symmetrised.structure, symprec=symmetrised.symprec).write_file(sym_path)
                 sym_cif = str(sym_path.relative_to(out_dir))
             rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i],
