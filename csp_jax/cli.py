@@ -171,7 +171,20 @@ def run_evaluate(args) -> None:
     evaluate(config, energy, variables, _load_split(config, split, args.data_dir), out,
              split=split, num_samples=args.num_samples, limit=args.limit,
              batch_size=args.batch_size, key=_key(args.seed),
-             timeout_s=args.timeout, workers=args.workers, resume=args.resume)
+             timeout_s=args.timeout, workers=args.workers, resume=args.resume,
+             training=_training_crystals(config, args.data_dir))
+
+
+def _training_crystals(config, data_dir):
+    """The config's training crystals (for the seen / unseen split of the report), or None
+    with a note when the training split is not at hand."""
+    from csp_jax.data.datasets import training_splits
+
+    try:
+        return training_splits(config.data, data_dir)[0]
+    except (FileNotFoundError, OSError, ValueError) as error:
+        print(f"note: no seen / unseen split of the report ({one_line(error)})")
+        return None
 
 
 def add_predict(subparsers) -> None:

@@ -34,14 +34,14 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     dataset = load_split("perov_5", "test", data_dir)
     lines = []
     # 3 crystals x 2 chains in chunks of 4: the second chunk is filled up to shape.
+    picked = subset_indices(len(dataset), 3)
     results = evaluate(config, model, variables, dataset, tmp_path, num_samples=2, limit=3,
                        batch_size=4, key=jax.random.PRNGKey(1), timeout_s=60, workers=2,
-                       log=lines.append)
+                       training=dataset.subset(picked[:1]), log=lines.append)
     assert any("6/6 chains" in line for line in lines)
     assert not (tmp_path / "test_parts").exists()  # the batches were merged into test_samples.npz
 
     samples, energies, material_ids = load_samples(tmp_path / "test_samples.npz")
-    picked = subset_indices(len(dataset), 3)
     assert samples.species.shape == (3, 2, dataset.max_atoms)
     assert energies.shape == (3, 2)
     assert list(material_ids) == list(dataset.material_ids[picked])
@@ -62,6 +62,11 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     markdown = (tmp_path / "test_metrics.md").read_text()
     assert f"Only 3 of the {len(dataset)} test crystals" in markdown
     assert f"{results['match_rate']:.2f}" in markdown
+    # The first test crystal was made the training split: its composition is "seen".
+    split = record["by_composition_in_training"]
+    assert split["seen"]["num_crystals"] >= 1
+    assert split["seen"]["num_crystals"] + (split["unseen"] or {"num_crystals": 0})["num_crystals"] == 3
+    assert "seen (n = " in markdown and "top1" in record and "strict" in record
     assert (tmp_path / "test_rmse.png").stat().st_size > 0 and (tmp_path / "test_match_rate.png").stat().st_size > 0
     # The first sample of each valid chain is also a CIF.
     assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)

@@ -8,7 +8,7 @@ from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.evaluation.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
 from csp_jax.evaluation.ranking import cluster_labels, ranked_order, wilson_interval
 from csp_jax.evaluation.metrics import (paper_table, aggregate, evaluate_samples, load_samples,
-                             markdown_report, sample_at, save_samples, write_report)
+                             markdown_report, sample_at, save_samples, split_by, write_report)
 from helpers import perovskite_structure
 
 
@@ -113,6 +113,10 @@ def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     assert results["strict"]["match_rate"] == 100.0 and results["strict"]["tolerances"]["stol"] == 0.3
     assert results["rms_strict"][1][2] < 1e-6
     assert results["volume_ratio"] == pytest.approx([1.0, 1.0, 1.0])  # noise moves atoms, not cells
+    first, second = split_by(results, [True, False], energies), split_by(results, [False, True], energies)
+    assert first["num_crystals"] == second["num_crystals"] == 1 and split_by(results, [False, False]) is None
+    assert (first["top1"]["first"]["match_rate"], second["top1"]["consensus"]["match_rate"]) == (100, 100)
+    assert second["top1"]["energy"]["match_rate"] == 0 and second["distinct_structures"] == 2
 
     json_path, md_path = write_report(results, tmp_path / "perov_5", "perov_5", num_test_total=3785)
     record = json.loads(json_path.read_text())

@@ -31,7 +31,7 @@ from csp_jax.evaluation import metrics
 from csp_jax.evaluation.figures import evaluation_pngs
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.files import write_atomic
-from csp_jax.geometry.crystal import Crystal, to_structure
+from csp_jax.geometry.crystal import Crystal, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import sample_rows, schedule
@@ -111,6 +111,11 @@ def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> N
             CifWriter(to_structure(first)).write_file(cif_dir / f"{material_id}.cif")
 
 
+def _formula(species) -> tuple:
+    """A crystal's reduced composition as a hashable ((Z, count), ...)."""
+    return tuple(reduce_composition(species).items())
+
+
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
     """(samples file, metrics stem) of a split in out_dir."""
     return Path(out_dir) / f"{split}_samples.npz", Path(out_dir) / f"{split}_metrics"
@@ -120,12 +125,14 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
              split: str | None = None, num_samples: int | None = None, limit: int | None = None,
              batch_size: int | None = None, key=None, timeout_s: float | None = None,
              workers: int | None = None, resume: bool = False, kernel: Callable = mala,
-             log: Callable[[str], None] = print) -> dict:
+             training: CrystalDataset | None = None, log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
 
     dataset: the whole split (its length is the total the report compares with).
     Options left None take `config.eval` values (key: PRNGKey(eval.seed)).
-    kernel: the sampler (`mala`'s shape).
+    kernel: the sampler (`mala`'s shape). training: the training crystals; the
+    results then gain `by_composition_in_training` ("seen" / "unseen": the metrics
+    of the test crystals whose reduced composition occurs among them, or not).
     limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
     says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
     continues from them (with the same settings, checked), otherwise an
@@ -183,6 +190,11 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         f"and the samples of each crystal against each other")
     results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
                                        timeout_s, workers, energies=energies)
+    if training is not None:
+        known = {_formula(species) for species in training.species}
+        seen = np.array([_formula(species) in known for species in test.species])
+        results["by_composition_in_training"] = {
+            "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite}

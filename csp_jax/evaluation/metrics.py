@@ -194,6 +194,18 @@ def evaluate_samples(
     return record
 
 
+def split_by(results: dict, mask, energies=None) -> dict | None:
+    """`aggregate` of the test crystals where mask [T] holds (None when there are none),
+    from the per-pair records of `evaluate_samples` (energies [T, K] for the rankings)."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    labels = np.asarray(results["labels"])[mask] if "labels" in results else None
+    rms = np.array(results["rms"], dtype=np.float64)[mask]
+    return aggregate(np.asarray(results["outcome"])[mask], rms,
+                     None if energies is None else np.asarray(energies)[mask], labels)
+
+
 def _cell(match_rate: float, rmse: float | None) -> str:
     return f"{match_rate:.2f}, {'n/a' if rmse is None else f'{rmse:.4f}'}"
 
@@ -260,6 +272,16 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     counts = results["pair_counts"]
     lines += ["", f"Pairs ({n} x {k}): " + ", ".join(f"{name} {counts[name]}" for name in OUTCOME_NAMES) + "."]
     lines += ["", *_detail_table(results)]
+    if "by_composition_in_training" in results:
+        parts = []
+        for name, part in results["by_composition_in_training"].items():
+            if part is not None:
+                top = part.get("top1", {}).get("energy")
+                parts.append(f"{name} (n = {part['num_crystals']}): {part['match_rate']:.2f} "
+                             f"[{part['match_rate_interval'][0]:.1f}, {part['match_rate_interval'][1]:.1f}]"
+                             + (f", top by energy {top['match_rate']:.2f}" if top else ""))
+        lines += ["", "Test crystals whose composition occurs in the training split (seen) or not "
+                      "(unseen), match rate with " + f"{k} samples: " + "; ".join(parts) + "."]
     if n < num_test_total:
         lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated (--limit {n}); "
                       "the other rows use the full test set."]
