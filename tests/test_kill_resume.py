@@ -1,8 +1,9 @@
 """Killed runs resume exactly: SIGKILL at random moments, `--resume`, same final result.
 
-Training (the `test` config, 12 steps, a checkpoint every step) is killed five
-times: at four random moments just after a step it ran and once while a
-checkpoint is being written, so that each kill leaves steps to resume. Each time it is resumed with `--resume`; the final
+Training (the `test` config, 16 steps, a checkpoint every step) is killed five
+times: at four random moments just after the second step each process ran and
+once while a checkpoint is being written, so that each kill leaves progress
+and steps to resume. Each time it is resumed with `--resume`; the final
 parameters must equal, bit for bit, those of an uninterrupted run. Before the
 last resume the newest checkpoint gets a damaged copy one step ahead: it is
 skipped, named in the log, and never loaded. An evaluation killed after its
@@ -27,9 +28,9 @@ from helpers import REPO, checkout_env
 pytestmark = pytest.mark.slow  # the command in subprocesses, killed and resumed
 
 RUN = str(REPO / "experiments" / "run.py")
-TRAIN = ["--config", "test", "--set", "train.num_epochs=3", "--set", "train.checkpoint_every=1"]
-STEPS = 12  # 3 epochs of 4 steps
-KILL_DELAY = 0.3  # s after a step's line: at most ~2 steps run, whatever the machine
+TRAIN = ["--config", "test", "--set", "train.num_epochs=4", "--set", "train.checkpoint_every=1"]
+STEPS = 16  # 4 epochs of 4 steps
+KILL_DELAY = 0.3  # s after a step's line: at most one more step runs on a fast machine
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint there, then renames it
 
 
@@ -44,12 +45,13 @@ def finish(proc) -> str:
     return out
 
 
-def kill_when(proc, ready, delay: float) -> str:
-    """Read `proc`'s output until a line satisfies `ready`, wait `delay` s, SIGKILL it."""
+def kill_when(proc, ready, delay: float, count: int = 1) -> str:
+    """Read `proc`'s output until `count` lines have satisfied `ready`, wait `delay` s, SIGKILL it."""
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if ready(line):
+        count -= bool(ready(line))
+        if count == 0:
             time.sleep(delay)
             break
     proc.send_signal(signal.SIGKILL)
@@ -100,7 +102,9 @@ def kill_five_times(run, env, rng):
     kills, logs = [], []  # logs: the killed processes' output, for a failure's message
     proc = command([*TRAIN, "--out", str(run)], env)
     while True:
-        logs.append(kill_when(proc, lambda line: "training:" in line, rng.uniform(0.0, KILL_DELAY)))
+        # After a second step's line, so that the first step's checkpoint is written (a save
+        # finishes before the next step starts): every kill leaves progress, however slow the machine.
+        logs.append(kill_when(proc, lambda line: "training:" in line, rng.uniform(0.0, KILL_DELAY), count=2))
         kills.append("random")
         assert "trained steps" not in logs[-1], "the run ended before its kill:\n" + "".join(logs)
         if len(kills) == 5:
