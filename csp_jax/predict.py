@@ -28,8 +28,7 @@ from csp_jax.energy.base import Energy
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.evaluation.matching import MATCH, match_pairs, match_samples
-from csp_jax.evaluation.ranking import cluster_labels, ranked_order
+from csp_jax.evaluation.ranking import cluster_samples, ranked_order
 from csp_jax.sampling.driver import sample_rows, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.symmetry import MAX_RMS, SYMPRECS, Symmetrised, space_groups, symmetrise
@@ -153,11 +152,8 @@ def _groups(samples: dict, checked: dict, timeout_s: float) -> dict:
     """Sample index -> group: labels of `ranking.cluster_labels` renumbered by size (0 the
     largest, -1 invalid), from matching the valid samples against each other (K^2 / 2 pairs)."""
     indices = list(samples)
-    valid = [checked[i] is not None for i in indices]
-    pairs = [(a, b) for a in range(len(indices)) for b in range(a + 1, len(indices)) if valid[a] and valid[b]]
-    results = match_pairs([(samples[indices[a]], samples[indices[b]]) for a, b in pairs], timeout_s,
-                          match_fn=match_samples)
-    labels = cluster_labels(valid, [pair for pair, r in zip(pairs, results) if r.outcome == MATCH])
+    [labels] = cluster_samples([[samples[i] for i in indices]], [[checked[i] is not None for i in indices]],
+                               timeout_s)
     sizes = np.bincount(labels[labels >= 0], minlength=1)
     by_size = {int(c): n for n, c in enumerate(np.argsort(-sizes, kind="stable"))}
     return {i: by_size[int(c)] if c >= 0 else -1 for i, c in zip(indices, labels)}

@@ -21,8 +21,8 @@ from csp_jax.data.registry import DATASETS, dataset_info
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.evaluation.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
                                          STRICT_MATCHER_KWARGS, PairResult,
-                                         match_pair, match_pair_strict, match_pairs, match_samples)
-from csp_jax.evaluation.ranking import RANKINGS, cluster_labels, ranked_order, wilson_interval
+                                         match_pair, match_pair_strict, match_pairs)
+from csp_jax.evaluation.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
 
 def paper_table() -> dict:
     """The paper's Table 1 (20 samples per test crystal): method -> dataset -> (match rate %, RMSE)."""
@@ -165,15 +165,7 @@ def evaluate_samples(
     labels = None
     if energies is not None:
         valid = (outcome != INVALID) & np.isfinite(np.asarray(energies))
-        pairs = [(t, i, j) for t in range(num_crystals) for i in range(num_samples)
-                 for j in range(i + 1, num_samples) if valid[t, i] and valid[t, j]]
-        between = match_pairs([(cells[t][i], cells[t][j]) for t, i, j in pairs], timeout_s, workers,
-                              match_samples)
-        matched = [[] for _ in range(num_crystals)]
-        for (t, i, j), r in zip(pairs, between):
-            if r.outcome == MATCH:
-                matched[t].append((i, j))
-        labels = np.array([cluster_labels(valid[t], matched[t]) for t in range(num_crystals)])
+        labels = np.array(cluster_samples(cells, valid.tolist(), timeout_s, workers))
 
     volume_ratios = [abs(np.linalg.det(np.asarray(cells[t][k].lattice, np.float64))) / gt_structures[t].volume
                      for t, k in index if outcome[t, k] == MATCH]

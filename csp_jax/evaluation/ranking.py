@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from csp_jax.config import CHOICES
+from csp_jax.evaluation.matching import MATCH, match_pairs, match_samples
 
 RANKINGS = ("first", *CHOICES["eval.ranking"])  # `predict` offers the last two (`config.eval.ranking`)
 Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -81,3 +82,20 @@ def ranked_order(energies, labels, ranking: str) -> np.ndarray:
     cluster_size = np.array([size.get(c, 0) if g else 0 for c, g in zip(labels.tolist(), good)])
     cluster_lowest = np.array([lowest[c] if g else np.inf for c, g in zip(labels.tolist(), good)])
     return np.lexsort((energy, cluster_lowest, -cluster_size, invalid))
+
+
+def cluster_samples(groups, valid, timeout_s: float, workers: int | None = None) -> list[np.ndarray]:
+    """`cluster_labels` of every group of samples, from matching the valid samples of a group
+    against each other (`match_samples`, K(K-1)/2 pairs per group, all in one worker pool).
+
+    groups: G lists of unbatched `Crystal`s; valid: G lists of bools of the same lengths.
+    """
+    pairs = [(g, i, j) for g, flags in enumerate(valid) for i in range(len(flags))
+             for j in range(i + 1, len(flags)) if flags[i] and flags[j]]
+    results = match_pairs([(groups[g][i], groups[g][j]) for g, i, j in pairs], timeout_s, workers,
+                          match_samples)
+    matched = [[] for _ in groups]
+    for (g, i, j), r in zip(pairs, results):
+        if r.outcome == MATCH:
+            matched[g].append((i, j))
+    return [cluster_labels(flags, found) for flags, found in zip(valid, matched)]

@@ -10,7 +10,6 @@ checkpoint left off.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import time
@@ -135,8 +134,7 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
         floors = capacities.for_chains(width)
         chains = sample(keys[filled], species[filled, :width], energy, variables, floors[0], annealing,
                         segment_length=config.sampler.segment_length, kernel=kernel, floors=floors)
-        capacities.chains[width] = tuple(at_least(c, f) for c, f in
-                                         itertools.zip_longest(chains.capacities, floors))
+        capacities.chains[width] = chains.capacities  # each at least its floor
         capacities.update = at_least(capacities.update, chains.capacity)
         crystal = jax.device_get(chains.states.crystal)
         positions[rows, :width] = crystal.positions[:len(rows)]
