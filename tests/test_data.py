@@ -378,6 +378,7 @@ def test_perov_5_test_split(perov_test):
 @pytest.mark.slow  # 300 MPTS-52 rows parsed: about 7 s
 def test_mpts_52_val_split(mpts_val):
     assert len(mpts_val) == MPTS_ROWS and mpts_val.max_atoms == 52
+    assert "27,380" in data.DATASETS["mpts_52"].note and "5.5x" in data.DATASETS["mpts_52"].note
     assert mpts_val.num_atoms.max() > 40 and mpts_val.num_atoms.min() >= 1
     # padding atoms sit after the real ones
     order = np.argsort(mpts_val.species == 0, axis=1, kind="stable")

@@ -39,6 +39,7 @@ from csp_jax.sampling.mala import mala
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
 SETTINGS_FILE = "settings.json"
+CELL_SIZES = ((1, 20), (21, 52), (53, 10**6))  # bins of the report's match rate by cell size (atoms)
 
 
 def sample_chains(config: Config, energy: Energy, variables, species, key, *, batch_size: int,
@@ -114,6 +115,14 @@ def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> N
 def _formula(species) -> tuple:
     """A crystal's reduced composition as a hashable ((Z, count), ...)."""
     return tuple(reduce_composition(species).items())
+
+
+def by_cell_size(results: dict, num_atoms, energies) -> dict:
+    """The metrics of the test crystals by cell size (num_atoms [T]): CELL_SIZES bins,
+    named "<lo>-<hi> atoms"; a bin without crystals is None."""
+    num_atoms = np.asarray(num_atoms)
+    return {f"{lo}-{hi} atoms": metrics.split_by(results, (num_atoms >= lo) & (num_atoms <= hi), energies)
+            for lo, hi in CELL_SIZES}
 
 
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
@@ -195,6 +204,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         seen = np.array([_formula(species) in known for species in test.species])
         results["by_composition_in_training"] = {
             "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
+    results["by_cell_size"] = by_cell_size(results, test.num_atoms, energies)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite}
@@ -226,6 +236,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
         f"then the matched ones at strict tolerances and the samples against each other")
     results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
                                        samples, timeout_s, workers, energies=energies)
+    results["by_cell_size"] = by_cell_size(results, np.count_nonzero(samples.species[:, 0], axis=1), energies)
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
     previous = Path(f"{stem}.json")
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):

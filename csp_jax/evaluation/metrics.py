@@ -238,6 +238,18 @@ def _detail_table(results: dict) -> list[str]:
     return lines + ["", "; ".join(notes) + "."]
 
 
+def _split_text(parts: dict) -> str:
+    """'name (n = T): rate [interval], top by energy rate; ...' of a `split_by` dict (None parts left out)."""
+    texts = []
+    for name, part in parts.items():
+        if part is not None:
+            top = part.get("top1", {}).get("energy")
+            texts.append(f"{name} (n = {part['num_crystals']}): {part['match_rate']:.2f} "
+                         f"[{part['match_rate_interval'][0]:.1f}, {part['match_rate_interval'][1]:.1f}]"
+                         + (f", top by energy {top['match_rate']:.2f}" if top else ""))
+    return "; ".join(texts)
+
+
 def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     """Our match rate and RMSE as rows of the paper's Table 1 (Markdown)."""
     name = dataset_info(dataset).display_name
@@ -261,19 +273,17 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
             lines.append(row(f"csp_jax, top-ranked of {k} by {ranking}", {dataset: _cell(top["match_rate"], top["rmse"])}))
     lines += [row(f"{method}, 20 samples", {d: _cell(*v) for d, v in numbers.items()})
               for method, numbers in paper_table().items()]
+    if dataset_info(dataset).note:
+        lines += ["", f"{name}: {dataset_info(dataset).note}."]
     counts = results["pair_counts"]
     lines += ["", f"Pairs ({n} x {k}): " + ", ".join(f"{name} {counts[name]}" for name in OUTCOME_NAMES) + "."]
     lines += ["", *_detail_table(results)]
     if "by_composition_in_training" in results:
-        parts = []
-        for name, part in results["by_composition_in_training"].items():
-            if part is not None:
-                top = part.get("top1", {}).get("energy")
-                parts.append(f"{name} (n = {part['num_crystals']}): {part['match_rate']:.2f} "
-                             f"[{part['match_rate_interval'][0]:.1f}, {part['match_rate_interval'][1]:.1f}]"
-                             + (f", top by energy {top['match_rate']:.2f}" if top else ""))
         lines += ["", "Test crystals whose composition occurs in the training split (seen) or not "
-                      "(unseen), match rate with " + f"{k} samples: " + "; ".join(parts) + "."]
+                      f"(unseen), match rate with {k} samples: "
+                      + _split_text(results["by_composition_in_training"]) + "."]
+    if "by_cell_size" in results:
+        lines += ["", f"By cell size, match rate with {k} samples: " + _split_text(results["by_cell_size"]) + "."]
     if n < num_test_total:
         lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated (--limit {n}); "
                       "the other rows use the full test set."]
