@@ -48,8 +48,8 @@ MODELS = {
     "perov5": dict(config="perov5_cpu", parameters=23297, dataset="perov_5", test_id="7085",
                    crystals=perovskites,
                    energies=[-0.26533743739128113, -0.24565574526786804, -0.29967665672302246]),
-    "mp20": dict(config="mp20_cpu", parameters=23297, dataset="mp_20_biternary", test_id="mp-2163",
-                 crystals=binaries, energies=[-0.3464391231536865, -0.28393739461898804, -0.34334710240364075]),
+    "mp20": dict(config="mp20_cpu", parameters=23297, dataset="mp_20_biternary", test_id="mp-2497",
+                 crystals=binaries, energies=[-0.3423084616661072, -0.3109930753707886, -0.49196740984916687]),
 }
 
 
