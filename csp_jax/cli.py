@@ -101,10 +101,7 @@ def _model_dir(checkpoint: str) -> Path:
     """The folder `--checkpoint` names: a directory, else a shipped model of that name."""
     from csp_jax import pretrained
 
-    path = Path(checkpoint)
-    if path.is_dir() or len(path.parts) != 1 or checkpoint not in pretrained.available():
-        return path  # a missing directory is reported by the loader, naming it
-    return pretrained.path(checkpoint)
+    return pretrained.resolve(checkpoint)
 
 
 def _out_dir(args, name: str) -> Path:

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     import functools
     import jax, jax.numpy as jnp, numpy as np
     from csp_jax.config import get_config
-    from csp_jax.data.species import expanded_species
+    from csp_jax.data.species import expanded_species, swapped_sites
     from csp_jax.training.loop import Batch, Capacities, run_step
     from csp_jax.training.parallel import replicate, shard_batch
     from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent("""
     lattice = np.stack([6.0 * np.eye(3) + rng.normal(0, 0.3, (3, 3)) for _ in range(4)])
     species = np.array([[38, 22, 8, 8, 8]] * 4, np.int32)
     data = Crystal(species, rng.uniform(0, 1, (4, 5, 3)) @ lattice, lattice)
-    batch = Batch(data, expanded_species(species, np.array([1, 1, 1, 1]), 5).species)
+    swapped = data.replace(species=swapped_sites(species, rng))
+    batch = Batch(data, expanded_species(species, np.array([1, 1, 1, 1]), 5).species, swapped)
     batch = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else jnp.asarray(x), batch)
     state = init_train_state(config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)

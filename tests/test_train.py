@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from csp_jax.training import checkpoint
-from csp_jax.data.species import draw_multipliers, expanded_species
+from csp_jax.data.species import draw_multipliers, expanded_species, swapped_sites
 from csp_jax.geometry.crystal import bucket_sizes
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
@@ -50,9 +50,10 @@ def params_of(run_dir):
 
 @pytest.mark.slow  # the training programs compiled: about 30 s
 def test_resume_continues_exactly(tmp_path, data_dir, config):
-    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit; without resume an existing
-    run is refused."""
+    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit (swapped negatives
+    included); without resume an existing run is refused."""
     quiet = lambda *_: None  # noqa: E731
+    config = override(config, "train.swap_negatives", "1")
     one = train(config, tmp_path / "one", data_dir, log=quiet)
     train(config, tmp_path / "two", data_dir, max_steps=2, log=quiet)
     assert checkpoint.manager(tmp_path / "two").latest_step() == 2
@@ -67,6 +68,7 @@ def test_resume_continues_exactly(tmp_path, data_dir, config):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert all(0 <= r["swaps_above_data"] <= 1 for r in records if r["kind"] == "train")
     assert any(r["kind"] == "val" for r in records)
     assert (tmp_path / "two" / "training_curve.png").stat().st_size > 0
     # Parameters changed: training did something.
@@ -172,3 +174,70 @@ def test_chain_capacities_only_grow_so_steps_reuse_their_programs(tmp_path, data
     _, meta = params_of(tmp_path)  # kept in the checkpoint: one capacity per segment
     [kept] = meta["capacities"]["samples"].values()  # one width (6 slots for 5 atoms)
     assert [tuple(c) for c in kept] == [tuple(c) for c in steps[-1][1]]
+
+
+def test_contrastive_loss_with_more_negatives_than_data():
+    """Swapped negatives make B' > B: the loss takes each mean over its own set."""
+    e_data, e_sample = jnp.array([1.0, 2.0]), jnp.array([0.5, -1.0, 3.0, 0.0])
+    expected = 1.5 - 0.625 + 0.1 * (2.5 + np.mean([0.25, 1.0, 9.0, 0.0]))
+    assert float(contrastive_loss(e_data, e_sample, 0.1)) == pytest.approx(expected)
+
+
+def test_swapped_sites_keep_composition_and_exchange_two_different_species():
+    rng = np.random.default_rng(0)
+    species = np.array([[38, 22, 8, 8, 8, 0], [8, 8, 8, 38, 22, 0], [6, 6, 6, 0, 0, 0]] * 200)
+    out = swapped_sites(species, rng)
+    for before, after in zip(species, out):
+        assert sorted(before) == sorted(after)  # same composition, padding in place
+        np.testing.assert_array_equal(before == 0, after == 0)
+        changed = np.flatnonzero(before != after)
+        if len(set(before[before > 0])) == 1:
+            assert len(changed) == 0
+        else:
+            i, j = changed
+            assert before[i] == after[j] and before[j] == after[i] and before[i] != before[j]
+    # Pairs of species are drawn uniformly: the cation swap of ABX3 is a third of the draws.
+    cations = [set(b[b != a]) == {38, 22} for b, a in zip(species[:, :5], out[:, :5]) if 22 in b]
+    assert abs(np.mean(cations) - 1 / 3) < 0.05
+
+
+def test_swapped_negatives_join_the_chains_after_them(config, data_dir, monkeypatch):
+    """`train.swap_negatives` copies of each data crystal, species swapped, geometry kept,
+    reach the step after the chains' samples; the log ranks each against its crystal."""
+    config = override(config, "train.swap_negatives", "2")
+    train_set = load_split("perov_5", "train", data_dir, limit=3)
+    batch, _ = training_loop.make_batch(config, train_set, np.arange(3), np.random.default_rng(0))
+    data = jax.device_get(batch.data)
+    assert batch.swapped.species.shape == (6, 5)
+    np.testing.assert_array_equal(batch.swapped.positions, np.repeat(data.positions, 2, axis=0))
+    assert np.all(np.sum(batch.swapped.species != np.repeat(data.species, 2, axis=0), axis=1) == 2)
+    chain_samples = jax.tree.map(np.asarray, data)
+    monkeypatch.setattr(training_loop, "negatives", lambda *a, **k: training_loop.Negatives(
+        chain_samples, 0.5, 0, 0))
+    seen = []
+
+    def step(state, data, samples, regularization, **_):
+        seen.append(samples)
+        energies = np.array([0.0, 1.0, 2.0])
+        return None, {"loss": np.float32(0.0), "overflow": np.bool_(False),
+                      "data_needs": np.array([1, 1]), "sample_needs": np.array([1, 1]),
+                      "data_energies": energies,
+                      "sample_energies": np.concatenate([energies, [1.0, -1.0, 0.5, 1.5, 2.5, 3.0]])}
+
+    state = init_train_state(config, jax.random.PRNGKey(0))
+    _, metrics, _ = training_loop.run_step(step, config_energy(config), config, state, batch,
+                                           jax.random.PRNGKey(1), training_loop.Capacities(config.neighbors, 5))
+    np.testing.assert_array_equal(seen[0].species, np.concatenate([data.species, batch.swapped.species]))
+    assert metrics["swaps_above_data"] == pytest.approx(4 / 6)  # 1>0, -1<0, 0.5<1, 1.5>1, 2.5>2, 3>2
+    assert metrics["e_swap"] == pytest.approx(np.mean([1.0, -1.0, 0.5, 1.5, 2.5, 3.0]))
+
+
+def test_init_from_starts_at_a_trained_models_variables(config):
+    from csp_jax import pretrained
+
+    state = init_train_state(config, jax.random.PRNGKey(0))
+    started = training_loop._start_from(state, config, "perov5")
+    for a, b in zip(jax.tree.leaves(started.variables), jax.tree.leaves(pretrained.load("perov5")[2])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="other size"):
+        training_loop._start_from(state, override(config, "model.features", "16"), "perov5")

@@ -74,3 +74,22 @@ def chain_groups(species: np.ndarray, max_atoms: int, group_size: int) -> list[t
     order = np.argsort(sizes, kind="stable")
     groups = [order[i:i + group_size] for i in range(0, len(order), group_size)]
     return [(bucket_for(int(sizes[rows].max()), max_atoms), rows) for rows in groups]
+
+
+def swapped_sites(species: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row of `species: [B, N]` with two of its sites' species exchanged: the same
+    composition on the same geometry, a wrong structure (the cation swap of an ABX3
+    perovskite is the one with the A and B sites exchanged).
+
+    The two species are a uniformly drawn pair of the row's distinct species, then
+    one site of each, uniformly; a row of one species is returned unchanged.
+    """
+    out = np.array(species, copy=True)
+    for row in out:
+        kinds = np.unique(row[row > 0])
+        if len(kinds) < 2:
+            continue
+        a, b = rng.choice(kinds, size=2, replace=False)
+        i, j = rng.choice(np.flatnonzero(row == a)), rng.choice(np.flatnonzero(row == b))
+        row[i], row[j] = b, a
+    return out

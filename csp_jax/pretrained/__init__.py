@@ -34,6 +34,15 @@ def path(name: str) -> Path:
     return DIR / name
 
 
+def resolve(checkpoint: str) -> Path:
+    """The folder a `--checkpoint` (or `train.init_from`) names: a directory, else a
+    shipped model of that name (a missing directory is reported by the loader)."""
+    given = Path(checkpoint)
+    if given.is_dir() or len(given.parts) != 1 or checkpoint not in available():
+        return given
+    return path(checkpoint)
+
+
 def load(name: str):
     """(config, model, variables) of shipped model `name` (e.g. "perov5")."""
     return checkpoint.load_model(path(name))

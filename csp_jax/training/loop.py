@@ -22,11 +22,11 @@ import numpy as np
 
 from csp_jax.config import Config, NeighborConfig
 from csp_jax.data.datasets import CrystalDataset, training_splits
-from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species
+from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species, swapped_sites
 from csp_jax.energy.base import Energy
 from csp_jax.files import write_atomic
 from csp_jax.geometry.capacity import at_least, grow_exceeded, grow_until_no_overflow
-from csp_jax.geometry.crystal import Crystal
+from csp_jax.geometry.crystal import Crystal, pad
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
 from csp_jax.sampling.driver import compiled_programs as driver_programs
@@ -48,10 +48,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class Batch(NamedTuple):
-    """data: Crystal [B, N_data]; sample_species: [B, max_atoms] int32 for the chains."""
+    """data: Crystal [B, N_data]; sample_species: [B, max_atoms] int32 for the chains;
+    swapped: Crystal [k B, N_data] (numpy), the data crystals with two sites' species
+    exchanged (`train.swap_negatives` = k copies each), negatives beside the chains'."""
 
     data: Crystal
     sample_species: jax.Array
+    swapped: Crystal
 
 
 class Capacities:
@@ -98,8 +101,12 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     d = config.data
     multipliers = draw_multipliers(rng, len(indices), d.geometric_q)
     species = expanded_species(dataset.species[indices], multipliers, d.max_atoms, d.expand_from)
-    batch = Batch(dataset.subset(indices).crystals, species.species)
-    return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
+    data = dataset.subset(indices).crystals
+    copies = np.repeat(np.arange(len(indices)), config.train.swap_negatives)
+    swapped = jax.tree.map(lambda x: np.asarray(x)[copies], data)
+    swapped = swapped.replace(species=swapped_sites(swapped.species, rng))
+    batch = shard_batch(jax.tree.map(jnp.asarray, Batch(data, species.species, swapped)))
+    return batch._replace(swapped=swapped), species.num_capped
 
 
 class Negatives(NamedTuple):
@@ -147,16 +154,22 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
 
 def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities,
              *, kernel: Callable = mala):
-    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn`.
+    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn` on them and
+    the batch's swapped data crystals (`batch.swapped`, after the chains' samples).
 
     step_fn: `update_step` (with its optimizer bound) or `validation_step`,
     called as `step_fn(state, data, samples, regularization, energy=,
     data_capacity=, sample_capacity=)`; its capacities grow until nothing
     overflows. Returns (output of step_fn, metrics as numpy with the chains'
-    mean acceptance and their rejected non-finite proposals, overflow re-runs).
+    mean acceptance and their rejected non-finite proposals, and with swapped
+    negatives `e_swap` and `swaps_above_data`, the share of swapped copies whose
+    energy is above their data crystal's; overflow re-runs).
     """
     chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities, kernel=kernel)
-    samples = shard_batch(jax.tree.map(jnp.asarray, chains.samples))
+    width = max(chains.samples.species.shape[-1], batch.swapped.species.shape[-1])
+    samples = jax.tree.map(lambda *x: np.concatenate(x),
+                           pad(chains.samples, width), pad(batch.swapped, width))
+    samples = shard_batch(jax.tree.map(jnp.asarray, samples))
 
     def step_at(caps):
         out = step_fn(state, batch.data, samples, config.train.regularization, energy=energy,
@@ -168,6 +181,10 @@ def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, 
         step_at, (capacities.data, capacities.update), "in the training step",
         grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
     metrics = dict(metrics, acceptance=chains.acceptance, non_finite_proposals=chains.num_non_finite)
+    if config.train.swap_negatives:  # each swapped copy against its data crystal
+        swaps = metrics["sample_energies"][len(chains.samples.species):]
+        above = swaps > np.repeat(metrics["data_energies"], config.train.swap_negatives)
+        metrics = dict(metrics, e_swap=np.mean(swaps), swaps_above_data=np.mean(above))
     return out, metrics, reruns + chains.num_overflow_reruns
 
 
@@ -206,6 +223,18 @@ def validation_loss(energy: Energy, config: Config, state, val_set, capacities, 
     return float(np.mean(losses)) if losses else math.nan
 
 
+def _start_from(state, config: Config, trained: str):
+    """`state` with the variables of the trained model `trained` (a shipped model's name,
+    a model folder or a run directory) and a fresh optimizer state for them."""
+    from csp_jax import pretrained
+
+    trained_config, _, variables = checkpoint.load_model(pretrained.resolve(trained))
+    if trained_config.model != config.model:
+        raise ValueError(f"train.init_from={trained!r} is a model of other size or kind "
+                         f"({trained_config.model}) than this config's ({config.model})")
+    return state.replace(variables=variables, opt_state=optimizer(config.train).init(variables["params"]))
+
+
 def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = None,
           kernel: Callable = mala, resume: bool = False, max_steps: int | None = None, log=print):
     """Train an energy on `config`'s data into `run_dir`; returns the final TrainState.
@@ -242,6 +271,9 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
         raise FileExistsError(f"{run_dir} already holds checkpoints: add --resume or choose another --out")
     else:
         capacities = Capacities(config.neighbors, train_set.max_atoms)
+        if t.init_from:
+            state = _start_from(state, config, t.init_from)
+            log(f"starting from the variables of {t.init_from}")
     state = replicate(state)
     checkpoint.write_config(run_dir, config)
     metrics_log = MetricsLog(run_dir / METRICS_FILE, int(state.step))
@@ -277,6 +309,7 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
                   **{k: float(metrics[k]) for k in ("loss", "e_data", "e_sample", "acceptance")},
                   "skipped": not finite, "capped": capped, "overflow_reruns": reruns,
                   "non_finite_proposals": int(metrics["non_finite_proposals"]),
+                  **{k: float(metrics[k]) for k in ("e_swap", "swaps_above_data") if k in metrics},
                   "real_atoms": int(np.count_nonzero(np.asarray(batch.sample_species))),
                   "new_programs": programs, "seconds": seconds, "crystal_steps_per_s": rate}
         metrics_log.write(record)
@@ -287,6 +320,8 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
         progress.update(1, f"epoch {epoch + 1}/{t.num_epochs} loss {record['loss']:.4f} "
                            f"E_data {record['e_data']:.3f} E_sample {record['e_sample']:.3f} "
                            f"acc {record['acceptance']:.2f} | {rate:.0f} crystal-steps/s"
+                           + (f" | swaps above data {record['swaps_above_data']:.2f}"
+                              if "swaps_above_data" in record else "")
                            + (f" | capped {capped}" if capped else "")
                            + (f" | overflow re-runs {reruns}" if reruns else "")
                            + (f" | compiled {programs}" if programs else ""))

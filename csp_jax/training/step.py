@@ -5,7 +5,7 @@ with the frozen spectral state, as in evaluation mode), then `update_step`, one
 jitted pure function of `(state, data, samples)` that combines the data energy
 with the sampled negatives' energy,
 
-    loss = mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2)),
+    loss = mean(E_data) - mean(E_sample) + lambda (mean(E_data^2) + mean(E_sample^2)),
 
 (one training-mode forward pass each, data then samples: one spectral-norm
 power iteration before each) and applies one Adam step. `validation_step` is
@@ -71,8 +71,9 @@ def init_train_state(config: Config, key, energy: Energy | None = None) -> Train
 
 
 def contrastive_loss(e_data, e_sample, regularization):
-    """SPEC §4: mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2))."""
-    return (jnp.mean(e_data - e_sample)
+    """SPEC §4: mean(E_data) - mean(E_sample) + lambda (mean(E_data^2) + mean(E_sample^2));
+    e_data [B], e_sample [B'] (B' = B for the chains alone, more with swapped negatives)."""
+    return (jnp.mean(e_data) - jnp.mean(e_sample)
             + regularization * (jnp.mean(e_data**2) + jnp.mean(e_sample**2)))
 
 
@@ -96,11 +97,14 @@ def losses(energy: Energy, variables, data: Crystal, samples: Crystal,
 
 
 def _metrics(loss, e_data, e_sample, aux_data, aux_sample):
-    """Scalars for the log, plus `overflow` and the capacity `data_needs` / `sample_needs` ([M])."""
+    """Scalars for the log, the energies `data_energies` [B] and `sample_energies` [B'], plus
+    `overflow` and the capacity `data_needs` / `sample_needs` ([M])."""
     return {
         "loss": loss,
         "e_data": jnp.mean(e_data),
         "e_sample": jnp.mean(e_sample),
+        "data_energies": e_data,
+        "sample_energies": e_sample,
         "overflow": jnp.any(aux_data.overflow) | jnp.any(aux_sample.overflow),
         "data_needs": jnp.max(aux_data.needs, axis=0),
         "sample_needs": jnp.max(aux_sample.needs, axis=0),
