@@ -71,10 +71,12 @@ class TrainConfig:
     # Negatives run in groups of this many chains of similar size (sorted by size),
     # each padded to the bucket size of its largest cell: few shapes to compile.
     chains_per_group: int = 16
-    # Per data crystal, this many copies of it with two sites' species exchanged join the
-    # chains' negatives (0: none): they teach the energy to rank the true structure below
-    # its species swaps (e.g. a perovskite's A and B cations exchanged).
+    # Per data crystal, this many copies of it with two sites' species exchanged (0: none),
+    # each held at least swap_margin above the crystal's energy by a hinge term of the loss:
+    # they teach the energy to rank the true structure below its species swaps (e.g. a
+    # perovskite's A and B cations exchanged).
     swap_negatives: int = 0
+    swap_margin: float = 0.1
     # Start from this trained model's variables ("": a random init): a shipped model's
     # name, a model folder or a run directory of a model of the same size.
     init_from: str = ""
@@ -178,7 +180,7 @@ RANGES = {
     "train.regularization": (0, None, True), "train.checkpoint_every": (1, None, True),
     "train.max_bad_steps": (1, None, True), "train.keep_checkpoints": (0, None, True),
     "train.seed": (0, None, True), "train.chains_per_group": (1, None, True),
-    "train.swap_negatives": (0, None, True),
+    "train.swap_negatives": (0, None, True), "train.swap_margin": (0, None, True),
     "eval.num_samples": (1, None, True), "eval.batch_size": (1, None, True),
     "eval.limit": (0, None, True), "eval.match_timeout": (0, None, False),
     "eval.num_steps": (0, None, True), "eval.max_atoms": (1, None, True),

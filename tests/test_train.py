@@ -12,7 +12,7 @@ from csp_jax.data.species import draw_multipliers, expanded_species, swapped_sit
 from csp_jax.geometry.crystal import bucket_sizes
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
-from csp_jax.training.step import config_energy, contrastive_loss, init_train_state
+from csp_jax.training.step import config_energy, contrastive_loss, init_train_state, ranking_loss
 from csp_jax.training import loop as training_loop
 from csp_jax.sampling.driver import sample
 from csp_jax.training.loop import TrainingDiverged, train
@@ -135,14 +135,16 @@ def test_update_step_reports_overflow_of_a_small_capacity(config):
     lattice = np.stack([6.0 * np.eye(3)] * 2).astype(np.float32)
     species = np.array([[38, 22, 8, 8, 8]] * 2, np.int32)
     data = Crystal(species, (rng.uniform(0, 1, (2, 5, 3)) @ lattice).astype(np.float32), lattice)
+    swapped = data.replace(species=swapped_sites(species, rng))
     state = init_train_state(config, jax.random.PRNGKey(0))
     step = functools.partial(update_step, state, data, data, config.train.regularization,
-                             energy=config_energy(config), optimizer=optimizer(config.train),
-                             data_capacity=NeighborCapacity.for_atoms(5))
+                             swapped=swapped, swap_margin=0.1, energy=config_energy(config),
+                             optimizer=optimizer(config.train), data_capacity=NeighborCapacity.for_atoms(5))
     _, metrics = step(sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
     assert bool(metrics["overflow"]) and np.any(np.asarray(metrics["sample_needs"]) > np.array([8, 64]))
     _, metrics = step(sample_capacity=NeighborCapacity.for_atoms(5))
     assert not bool(metrics["overflow"])
+    assert float(metrics["swaps_above_data"]) in (0.0, 0.5, 1.0) and np.isfinite(metrics["e_swap"])
 
 
 @pytest.mark.slow  # 12 training steps of chains in 5 segments: about 20 s
@@ -176,11 +178,10 @@ def test_chain_capacities_only_grow_so_steps_reuse_their_programs(tmp_path, data
     assert [tuple(c) for c in kept] == [tuple(c) for c in steps[-1][1]]
 
 
-def test_contrastive_loss_with_more_negatives_than_data():
-    """Swapped negatives make B' > B: the loss takes each mean over its own set."""
-    e_data, e_sample = jnp.array([1.0, 2.0]), jnp.array([0.5, -1.0, 3.0, 0.0])
-    expected = 1.5 - 0.625 + 0.1 * (2.5 + np.mean([0.25, 1.0, 9.0, 0.0]))
-    assert float(contrastive_loss(e_data, e_sample, 0.1)) == pytest.approx(expected)
+def test_ranking_loss_is_a_hinge_at_the_margin():
+    e_data, e_swapped = jnp.array([0.0, 1.0]), jnp.array([[0.05, 2.0], [0.5, 1.2]])
+    # max(0, 0.1 + E_data - E_swapped): 0.05, 0, 0.6, 0 (copies 0.1 above their crystal cost nothing)
+    assert float(ranking_loss(e_data, e_swapped, 0.1)) == pytest.approx(0.65 / 4)
 
 
 def test_swapped_sites_keep_composition_and_exchange_two_different_species():
@@ -201,35 +202,18 @@ def test_swapped_sites_keep_composition_and_exchange_two_different_species():
     assert abs(np.mean(cations) - 1 / 3) < 0.05
 
 
-def test_swapped_negatives_join_the_chains_after_them(config, data_dir, monkeypatch):
-    """`train.swap_negatives` copies of each data crystal, species swapped, geometry kept,
-    reach the step after the chains' samples; the log ranks each against its crystal."""
+def test_batches_carry_swapped_copies_of_their_data_crystals(config, data_dir):
+    """`train.swap_negatives` = k copies of each data crystal in turn, geometry kept, two
+    sites of different species exchanged."""
     config = override(config, "train.swap_negatives", "2")
     train_set = load_split("perov_5", "train", data_dir, limit=3)
     batch, _ = training_loop.make_batch(config, train_set, np.arange(3), np.random.default_rng(0))
-    data = jax.device_get(batch.data)
-    assert batch.swapped.species.shape == (6, 5)
-    np.testing.assert_array_equal(batch.swapped.positions, np.repeat(data.positions, 2, axis=0))
-    assert np.all(np.sum(batch.swapped.species != np.repeat(data.species, 2, axis=0), axis=1) == 2)
-    chain_samples = jax.tree.map(np.asarray, data)
-    monkeypatch.setattr(training_loop, "negatives", lambda *a, **k: training_loop.Negatives(
-        chain_samples, 0.5, 0, 0))
-    seen = []
-
-    def step(state, data, samples, regularization, **_):
-        seen.append(samples)
-        energies = np.array([0.0, 1.0, 2.0])
-        return None, {"loss": np.float32(0.0), "overflow": np.bool_(False),
-                      "data_needs": np.array([1, 1]), "sample_needs": np.array([1, 1]),
-                      "data_energies": energies,
-                      "sample_energies": np.concatenate([energies, [1.0, -1.0, 0.5, 1.5, 2.5, 3.0]])}
-
-    state = init_train_state(config, jax.random.PRNGKey(0))
-    _, metrics, _ = training_loop.run_step(step, config_energy(config), config, state, batch,
-                                           jax.random.PRNGKey(1), training_loop.Capacities(config.neighbors, 5))
-    np.testing.assert_array_equal(seen[0].species, np.concatenate([data.species, batch.swapped.species]))
-    assert metrics["swaps_above_data"] == pytest.approx(4 / 6)  # 1>0, -1<0, 0.5<1, 1.5>1, 2.5>2, 3>2
-    assert metrics["e_swap"] == pytest.approx(np.mean([1.0, -1.0, 0.5, 1.5, 2.5, 3.0]))
+    data, swapped = jax.device_get((batch.data, batch.swapped))
+    assert swapped.species.shape == (6, 5)
+    np.testing.assert_array_equal(swapped.positions, np.repeat(data.positions, 2, axis=0))
+    assert np.all(np.sum(swapped.species != np.repeat(data.species, 2, axis=0), axis=1) == 2)
+    none, _ = training_loop.make_batch(get_config("test"), train_set, np.arange(3), np.random.default_rng(0))
+    assert none.swapped.species.shape == (0, 5)
 
 
 def test_init_from_starts_at_a_trained_models_variables(config):

@@ -26,7 +26,7 @@ from csp_jax.data.species import chain_groups, draw_multipliers, expanded_specie
 from csp_jax.energy.base import Energy
 from csp_jax.files import write_atomic
 from csp_jax.geometry.capacity import at_least, grow_exceeded, grow_until_no_overflow
-from csp_jax.geometry.crystal import Crystal, pad
+from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
 from csp_jax.sampling.driver import compiled_programs as driver_programs
@@ -49,8 +49,8 @@ class TrainingDiverged(RuntimeError):
 
 class Batch(NamedTuple):
     """data: Crystal [B, N_data]; sample_species: [B, max_atoms] int32 for the chains;
-    swapped: Crystal [k B, N_data] (numpy), the data crystals with two sites' species
-    exchanged (`train.swap_negatives` = k copies each), negatives beside the chains'."""
+    swapped: Crystal [k B, N_data], `train.swap_negatives` = k copies of each data
+    crystal in turn with two sites' species exchanged (`swapped_sites`)."""
 
     data: Crystal
     sample_species: jax.Array
@@ -102,11 +102,10 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     multipliers = draw_multipliers(rng, len(indices), d.geometric_q)
     species = expanded_species(dataset.species[indices], multipliers, d.max_atoms, d.expand_from)
     data = dataset.subset(indices).crystals
-    copies = np.repeat(np.arange(len(indices)), config.train.swap_negatives)
-    swapped = jax.tree.map(lambda x: np.asarray(x)[copies], data)
-    swapped = swapped.replace(species=swapped_sites(swapped.species, rng))
-    batch = shard_batch(jax.tree.map(jnp.asarray, Batch(data, species.species, swapped)))
-    return batch._replace(swapped=swapped), species.num_capped
+    copies = jax.tree.map(lambda x: x[np.repeat(np.arange(len(indices)), config.train.swap_negatives)], data)
+    swapped = copies.replace(species=swapped_sites(copies.species, rng))
+    batch = Batch(data, species.species, swapped)
+    return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
 
 class Negatives(NamedTuple):
@@ -154,25 +153,20 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
 
 def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities,
              *, kernel: Callable = mala):
-    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn` on them and
-    the batch's swapped data crystals (`batch.swapped`, after the chains' samples).
+    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn`.
 
     step_fn: `update_step` (with its optimizer bound) or `validation_step`,
-    called as `step_fn(state, data, samples, regularization, energy=,
-    data_capacity=, sample_capacity=)`; its capacities grow until nothing
+    called as `step_fn(state, data, samples, regularization, swapped=,
+    swap_margin=, energy=, data_capacity=, sample_capacity=)`; its capacities grow until nothing
     overflows. Returns (output of step_fn, metrics as numpy with the chains'
-    mean acceptance and their rejected non-finite proposals, and with swapped
-    negatives `e_swap` and `swaps_above_data`, the share of swapped copies whose
-    energy is above their data crystal's; overflow re-runs).
+    mean acceptance and their rejected non-finite proposals, overflow re-runs).
     """
     chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities, kernel=kernel)
-    width = max(chains.samples.species.shape[-1], batch.swapped.species.shape[-1])
-    samples = jax.tree.map(lambda *x: np.concatenate(x),
-                           pad(chains.samples, width), pad(batch.swapped, width))
-    samples = shard_batch(jax.tree.map(jnp.asarray, samples))
+    samples = shard_batch(jax.tree.map(jnp.asarray, chains.samples))
 
     def step_at(caps):
-        out = step_fn(state, batch.data, samples, config.train.regularization, energy=energy,
+        out = step_fn(state, batch.data, samples, config.train.regularization, swapped=batch.swapped,
+                      swap_margin=config.train.swap_margin, energy=energy,
                       data_capacity=caps[0], sample_capacity=caps[1])
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
         return (out, metrics), metrics["overflow"], (metrics["data_needs"], metrics["sample_needs"])
@@ -181,10 +175,6 @@ def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, 
         step_at, (capacities.data, capacities.update), "in the training step",
         grow=lambda caps, needs: (grow_exceeded(caps[0], needs[0]), grow_exceeded(caps[1], needs[1])))
     metrics = dict(metrics, acceptance=chains.acceptance, non_finite_proposals=chains.num_non_finite)
-    if config.train.swap_negatives:  # each swapped copy against its data crystal
-        swaps = metrics["sample_energies"][len(chains.samples.species):]
-        above = swaps > np.repeat(metrics["data_energies"], config.train.swap_negatives)
-        metrics = dict(metrics, e_swap=np.mean(swaps), swaps_above_data=np.mean(above))
     return out, metrics, reruns + chains.num_overflow_reruns
 
 
