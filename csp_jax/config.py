@@ -77,6 +77,7 @@ class TrainConfig:
     # perovskite's A and B cations exchanged).
     swap_negatives: int = 0
     swap_margin: float = 0.1
+    swap_pairs: str = "any"  # which species exchange: any two, or "cations" (not the anion)
     # Start from this trained model's variables ("": a random init): a shipped model's
     # name, a model folder or a run directory of a model of the same size.
     init_from: str = ""
@@ -190,7 +191,8 @@ RANGES = {
 }
 # Allowed words of string keys.
 CHOICES = {"data.expand_from": ("formula", "cell"),
-           "eval.ranking": ("energy", "consensus")}  # csp_jax.evaluation.ranking
+           "eval.ranking": ("energy", "consensus"),
+           "train.swap_pairs": ("any", "cations")}  # csp_jax.data.species.swapped_sites  # csp_jax.evaluation.ranking
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:

@@ -200,6 +200,11 @@ def test_swapped_sites_keep_composition_and_exchange_two_different_species():
     # Pairs of species are drawn uniformly: the cation swap of ABX3 is a third of the draws.
     cations = [set(b[b != a]) == {38, 22} for b, a in zip(species[:, :5], out[:, :5]) if 22 in b]
     assert abs(np.mean(cations) - 1 / 3) < 0.05
+    # "cations": never the most electronegative element (O) when two others are left.
+    only = swapped_sites(species, rng, "cations")
+    assert all(set(b[b != a]) == {38, 22} for b, a in zip(species, only) if 22 in b)
+    with pytest.raises(ValueError, match="pairs"):
+        swapped_sites(species, rng, "anions")
 
 
 def test_batches_carry_swapped_copies_of_their_data_crystals(config, data_dir):

@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from pymatgen.core import Element
 
-from csp_jax.config import DataConfig
+from csp_jax.config import CHOICES, DataConfig
 from csp_jax.geometry.crystal import bucket_for, cell_composition, expand_composition, reduce_composition
 
 
@@ -40,6 +41,7 @@ def draw_multipliers(rng: np.random.Generator, size: int, q: float = DataConfig.
 
 
 UNITS = ("formula", "cell")
+SWAP_PAIRS = CHOICES["train.swap_pairs"]
 
 
 def expanded_species(species: np.ndarray, multipliers: np.ndarray, max_atoms: int,
@@ -76,17 +78,23 @@ def chain_groups(species: np.ndarray, max_atoms: int, group_size: int) -> list[t
     return [(bucket_for(int(sizes[rows].max()), max_atoms), rows) for rows in groups]
 
 
-def swapped_sites(species: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def swapped_sites(species: np.ndarray, rng: np.random.Generator, pairs: str = "any") -> np.ndarray:
     """Each row of `species: [B, N]` with two of its sites' species exchanged: the same
     composition on the same geometry, a wrong structure (the cation swap of an ABX3
     perovskite is the one with the A and B sites exchanged).
 
-    The two species are a uniformly drawn pair of the row's distinct species, then
-    one site of each, uniformly; a row of one species is returned unchanged.
+    The two species are a uniformly drawn pair of the row's distinct species
+    (`pairs="cations"`: of those other than its most electronegative element,
+    where two are left), then one site of each, uniformly; a row of one
+    species is returned unchanged.
     """
+    if pairs not in SWAP_PAIRS:
+        raise ValueError(f"pairs must be one of {SWAP_PAIRS}, not {pairs!r}")
     out = np.array(species, copy=True)
     for row in out:
         kinds = np.unique(row[row > 0])
+        if pairs == "cations" and len(kinds) > 2:
+            kinds = kinds[kinds != max(kinds, key=lambda z: Element.from_Z(int(z)).X)]
         if len(kinds) < 2:
             continue
         a, b = rng.choice(kinds, size=2, replace=False)

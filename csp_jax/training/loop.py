@@ -103,7 +103,7 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     species = expanded_species(dataset.species[indices], multipliers, d.max_atoms, d.expand_from)
     data = dataset.subset(indices).crystals
     copies = jax.tree.map(lambda x: x[np.repeat(np.arange(len(indices)), config.train.swap_negatives)], data)
-    swapped = copies.replace(species=swapped_sites(copies.species, rng))
+    swapped = copies.replace(species=swapped_sites(copies.species, rng, config.train.swap_pairs))
     batch = Batch(data, species.species, swapped)
     return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
 
