@@ -191,8 +191,8 @@ RANGES = {
 }
 # Allowed words of string keys.
 CHOICES = {"data.expand_from": ("formula", "cell"),
-           "eval.ranking": ("energy", "consensus"),
-           "train.swap_pairs": ("any", "cations")}  # csp_jax.data.species.swapped_sites  # csp_jax.evaluation.ranking
+           "eval.ranking": ("energy", "consensus"),  # csp_jax.evaluation.ranking
+           "train.swap_pairs": ("any", "cations")}  # csp_jax.data.species.swapped_sites
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:

@@ -30,8 +30,10 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from csp_jax import pretrained
 from csp_jax.data.datasets import load_split
+from csp_jax.data.species import most_electronegative
 from csp_jax.evaluation.evaluate import subset_indices
 from csp_jax.evaluation.metrics import load_samples, sample_at
+from csp_jax.evaluation.ranking import ranked_order
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.training.checkpoint import load_model
@@ -44,7 +46,7 @@ def distinct_swaps(truth, matcher) -> list[tuple]:
     """(structure, both cations) for each of `truth`'s two sites of different species whose
     exchange the matcher tells apart from it; "cations": neither is the most
     electronegative element of the formula (the anion)."""
-    anion = max(truth.composition.elements, key=lambda e: e.X)
+    anion = most_electronegative([e.Z for e in truth.composition.elements])
     swaps = []
     for i, j in itertools.combinations(range(len(truth)), 2):
         if truth[i].specie != truth[j].specie:
@@ -53,7 +55,7 @@ def distinct_swaps(truth, matcher) -> list[tuple]:
             swap.replace(i, b, swap[i].frac_coords)
             swap.replace(j, a, swap[j].frac_coords)
             if not matcher.fit(truth, swap):
-                swaps.append((swap, anion not in (a, b)))
+                swaps.append((swap, anion not in (a.Z, b.Z)))
     return swaps
 
 
@@ -67,17 +69,17 @@ def top_ranked(eval_dir: Path, dataset: str, split: str, data_dir) -> dict:
     matcher, match, invalid = StructureMatcher(**MATCHER), names.index("match"), names.index("invalid")
     counts = dict(match=0, swap=0, other=0, match_if_swaps_last=0)
     for t, material in enumerate(ids):
-        energy = np.where((outcome[t] != invalid) & np.isfinite(energies[t]), energies[t], np.inf)
+        order = ranked_order(energies[t], np.where(outcome[t] == invalid, -1, 0), "energy")
         swaps = [swap for swap, _ in distinct_swaps(data.structure(row[material]), matcher)]
-        is_swap = np.zeros(len(energy), bool)
-        for k in np.argsort(energy)[:CHECKED]:
-            if outcome[t, k] != match and np.isfinite(energy[k]):
+        is_swap = np.zeros(len(order), bool)
+        for k in order[:CHECKED]:
+            if outcome[t, k] not in (match, invalid) and np.isfinite(energies[t, k]):
                 sample = to_structure(sample_at(samples, t, k))
                 is_swap[k] = any(matcher.fit(sample, swap) for swap in swaps)
-        top = int(np.argmin(energy))
+        top = order[0]
         kind = "match" if outcome[t, top] == match else ("swap" if is_swap[top] else "other")
         counts[kind] += 1
-        counts["match_if_swaps_last"] += outcome[t, int(np.argmin(np.where(is_swap, np.inf, energy)))] == match
+        counts["match_if_swaps_last"] += outcome[t, order[~is_swap[order]][0]] == match
     return {k: 100.0 * v / len(ids) for k, v in counts.items()} | {"crystals": len(ids)}
 
 

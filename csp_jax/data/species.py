@@ -78,6 +78,12 @@ def chain_groups(species: np.ndarray, max_atoms: int, group_size: int) -> list[t
     return [(bucket_for(int(sizes[rows].max()), max_atoms), rows) for rows in groups]
 
 
+def most_electronegative(species) -> int:
+    """The atomic number of the most electronegative (Pauling) element among `species`,
+    a composition's anion."""
+    return int(max(species, key=lambda z: Element.from_Z(int(z)).X))
+
+
 def swapped_sites(species: np.ndarray, rng: np.random.Generator, pairs: str = "any") -> np.ndarray:
     """Each row of `species: [B, N]` with two of its sites' species exchanged: the same
     composition on the same geometry, a wrong structure (the cation swap of an ABX3
@@ -94,7 +100,7 @@ def swapped_sites(species: np.ndarray, rng: np.random.Generator, pairs: str = "a
     for row in out:
         kinds = np.unique(row[row > 0])
         if pairs == "cations" and len(kinds) > 2:
-            kinds = kinds[kinds != max(kinds, key=lambda z: Element.from_Z(int(z)).X)]
+            kinds = kinds[kinds != most_electronegative(kinds)]
         if len(kinds) < 2:
             continue
         a, b = rng.choice(kinds, size=2, replace=False)

@@ -8,9 +8,10 @@ with the sampled negatives' energy,
     loss = mean(E_data - E_sample) + lambda (mean(E_data^2) + mean(E_sample^2)),
 
 plus, with species-swapped copies of the data crystals (`train.swap_negatives`),
-a margin ranking term that puts each copy above its data crystal (`ranking_loss`)
-(one training-mode forward pass each, data with its copies then samples: one
-spectral-norm power iteration before each) and applies one Adam step. `validation_step` is
+a margin term that ranks each copy above its data crystal (`ranking_loss`). It
+runs one training-mode forward pass for the data with its copies and one for
+the samples (one spectral-norm power iteration before each) and applies one
+Adam step. `validation_step` is
 the loss with frozen variables and no update. Neighbour-capacity overflows
 come back in the metrics; the host loop (`csp_jax.training.loop`) grows the
 capacity and repeats the step.
