@@ -4,6 +4,7 @@
     python experiments/bench.py --workload perov5 --batch 128 --atoms 5 --json out.json
     python experiments/bench.py --whole-chain         # a whole 1000-step chain, twice: ms/step, compilations
     python experiments/bench.py --train               # training steps vs the sampler, per real atom-step
+    python experiments/bench.py --evaluation mp20 --dataset mpts_52 --limit 16   # evaluate's chains
     python experiments/bench.py --scaling --out docs  # docs/scaling.png + docs/scaling.md
     python experiments/bench.py --profile --max-images 128 --max-edges 352   # parts of a step
 
@@ -293,6 +294,63 @@ def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | No
             "real_atom_steps_per_s": median, "ratio": sampler["real_atom_steps_per_s"] / median}
 
 
+def evaluation_throughput(checkpoint: str, dataset: str | None = None, split: str = "test",
+                          limit: int = 16, num_samples: int = 8, num_steps: int | None = None,
+                          batch_size: int | None = None, data_dir=None, log=print) -> dict:
+    """The evaluation's own chains on real test crystals, twice in one process, beside the sampler.
+
+    `evaluate.sample_chains` as `evaluate` runs it (the first `limit` test
+    crystals of the fixed shuffle sorted by size, `num_samples` chains each,
+    batches of `batch_size` at the bucket size of their largest cell, the
+    capacity carried and refitted) with a trained model (a shipped name or a
+    model folder), `num_steps` of the evaluation schedule (default the config's).
+    Run 1 compiles what it needs, run 2 (the same keys) finds every program
+    built: their difference is the cost of compilation and overflow re-runs.
+    Per run: seconds, crystal-steps and real-atom-steps per second, programs
+    compiled, re-runs. `padding`: atom slots the chains ran over real atoms.
+    `sampler`: `bench` (random weights) at the same batch and the test
+    crystals' mean bucket size, for the steady per-step rate.
+    """
+    from csp_jax import pretrained
+    from csp_jax.data.datasets import load_split
+    from csp_jax.evaluation.evaluate import sample_chains, subset_indices
+    from csp_jax.geometry.crystal import bucket_for
+    from csp_jax.sampling.driver import compiled_programs
+    from csp_jax.training.checkpoint import load_model
+
+    cfg, energy, variables = load_model(pretrained.resolve(checkpoint))
+    if num_steps:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_steps=num_steps))
+    data = load_split(dataset or cfg.data.dataset, split, data_dir)
+    test = data.subset(subset_indices(len(data), limit))
+    species = np.repeat(test.species[np.argsort(test.num_atoms, kind="stable")], num_samples, axis=0)
+    batch = min(batch_size or cfg.eval.batch_size, len(species))
+    steps = schedule(cfg.sampler, cfg.eval.num_steps)[0].shape[0]
+    real = np.count_nonzero(species, axis=1)
+    widths = [bucket_for(int(real[b:b + batch].max()), species.shape[1]) for b in range(0, len(species), batch)]
+    slots = batch * sum(widths)
+    runs = []
+    for run in range(2):
+        programs, t0 = compiled_programs(), time.perf_counter()
+        _, _, reruns, _ = sample_chains(cfg, energy, variables, species, jax.random.PRNGKey(0),
+                                        batch_size=batch, log=lambda line: None)
+        seconds = time.perf_counter() - t0
+        runs.append({"run": run + 1, "seconds": seconds, "compilations": compiled_programs() - programs,
+                     "overflow_reruns": reruns, "crystal_steps_per_s": len(species) * steps / seconds,
+                     "real_atom_steps_per_s": int(real.sum()) * steps / seconds})
+        log(f"evaluation {run + 1}: {len(test)} crystals x {num_samples} chains, {steps} steps, batch "
+            f"{batch}: {seconds:.1f} s, {runs[-1]['crystal_steps_per_s']:.0f} crystal-steps/s, "
+            f"{runs[-1]['real_atom_steps_per_s']:.0f} real-atom-steps/s, {runs[-1]['compilations']} "
+            f"programs compiled, {reruns} overflow re-runs")
+    atoms = int(round(np.mean(widths)))
+    sampler = bench(cfg.name, batch, atoms, warmup=100, repeats=3, log=log)
+    log(f"sampler at {atoms} atoms, batch {batch}: {sampler['crystal_steps_per_s']:.0f} crystal-steps/s")
+    return {"checkpoint": checkpoint, "dataset": dataset or cfg.data.dataset, "split": split,
+            "crystals": len(test), "num_samples": num_samples, "steps": steps, "batch": batch,
+            "mean_atoms": float(real.mean()), "batch_widths": widths, "padding": slots / int(real.sum()),
+            "runs": runs, "sampler": sampler}
+
+
 def compare(results: list[dict], info: dict) -> str:
     """A Markdown table of results beside SPEC §8's baseline."""
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, jax {info['jax']} ({info['backend']}), "
@@ -383,9 +441,16 @@ def main(argv=None) -> None:
                         "sampler on the same chains, per real atom-step, with compilations per step")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps for --train")
     p.add_argument("--train-warmup", type=int, default=1, help="untimed training steps before them")
-    p.add_argument("--num-steps", type=int, help="MALA steps per training chain for --train "
-                                                  "(default: the config's)")
-    p.add_argument("--data-dir", help="dataset folder for --train (default: $CSP_JAX_DATA)")
+    p.add_argument("--num-steps", type=int, help="MALA steps per training chain for --train, per "
+                                                  "chain for --evaluation (default: the config's)")
+    p.add_argument("--data-dir", help="dataset folder for --train and --evaluation (default: $CSP_JAX_DATA)")
+    p.add_argument("--evaluation", metavar="MODEL",
+                   help="the evaluation's chains of this trained model (a name or folder) on test "
+                        "crystals, twice, beside the sampler (with --dataset, --limit, --num-samples, "
+                        "--num-steps, --batch)")
+    p.add_argument("--dataset", help="dataset for --evaluation (default: the model's)")
+    p.add_argument("--limit", type=int, default=16, help="test crystals for --evaluation")
+    p.add_argument("--num-samples", type=int, default=8, help="chains per crystal for --evaluation")
     p.add_argument("--json", help="write the results and the machine description here")
     args = p.parse_args(argv)
 
@@ -399,10 +464,16 @@ def main(argv=None) -> None:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "profile": result}, indent=1))
         return
-    if args.whole_chain or args.train:
-        result = (whole_chain(args.config or "perov5", args.batch or 128, args.atoms or 5) if args.whole_chain
-                  else train_throughput(args.config or "perov5", args.train_steps, args.num_steps,
-                                        args.data_dir, warmup=args.train_warmup))
+    if args.whole_chain or args.train or args.evaluation:
+        if args.whole_chain:
+            result = whole_chain(args.config or "perov5", args.batch or 128, args.atoms or 5)
+        elif args.train:
+            result = train_throughput(args.config or "perov5", args.train_steps, args.num_steps,
+                                      args.data_dir, warmup=args.train_warmup)
+        else:
+            result = evaluation_throughput(args.evaluation, args.dataset, limit=args.limit,
+                                           num_samples=args.num_samples, num_steps=args.num_steps,
+                                           batch_size=args.batch, data_dir=args.data_dir)
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": info, "command": " ".join(sys.argv),
                                                    "result": result}, indent=1))

@@ -136,6 +136,13 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--limit", type=NON_NEGATIVE_INT,
                    help="evaluate the first N crystals of a fixed shuffle (default: config, 0 = all)")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
+    p.add_argument("--dataset", help="the dataset whose split is tested (default: the model's, config "
+                                     "data.dataset), e.g. mpts_52 for the mp20 model")
+    p.add_argument("--max-cell-atoms", type=POSITIVE_INT,
+                   help="test only the crystals of at most this many atoms")
+    p.add_argument("--exclude", action="append", default=[], metavar="DATASET/SPLIT",
+                   help="leave out the test crystals whose material_id occurs in this split (e.g. "
+                        "mp_20_biternary/val, what the mp20 model trained on); repeatable")
     p.add_argument("--out", help="output folder (default: <checkpoint>/eval; "
                                            "eval/<name> here for a shipped model's name)")
     _add_data_dir(p)
@@ -150,6 +157,7 @@ def add_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args) -> None:
+    from csp_jax.data.datasets import load_split
     from csp_jax.training.checkpoint import load_model, read_config
     from csp_jax.evaluation.evaluate import evaluate, recompute
 
@@ -160,16 +168,42 @@ def run_evaluate(args) -> None:
         samples_path = out / f"{split}_samples.npz"
         if not samples_path.is_file():
             raise FileNotFoundError(f"--recompute: {samples_path} not found; run evaluate first")
-        recompute(samples_path, _load_split(config, split, args.data_dir), config.data.dataset,
+        dataset = args.dataset or config.data.dataset
+        recompute(samples_path, load_split(dataset, split, args.data_dir), dataset,
                   timeout_s=args.timeout or config.eval.match_timeout, workers=args.workers)
         return
     config, energy, variables = load_model(_model_dir(args.checkpoint))
     split = args.split or config.eval.split
-    evaluate(config, energy, variables, _load_split(config, split, args.data_dir), out,
+    dataset = args.dataset or config.data.dataset
+    test, selection = _test_crystals(dataset, split, args)
+    evaluate(config, energy, variables, test, out,
              split=split, num_samples=args.num_samples, limit=args.limit,
              batch_size=args.batch_size, key=_key(args.seed),
              timeout_s=args.timeout, workers=args.workers, resume=args.resume,
-             training=_training_crystals(config, args.data_dir))
+             training=_training_crystals(config, args.data_dir), dataset_name=dataset,
+             selection=selection)
+
+
+def _test_crystals(dataset: str, split: str, args):
+    """(the crystals `evaluate` draws from, a sentence saying how they were selected, or "")."""
+    from csp_jax.data.datasets import load_split
+
+    crystals = load_split(dataset, split, args.data_dir)
+    if not args.max_cell_atoms and not args.exclude:
+        return crystals, ""
+    excluded = set()
+    for name in args.exclude:
+        other, _, other_split = name.partition("/")
+        if not other_split:
+            raise ValueError(f"--exclude {name!r}: expected DATASET/SPLIT, e.g. mp_20_biternary/val")
+        excluded.update(load_split(other, other_split, args.data_dir).material_ids.astype(str).tolist())
+    selected = crystals.select(most_atoms=args.max_cell_atoms, exclude_ids=excluded)
+    rules = ([f"of at most {args.max_cell_atoms} atoms"] if args.max_cell_atoms else []) + (
+        [f"whose material_id is not in {' or '.join(args.exclude)}"] if args.exclude else [])
+    selection = (f"the {len(selected)} of the {len(crystals)} {dataset}/{split} crystals "
+                 + " and ".join(rules))
+    print(f"testing {selection}")
+    return selected, selection
 
 
 def _training_crystals(config, data_dir):

@@ -194,7 +194,9 @@ BAD_OPTIONS = {
                 ["--num-atoms", "5", "--formula-units", "1"]],
     "evaluate": [["--limit", "-1"], ["--timeout", "nan"], ["--timeout", "0"], ["--timeout", "-1"],
                  ["--workers", "0"], ["--num-samples", "0"], ["--batch-size", "-2"],
-                 ["--data-dir", "/nonexistent/data"], ["--split", "nope"]],
+                 ["--data-dir", "/nonexistent/data"], ["--split", "nope"], ["--dataset", "nope"],
+                 ["--max-cell-atoms", "0"], ["--exclude", "mp_20_biternary"], ["--exclude", "nope/val"],
+                 ["--exclude", "perov_5/nope"]],
     "displacement": [["--sigma", "-0.1"], ["--sigma", "inf"], ["--num-draws", "0"],
                      ["--num-crystals", "0"], ["--num-crystals", "x"]],
 }

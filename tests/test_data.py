@@ -387,6 +387,19 @@ def test_mpts_52_val_split(mpts_val):
     check_against_pymatgen(mpts_val, [0, MPTS_ROWS // 2, big])
 
 
+@pytest.mark.slow  # 300 MPTS-52 rows parsed (shared with the test above)
+def test_select_keeps_small_cells_not_excluded_in_order(mpts_val):
+    excluded = set(mpts_val.material_ids[::7].astype(str))
+    small = mpts_val.select(most_atoms=20, exclude_ids=excluded)
+    expected = [m for m, n in zip(mpts_val.material_ids.astype(str), mpts_val.num_atoms)
+                if n <= 20 and m not in excluded]
+    assert 0 < len(small) == len(expected) < len(mpts_val)
+    assert small.material_ids.astype(str).tolist() == expected
+    assert small.max_atoms == mpts_val.max_atoms and np.all(small.num_atoms <= 20)
+    everything = mpts_val.select()
+    np.testing.assert_array_equal(everything.species, mpts_val.species)
+
+
 @pytest.mark.slow  # the whole Perov-5 test split parsed when the cache is fresh
 def test_cached_reload_is_identical(perov_test, data_dir, monkeypatch):
     def no_parsing(*args, **kwargs):

@@ -40,7 +40,8 @@ def energy(model, variables, crystal, capacity=CAP):
     return float(e)
 
 
-@pytest.mark.parametrize("name,count", [("perov5", 23297), ("mp20", 168705), ("mpts52", 168705)])
+@pytest.mark.parametrize("name,count", [("perov5", 23297), ("mp20", 168705), ("mpts52", 168705),
+                                        ("mp20_cpu", 23297), ("mpts52_cpu", 23297)])
 def test_parameter_count(name, count):
     model = EnergyModel.from_config(get_config(name).model)
     assert num_parameters(model.init(jax.random.key(0))) == count

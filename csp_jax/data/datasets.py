@@ -246,6 +246,14 @@ class CrystalDataset:
         """Crystal `i` as a `pymatgen.core.Structure`."""
         return to_structure(Crystal(self.species[i], self.positions[i], self.lattice[i]))
 
+    def select(self, *, most_atoms: int | None = None, exclude_ids=()) -> "CrystalDataset":
+        """The crystals of at most `most_atoms` atoms (None: any) whose material_id is not in
+        `exclude_ids` (e.g. the crystals a model was trained on), in their order."""
+        keep = ~np.isin(self.material_ids.astype(str), np.asarray(list(exclude_ids), str))
+        if most_atoms is not None:
+            keep &= self.num_atoms <= most_atoms
+        return self.subset(np.flatnonzero(keep))
+
 
 class _BadRow(NamedTuple):
     row: int

@@ -134,10 +134,14 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
              split: str | None = None, num_samples: int | None = None, limit: int | None = None,
              batch_size: int | None = None, key=None, timeout_s: float | None = None,
              workers: int | None = None, resume: bool = False, kernel: Callable = mala,
-             training: CrystalDataset | None = None, log: Callable[[str], None] = print) -> dict:
+             training: CrystalDataset | None = None, dataset_name: str | None = None,
+             selection: str = "", log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
 
-    dataset: the whole split (its length is the total the report compares with).
+    dataset: the whole split (its length is the total the report compares with), or
+    the crystals selected from it, which `selection` then describes (a sentence
+    for the report, e.g. "the 4 of the 9 mpts_52/test crystals of at most 20
+    atoms"); dataset_name: the report's dataset (default: config.data.dataset).
     Options left None take `config.eval` values (key: PRNGKey(eval.seed)).
     kernel: the sampler (`mala`'s shape). training: the training crystals; the
     results then gain `by_composition_in_training` ("seen" / "unseen": the metrics
@@ -166,7 +170,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     parts_dir = out_dir / f"{split}_parts"
     settings = {"split": split, "num_test": num_test, "num_samples": num_samples, "steps": num_steps,
                 "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
-                "order": "by_size"}  # the chains' row order (parts of another order do not resume)
+                "order": "by_size", "selection": selection}  # the chains' row order (parts of another order do not resume)
     settings_path = parts_dir / SETTINGS_FILE
     if parts_dir.is_dir() and not resume:
         raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "
@@ -208,7 +212,10 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite}
-    json_path, md_path = metrics.write_report(results, stem, config.data.dataset, len(dataset))
+    if selection:
+        results["selection"] = selection
+    json_path, md_path = metrics.write_report(results, stem, dataset_name or config.data.dataset,
+                                              len(dataset))
     pngs = evaluation_pngs(results, out_dir, split)
     log(f"wrote {samples_path}, {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results

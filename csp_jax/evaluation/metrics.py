@@ -284,6 +284,8 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
                       + _split_text(results["by_composition_in_training"]) + "."]
     if "by_cell_size" in results:
         lines += ["", f"By cell size, match rate with {k} samples: " + _split_text(results["by_cell_size"]) + "."]
+    if "selection" in results:
+        lines += ["", f"Tested: {results['selection']}."]
     if n < num_test_total:
         lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated (--limit {n}); "
                       "the other rows use the full test set."]
