@@ -34,7 +34,7 @@ from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
-from csp_jax.sampling.driver import sample_rows, schedule
+from csp_jax.sampling.driver import compiled_programs, sample_rows, schedule
 from csp_jax.sampling.mala import mala
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
@@ -150,7 +150,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
     continues from them (with the same settings, checked), otherwise an
     existing `<split>_parts/` is an error. The results gain `sampling`:
-    chains, steps, seconds, overflow re-runs. Writes `<split>_samples.npz`,
+    chains, steps, seconds, overflow re-runs, chain programs compiled. Writes `<split>_samples.npz`,
     `cifs/`, `<split>_metrics.json|.md` in out_dir.
     """
     e = config.eval
@@ -182,16 +182,16 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     write_atomic(settings_path, json.dumps(settings))
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
-    start = time.perf_counter()
+    start, programs = time.perf_counter(), compiled_programs()
     # Chains run with the test crystals sorted by size (stable), so that a batch holds cells
     # of similar size and runs at their width; the results go back to the test order.
     by_size = np.argsort(test.num_atoms, kind="stable")
     crystals, energies, reruns, non_finite = sample_chains(
         config, energy, variables, np.repeat(test.species[by_size], num_samples, axis=0), key,
         batch_size=batch_size, parts_dir=parts_dir, kernel=kernel, log=log)
-    seconds = time.perf_counter() - start
+    seconds, programs = time.perf_counter() - start, compiled_programs() - programs
     log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}; "
-        f"non-finite proposals rejected: {non_finite}")
+        f"non-finite proposals rejected: {non_finite}; chain programs compiled: {programs}")
     unsort = np.argsort(by_size)
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
     energies = energies.reshape(num_test, num_samples)[unsort]
@@ -211,7 +211,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     results["by_cell_size"] = by_cell_size(results, test.num_atoms, energies)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
-                           "overflow_reruns": reruns, "non_finite_proposals": non_finite}
+                           "overflow_reruns": reruns, "non_finite_proposals": non_finite,
+                           "compiled_programs": programs}
     if selection:
         results["selection"] = selection
     json_path, md_path = metrics.write_report(results, stem, dataset_name or config.data.dataset,
