@@ -13,18 +13,14 @@ per batch of 300 MALA steps, negatives with the data cells' own sizes
 bucket size of their largest cell, the capacity refitted every 50 steps.
 Evaluation and prediction chains keep the paper's 1000 steps.
 """
-from csp_jax.config import (Config, DataConfig, EvalConfig, ModelConfig, SamplerConfig,
-                            TrainConfig)
+import dataclasses
+
+from csp_jax.configs import mp20_cpu
 
 
-def get_config() -> Config:
-    return Config(
-        name="mpts52_cpu",
-        model=ModelConfig(features=32, num_conv=3, num_fc=2),
-        data=DataConfig(dataset="mpts_52", train_split="val", val_split="", val_holdout=128,
-                        val_limit=64, max_atoms=52, expand_from="cell", geometric_q=0.0),
-        sampler=SamplerConfig(num_steps=300, segment_length=50),
-        train=TrainConfig(batch_size=32, num_epochs=8, checkpoint_every=19, keep_checkpoints=0,
-                          chains_per_group=8),
-        eval=EvalConfig(num_steps=1000),
-    )
+def get_config():
+    config = mp20_cpu.get_config()
+    return dataclasses.replace(
+        config, name="mpts52_cpu",
+        data=dataclasses.replace(config.data, dataset="mpts_52", max_atoms=52),
+        train=dataclasses.replace(config.train, num_epochs=8, checkpoint_every=19))
