@@ -40,7 +40,7 @@ from csp_jax.config import get_config
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.geometry.niggli import reduce_crystal
-from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_init, compiled_segment,
+from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_programs, compiled_segment,
                                      grow_until_no_overflow, largest_needs, sample, schedule)
 from csp_jax.sampling.mala import mala, random_crystal
 
@@ -215,14 +215,14 @@ def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: 
     species = jnp.asarray(species_for(atoms, batch, seed))
     runs = []
     for run in range(2):
-        misses = compiled_init.cache_info().misses + compiled_segment.cache_info().misses
+        programs = compiled_programs()
         t0 = time.perf_counter()
         result = sample(jax.random.split(jax.random.key(seed + 1 + run), batch), species, model, variables,
                         NeighborCapacity.from_config(cfg.neighbors, atoms), steps,
                         segment_length=cfg.sampler.segment_length)
         jax.block_until_ready(result.states)
         seconds = time.perf_counter() - t0
-        compilations = compiled_init.cache_info().misses + compiled_segment.cache_info().misses - misses
+        compilations = compiled_programs() - programs
         capacities = [tuple(result.start_capacity), tuple(result.capacity)]
         runs.append({"run": run + 1, "ms_per_step": 1e3 * seconds / len(steps[0]), "seconds": seconds,
                      "compilations": compilations, "first_and_last_capacity": capacities,
@@ -315,7 +315,6 @@ def evaluation_throughput(checkpoint: str, dataset: str | None = None, split: st
     from csp_jax.data.datasets import load_split
     from csp_jax.evaluation.evaluate import sample_chains, subset_indices
     from csp_jax.geometry.crystal import bucket_for
-    from csp_jax.sampling.driver import compiled_programs
     from csp_jax.training.checkpoint import load_model
 
     cfg, energy, variables = load_model(pretrained.resolve(checkpoint))

@@ -8,7 +8,7 @@ import pytest
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.energy.continuousp import EnergyModel
-from csp_jax.evaluation.evaluate import CELL_SIZES, by_cell_size, evaluate, recompute, subset_indices
+from csp_jax.evaluation.evaluate import by_size_and_elements, evaluate, recompute, subset_indices
 from csp_jax.evaluation.matching import MATCH, NO_MATCH
 from csp_jax.evaluation.metrics import load_samples
 from csp_jax.geometry.neighbors import NeighborCapacity
@@ -71,6 +71,8 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     # Perov-5 cells hold 5 atoms: all three crystals are in the first cell-size bin.
     assert record["by_cell_size"]["1-20 atoms"]["num_crystals"] == 3
     assert record["by_cell_size"]["21-52 atoms"] is None and "1-20 atoms (n = 3)" in markdown
+    assert sum(part["num_crystals"] for part in record["by_elements"].values() if part) == 3
+    assert "By number of elements" in markdown
     assert (tmp_path / "test_rmse.png").stat().st_size > 0 and (tmp_path / "test_match_rate.png").stat().st_size > 0
     # The first sample of each valid chain is also a CIF.
     assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)
@@ -81,20 +83,27 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
         assert again[key] == results[key]
     rewritten = json.loads((tmp_path / "test_metrics.json").read_text())
     assert rewritten["sampling"] == record["sampling"]
-    assert rewritten["by_cell_size"] == record["by_cell_size"]
+    assert rewritten["by_cell_size"] == record["by_cell_size"] and rewritten["by_elements"] == record["by_elements"]
 
 
-def test_ratesby_cell_size_partition_the_test_crystals():
-    """Crystals of 5, 20, 21 and 52 atoms: the bins hold 2, 2 and none; each bin's rate is its own."""
+def test_rates_by_cell_size_and_elements_partition_the_test_crystals():
+    """Crystals of 5, 20, 21 and 52 atoms of 1, 2, 3 and 5 elements: the size bins hold 2, 2
+    and none, the element bins 1 each and none of 4 alone; each bin's rate is its own."""
     outcome = np.array([[MATCH, NO_MATCH], [NO_MATCH, NO_MATCH], [NO_MATCH, MATCH], [MATCH, MATCH]])
     rms = np.where(outcome == MATCH, 0.1, np.nan)
     results = {"outcome": outcome.tolist(), "rms": rms.tolist()}
-    bins = by_cell_size(results, np.array([5, 20, 21, 52]), None)
-    assert list(bins) == [f"{lo}-{hi} atoms" for lo, hi in CELL_SIZES]
-    assert bins["1-20 atoms"]["num_crystals"] == 2 and bins["1-20 atoms"]["match_rate"] == 50.0
-    assert bins["21-52 atoms"]["num_crystals"] == 2 and bins["21-52 atoms"]["match_rate"] == 100.0
-    assert bins["53-1000000 atoms"] is None
-    assert bins["1-20 atoms"]["match_rate_k1"] == 50.0 and bins["21-52 atoms"]["match_rate_k1"] == 50.0
+    cells = [[8] * 5, [3] * 10 + [8] * 10, [3] * 7 + [8] * 7 + [26] * 7, [1, 2, 3, 4, 5] * 10 + [8, 8]]
+    species = np.array([c + [0] * (52 - len(c)) for c in cells])
+    split = by_size_and_elements(results, species, None)
+    sizes, elements = split["by_cell_size"], split["by_elements"]
+    assert list(sizes) == ["1-20 atoms", "21-52 atoms", "53+ atoms"]
+    assert sizes["1-20 atoms"]["num_crystals"] == 2 and sizes["1-20 atoms"]["match_rate"] == 50.0
+    assert sizes["21-52 atoms"]["num_crystals"] == 2 and sizes["21-52 atoms"]["match_rate"] == 100.0
+    assert sizes["53+ atoms"] is None
+    assert sizes["1-20 atoms"]["match_rate_k1"] == 50.0 and sizes["21-52 atoms"]["match_rate_k1"] == 50.0
+    assert list(elements) == ["1 element", "2 elements", "3 elements", "4+ elements"]
+    assert [elements[k]["match_rate"] for k in elements] == [100.0, 0.0, 100.0, 100.0]
+    assert [elements[k]["num_crystals"] for k in elements] == [1, 1, 1, 1]
 
 
 def test_recompute_refuses_samples_of_another_split(data_dir, tmp_path):

@@ -392,3 +392,26 @@ def test_sample_rows_runs_a_batch_at_its_cells_width_and_pads_back():
     np.testing.assert_array_equal(b.crystals.species, wide)
     np.testing.assert_allclose(b.crystals.positions[:, :2], a.crystals.positions, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b.energies, a.energies, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_programs_counts_each_new_batch_shape():
+    """A batch of a width not run before builds its programs although the capacity is the
+    same (one jitted function, a new shape); the same batch again builds none."""
+    from csp_jax.energy import EnergyModel
+    from csp_jax.geometry.neighbors import NeighborCapacity
+    from csp_jax.sampling.driver import compiled_programs, sample_rows
+
+    model = EnergyModel(32, 3, 2)
+    variables = model.init(jax.random.key(0))
+    usual = NeighborCapacity.for_atoms(4)
+    capacity = usual._replace(max_edges=usual.max_edges + 7)  # one no other test compiles
+    run = lambda species: sample_rows(jax.random.key(1), np.array(species, np.int32), model,  # noqa: E731
+                                      variables, capacity,
+                                      config_schedule(SamplerConfig(), 4), batch_size=2, segment_length=4,
+                                      refit=False, log=lambda _: None)
+    counts = []
+    for species in ([[11, 17, 0, 0]] * 2, [[11, 17, 0, 0]] * 2, [[11, 11, 17, 17]] * 2):
+        before = compiled_programs()
+        run(species)
+        counts.append(compiled_programs() - before)
+    assert counts[0] >= 2 and counts[1] == 0 and counts[2] >= 2  # init and segment per width

@@ -37,6 +37,17 @@ def test_geometric_multipliers_and_cap():
     assert np.bincount(out.species[1])[8] == 21 and np.count_nonzero(out.species[0]) == 10
 
 
+@pytest.mark.parametrize("max_atoms", [5, 20, 35, 52, 100])
+def test_bucket_sizes_pad_a_cell_by_at_most_half_then_a_fifth(max_atoms):
+    """Every cell size fits a bucket no larger than max_atoms; a cell of more than
+    16 atoms pads to at most 1.22x its atoms, a smaller one to at most 1.5x."""
+    sizes = bucket_sizes(max_atoms)
+    assert sizes[-1] == max_atoms and list(sizes) == sorted(set(sizes))
+    for n in range(2, max_atoms + 1):
+        width = next(s for s in sizes if s >= n)
+        assert width <= max(max_atoms, n) and width / n <= (1.22 if n > 16 else 1.5), (n, width)
+
+
 @pytest.fixture(scope="module")
 def config():
     return get_config("test")

@@ -39,7 +39,8 @@ from csp_jax.sampling.mala import mala
 
 SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
 SETTINGS_FILE = "settings.json"
-CELL_SIZES = ((1, 20), (21, 52), (53, 10**6))  # bins of the report's match rate by cell size (atoms)
+CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate by cell size (atoms)
+ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
 
 
 def sample_chains(config: Config, energy: Energy, variables, species, key, *, batch_size: int,
@@ -117,12 +118,23 @@ def _formula(species) -> tuple:
     return tuple(reduce_composition(species).items())
 
 
-def by_cell_size(results: dict, num_atoms, energies) -> dict:
-    """The metrics of the test crystals by cell size (num_atoms [T]): CELL_SIZES bins,
-    named "<lo>-<hi> atoms"; a bin without crystals is None."""
-    num_atoms = np.asarray(num_atoms)
-    return {f"{lo}-{hi} atoms": metrics.split_by(results, (num_atoms >= lo) & (num_atoms <= hi), energies)
-            for lo, hi in CELL_SIZES}
+def binned(results: dict, values, bins, unit: str, energies) -> dict:
+    """The metrics of the test crystals by a count (values [T]) in inclusive bins (lo, hi),
+    hi None for no upper end, named "<lo>-<hi> <unit>s", "<lo> <unit>(s)" or "<lo>+ <unit>s";
+    a bin without crystals is None."""
+    values = np.asarray(values)
+    name = lambda lo, hi: (f"{lo}+ {unit}s" if hi is None else f"{lo} {unit}" + "s" * (lo != 1)  # noqa: E731
+                           if lo == hi else f"{lo}-{hi} {unit}s")
+    return {name(lo, hi): metrics.split_by(results, (values >= lo) & (values <= (hi or np.inf)), energies)
+            for lo, hi in bins}
+
+
+def by_size_and_elements(results: dict, species, energies) -> dict:
+    """`by_cell_size` and `by_elements` of the test crystals (species [T, N], 0 = padding)."""
+    species = np.asarray(species)
+    elements = [len(set(row[row > 0].tolist())) for row in species]
+    return {"by_cell_size": binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies),
+            "by_elements": binned(results, elements, ELEMENT_COUNTS, "element", energies)}
 
 
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
@@ -208,7 +220,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         seen = np.array([_formula(species) in known for species in test.species])
         results["by_composition_in_training"] = {
             "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
-    results["by_cell_size"] = by_cell_size(results, test.num_atoms, energies)
+    results.update(by_size_and_elements(results, test.species, energies))
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite,
@@ -244,7 +256,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
         f"then the matched ones at strict tolerances and the samples against each other")
     results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
                                        samples, timeout_s, workers, energies=energies)
-    results["by_cell_size"] = by_cell_size(results, np.count_nonzero(samples.species[:, 0], axis=1), energies)
+    results.update(by_size_and_elements(results, samples.species[:, 0], energies))
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
     previous = Path(f"{stem}.json")
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):

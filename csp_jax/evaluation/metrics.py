@@ -284,6 +284,9 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
                       + _split_text(results["by_composition_in_training"]) + "."]
     if "by_cell_size" in results:
         lines += ["", f"By cell size, match rate with {k} samples: " + _split_text(results["by_cell_size"]) + "."]
+    if "by_elements" in results:
+        lines += ["", f"By number of elements, match rate with {k} samples: "
+                  + _split_text(results["by_elements"]) + "."]
     if "selection" in results:
         lines += ["", f"Tested: {results['selection']}."]
     if n < num_test_total:

@@ -146,10 +146,13 @@ def expand_composition(composition: dict[int, int], j: int, max_atoms: int | Non
 
 
 def bucket_sizes(max_atoms: int) -> tuple[int, ...]:
-    """Padded sizes of chains: 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (2^(k/2) rounded up) below
-    max_atoms, then max_atoms: at most 1.5x the atoms of a cell, few shapes to compile."""
-    sizes = sorted({n if n <= 4 else n + n % 2
-                    for n in (math.ceil(2 ** (k / 2) - 1e-9) for k in range(2, 2 * max(2, max_atoms).bit_length() + 1))})
+    """Padded sizes of chains below max_atoms, then max_atoms: 2^(k/2) up to 16
+    (2, 3, 4, 6, 8, 12, 16), then 2^(k/4) (20, 24, 28, 32, 40, 46, 54, ...),
+    rounded up to even numbers above 4. A cell of more than 16 atoms pads to
+    at most 1.22x its atoms (1.47x its atom pairs), a smaller one to 1.5x;
+    few shapes to compile."""
+    powers = [2 ** (k / 2) for k in range(2, 9)] + [2 ** (k / 4) for k in range(17, 4 * max(2, max_atoms).bit_length() + 1)]
+    sizes = sorted({n if n <= 4 else n + n % 2 for n in (math.ceil(p - 1e-9) for p in powers)})
     return tuple(n for n in sizes if n < max_atoms) + (max_atoms,)
 
 

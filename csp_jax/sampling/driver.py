@@ -119,12 +119,12 @@ def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacit
     evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
-    def init(variables, keys, species):
+    def chain_init(variables, keys, species):
         init_fn, _ = kernel(_energy_fn(energy, variables, capacity), reduce_fn)
         start = lambda key, s: init_fn(random_crystal(key, s, energy.rho0))  # noqa: E731
         return chunked_vmap(start, chunk)(keys, species)
 
-    return jax.jit(init)
+    return jax.jit(chain_init)
 
 
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
@@ -135,7 +135,7 @@ def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capa
     `first_step`, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`)."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
-    def segment(variables, keys, states, step_sizes, betas, first_step):
+    def chain_segment(variables, keys, states, step_sizes, betas, first_step):
         _, step_fn = kernel(_energy_fn(energy, variables, capacity), reduce_fn)
 
         def chain(key, state):
@@ -144,12 +144,24 @@ def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capa
 
         return chunked_vmap(chain, chunk)(keys, states)
 
-    return jax.jit(segment)
+    return jax.jit(chain_segment)
+
+
+_COMPILED = {"jit(chain_init)": 0, "jit(chain_segment)": 0}
+
+
+def _count_compilation(event: str, seconds: float, fun_name: str = "", **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name in _COMPILED:
+        _COMPILED[fun_name] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 
 
 def compiled_programs() -> int:
-    """Chain programs (initialisations and segments) built so far in this process."""
-    return compiled_init.cache_info().misses + compiled_segment.cache_info().misses
+    """Chain programs (initialisations and segments) compiled so far in this process, one per
+    (energy, kernel, capacity, batch shape); programs loaded from the persistent cache count too."""
+    return sum(_COMPILED.values())
 
 
 class SampleResult(NamedTuple):
