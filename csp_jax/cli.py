@@ -157,7 +157,6 @@ def add_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args) -> None:
-    from csp_jax.data.datasets import load_split
     from csp_jax.training.checkpoint import load_model, read_config
     from csp_jax.evaluation.evaluate import evaluate, recompute
 
@@ -169,8 +168,10 @@ def run_evaluate(args) -> None:
         if not samples_path.is_file():
             raise FileNotFoundError(f"--recompute: {samples_path} not found; run evaluate first")
         dataset = args.dataset or config.data.dataset
-        recompute(samples_path, load_split(dataset, split, args.data_dir), dataset,
-                  timeout_s=args.timeout or config.eval.match_timeout, workers=args.workers)
+        test, selection = _test_crystals(dataset, split, args)
+        recompute(samples_path, test, dataset, timeout_s=args.timeout or config.eval.match_timeout,
+                  workers=args.workers, training=_training_crystals(config, args.data_dir),
+                  selection=selection)
         return
     config, energy, variables = load_model(_model_dir(args.checkpoint))
     split = args.split or config.eval.split

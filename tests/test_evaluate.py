@@ -8,7 +8,7 @@ import pytest
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.energy.continuousp import EnergyModel
-from csp_jax.evaluation.evaluate import by_size_and_elements, evaluate, recompute, subset_indices
+from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute, subset_indices
 from csp_jax.evaluation.matching import MATCH, NO_MATCH
 from csp_jax.evaluation.metrics import load_samples
 from csp_jax.geometry.neighbors import NeighborCapacity
@@ -78,12 +78,14 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)
 
     again = recompute(tmp_path / "test_samples.npz", dataset, "perov_5", timeout_s=60, workers=2,
-                      log=lines.append)
+                      training=dataset.subset(picked[:1]), selection="the crystals given", log=lines.append)
     for key in METRIC_KEYS:
         assert again[key] == results[key]
     rewritten = json.loads((tmp_path / "test_metrics.json").read_text())
     assert rewritten["sampling"] == record["sampling"]
-    assert rewritten["by_cell_size"] == record["by_cell_size"] and rewritten["by_elements"] == record["by_elements"]
+    for key in ("by_cell_size", "by_elements", "by_composition_in_training"):
+        assert rewritten[key] == record[key]
+    assert rewritten["selection"] == "the crystals given"
 
 
 def test_rates_by_cell_size_and_elements_partition_the_test_crystals():
@@ -94,8 +96,9 @@ def test_rates_by_cell_size_and_elements_partition_the_test_crystals():
     results = {"outcome": outcome.tolist(), "rms": rms.tolist()}
     cells = [[8] * 5, [3] * 10 + [8] * 10, [3] * 7 + [8] * 7 + [26] * 7, [1, 2, 3, 4, 5] * 10 + [8, 8]]
     species = np.array([c + [0] * (52 - len(c)) for c in cells])
-    split = by_size_and_elements(results, species, None)
-    sizes, elements = split["by_cell_size"], split["by_elements"]
+    add_splits(results, species, None)
+    sizes, elements = results["by_cell_size"], results["by_elements"]
+    assert "by_composition_in_training" not in results  # no training crystals given
     assert list(sizes) == ["1-20 atoms", "21-52 atoms", "53+ atoms"]
     assert sizes["1-20 atoms"]["num_crystals"] == 2 and sizes["1-20 atoms"]["match_rate"] == 50.0
     assert sizes["21-52 atoms"]["num_crystals"] == 2 and sizes["21-52 atoms"]["match_rate"] == 100.0

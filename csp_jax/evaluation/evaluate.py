@@ -129,12 +129,20 @@ def binned(results: dict, values, bins, unit: str, energies) -> dict:
             for lo, hi in bins}
 
 
-def by_size_and_elements(results: dict, species, energies) -> dict:
-    """`by_cell_size` and `by_elements` of the test crystals (species [T, N], 0 = padding)."""
+def add_splits(results: dict, species, energies, training: CrystalDataset | None = None) -> None:
+    """Add to `results` the metrics of the test crystals (species [T, N], 0 = padding) by cell
+    size (`by_cell_size`), by number of elements (`by_elements`) and, given the training
+    crystals, by whether their reduced composition occurs among them
+    (`by_composition_in_training`: "seen" / "unseen")."""
     species = np.asarray(species)
+    if training is not None:
+        known = {_formula(row) for row in training.species}
+        seen = np.array([_formula(row) in known for row in species])
+        results["by_composition_in_training"] = {
+            "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
     elements = [len(set(row[row > 0].tolist())) for row in species]
-    return {"by_cell_size": binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies),
-            "by_elements": binned(results, elements, ELEMENT_COUNTS, "element", energies)}
+    results["by_cell_size"] = binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies)
+    results["by_elements"] = binned(results, elements, ELEMENT_COUNTS, "element", energies)
 
 
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
@@ -215,12 +223,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         f"and the samples of each crystal against each other")
     results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
                                        timeout_s, workers, energies=energies)
-    if training is not None:
-        known = {_formula(species) for species in training.species}
-        seen = np.array([_formula(species) in known for species in test.species])
-        results["by_composition_in_training"] = {
-            "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
-    results.update(by_size_and_elements(results, test.species, energies))
+    add_splits(results, test.species, energies, training)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite,
@@ -235,13 +238,14 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
 
 
 def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
-              timeout_s: float, workers: int | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              timeout_s: float, workers: int | None = None, training: CrystalDataset | None = None,
+              selection: str = "", log: Callable[[str], None] = print) -> dict:
     """Score a stored `<split>_samples.npz` again (no sampling) and rewrite `<split>_metrics.json|.md`.
 
-    dataset: the whole split the samples came from (ground truth found by
-    material id); dataset_name: e.g. "perov_5", for the report. The `sampling`
-    record of an existing metrics JSON beside the samples is kept.
+    dataset: the split the samples came from, or the crystals selected from it
+    as `evaluate` had them (ground truth found by material id); dataset_name,
+    training, selection: as for `evaluate`. The `sampling` record of an
+    existing metrics JSON beside the samples is kept.
     """
     samples_path = Path(samples_path)
     if not samples_path.name.endswith("_samples.npz"):
@@ -256,7 +260,9 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
         f"then the matched ones at strict tolerances and the samples against each other")
     results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
                                        samples, timeout_s, workers, energies=energies)
-    results.update(by_size_and_elements(results, samples.species[:, 0], energies))
+    add_splits(results, samples.species[:, 0], energies, training)
+    if selection:
+        results["selection"] = selection
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
     previous = Path(f"{stem}.json")
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
