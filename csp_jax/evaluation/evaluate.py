@@ -118,14 +118,21 @@ def _formula(species) -> tuple:
     return tuple(reduce_composition(species).items())
 
 
+def _bin_name(lo: int, hi: int | None, unit: str) -> str:
+    """"1-20 atoms", "53+ atoms", "1 element", "3 elements"."""
+    if hi is None:
+        return f"{lo}+ {unit}s"
+    if lo == hi:
+        return f"{lo} {unit}" + ("" if lo == 1 else "s")
+    return f"{lo}-{hi} {unit}s"
+
+
 def binned(results: dict, values, bins, unit: str, energies) -> dict:
     """The metrics of the test crystals by a count (values [T]) in inclusive bins (lo, hi),
-    hi None for no upper end, named "<lo>-<hi> <unit>s", "<lo> <unit>(s)" or "<lo>+ <unit>s";
-    a bin without crystals is None."""
+    hi None for no upper end, keyed by `_bin_name`; a bin without crystals is None."""
     values = np.asarray(values)
-    name = lambda lo, hi: (f"{lo}+ {unit}s" if hi is None else f"{lo} {unit}" + "s" * (lo != 1)  # noqa: E731
-                           if lo == hi else f"{lo}-{hi} {unit}s")
-    return {name(lo, hi): metrics.split_by(results, (values >= lo) & (values <= (hi or np.inf)), energies)
+    return {_bin_name(lo, hi, unit): metrics.split_by(results, (values >= lo) & (values <= (hi or np.inf)),
+                                                      energies)
             for lo, hi in bins}
 
 
