@@ -147,12 +147,13 @@ def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capa
     return jax.jit(chain_segment)
 
 
-_COMPILED = {"jit(chain_init)": 0, "jit(chain_segment)": 0}
+_COMPILED = {"chain_init": 0, "chain_segment": 0}  # XLA compilations of the two programs above
 
 
 def _count_compilation(event: str, seconds: float, fun_name: str = "", **_) -> None:
-    if event == "/jax/core/compile/backend_compile_duration" and fun_name in _COMPILED:
-        _COMPILED[fun_name] += 1
+    name = fun_name.removeprefix("jit(").removesuffix(")")  # jax names them "jit(chain_init)"
+    if event == "/jax/core/compile/backend_compile_duration" and name in _COMPILED:
+        _COMPILED[name] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
