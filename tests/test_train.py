@@ -45,7 +45,7 @@ def test_bucket_sizes_pad_a_cell_by_at_most_half_then_a_fifth(max_atoms):
     assert sizes[-1] == max_atoms and list(sizes) == sorted(set(sizes))
     for n in range(2, max_atoms + 1):
         width = next(s for s in sizes if s >= n)
-        assert width <= max(max_atoms, n) and width / n <= (1.22 if n > 16 else 1.5), (n, width)
+        assert width <= max_atoms and width / n <= (1.22 if n > 16 else 1.5), (n, width)
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,8 @@ def bucket_sizes(max_atoms: int) -> tuple[int, ...]:
     rounded up to even numbers above 4. A cell of more than 16 atoms pads to
     at most 1.22x its atoms (1.47x its atom pairs), a smaller one to 1.5x;
     few shapes to compile."""
-    powers = [2 ** (k / 2) for k in range(2, 9)] + [2 ** (k / 4) for k in range(17, 4 * max(2, max_atoms).bit_length() + 1)]
+    last = 4 * max(2, max_atoms).bit_length()
+    powers = [2 ** (k / 2) for k in range(2, 9)] + [2 ** (k / 4) for k in range(17, last + 1)]
     sizes = sorted({n if n <= 4 else n + n % 2 for n in (math.ceil(p - 1e-9) for p in powers)})
     return tuple(n for n in sizes if n < max_atoms) + (max_atoms,)
 
