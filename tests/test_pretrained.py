@@ -42,14 +42,16 @@ def binaries() -> list[Crystal]:
 
 
 # Per shipped model: its training config, parameter count, the dataset and split its test crystal
-# comes from, that crystal's material id (one its evaluation matched), the crystals of the energy
-# check and their energies, stored when the model was exported.
+# comes from, that crystal's material id (one its evaluation matched; for mpts52, 4 of this test's
+# six chains), the crystals of the energy check and their energies, stored when the model was exported.
 MODELS = {
     "perov5": dict(config="perov5_cpu", parameters=23297, dataset="perov_5", test_id="7085",
                    crystals=perovskites,
                    energies=[-0.26533743739128113, -0.24565574526786804, -0.29967665672302246]),
     "mp20": dict(config="mp20_cpu", parameters=23297, dataset="mp_20_biternary", test_id="mp-2497",
                  crystals=binaries, energies=[-0.3423084616661072, -0.3109930753707886, -0.49196740984916687]),
+    "mpts52": dict(config="mpts52_cpu", parameters=23297, dataset="mpts_52", test_id="mp-1056366",
+                   crystals=binaries, energies=[-0.3835296332836151, -0.2974965572357178, -0.4208202064037323]),
 }
 
 
@@ -72,7 +74,7 @@ def test_shipped_model_loads_with_its_stored_energies(name):
 
 
 def test_an_unknown_model_name_lists_the_shipped_ones():
-    with pytest.raises(ValueError, match="available: mp20, perov5"):
+    with pytest.raises(ValueError, match="available: mp20, mpts52, perov5"):
         pretrained.path("nope")
 
 
@@ -99,7 +101,7 @@ def test_shipped_model_predicts_a_test_crystal(name, data_dir):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_predict_command_takes_a_shipped_model_by_folder_or_name(name, tmp_path, monkeypatch):
-    formula = {"perov5": "SrTiO3", "mp20": "NaCl"}[name]
+    formula = {"perov5": "SrTiO3", "mp20": "NaCl", "mpts52": "GaAs"}[name]
     assert cli.main(["predict", "--checkpoint", str(pretrained.path(name)), "--formula", formula,
                      "--num-samples", "2", "--out", str(tmp_path / "folder")]) == 0
     assert len(list((tmp_path / "folder" / formula).glob("rank*.cif"))) == 2
