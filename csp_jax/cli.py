@@ -171,7 +171,7 @@ def run_evaluate(args) -> None:
         test, selection = _test_crystals(dataset, split, args)
         recompute(samples_path, test, dataset, timeout_s=args.timeout or config.eval.match_timeout,
                   workers=args.workers, training=_training_crystals(config, args.data_dir),
-                  selection=selection)
+                  references=_reference_crystals(dataset, args.data_dir), selection=selection)
         return
     config, energy, variables = load_model(_model_dir(args.checkpoint))
     split = args.split or config.eval.split
@@ -181,7 +181,8 @@ def run_evaluate(args) -> None:
              split=split, num_samples=args.num_samples, limit=args.limit,
              batch_size=args.batch_size, key=_key(args.seed),
              timeout_s=args.timeout, workers=args.workers, resume=args.resume,
-             training=_training_crystals(config, args.data_dir), dataset_name=dataset,
+             training=_training_crystals(config, args.data_dir),
+             references=_reference_crystals(dataset, args.data_dir), dataset_name=dataset,
              selection=selection)
 
 
@@ -205,6 +206,23 @@ def _test_crystals(dataset: str, split: str, args):
                  + " and ".join(rules))
     print(f"testing {selection}")
     return selected, selection
+
+
+def _reference_crystals(dataset: str, data_dir) -> list:
+    """Every split of the tested dataset at hand (for the report's other structures of a
+    test crystal's composition); a note names the splits that are not."""
+    from csp_jax.data.datasets import MissingDataError, known_splits, load_split
+
+    found, missing = [], []
+    for split in known_splits()[dataset]:
+        try:
+            found.append(load_split(dataset, split, data_dir))
+        except MissingDataError:
+            missing.append(split)
+    if missing:
+        print(f"note: the report's other structures per composition leave out {dataset}/"
+              f"{', '.join(missing)} (not at hand)")
+    return found
 
 
 def _training_crystals(config, data_dir):

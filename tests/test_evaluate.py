@@ -38,7 +38,7 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     picked = subset_indices(len(dataset), 3)
     results = evaluate(config, model, variables, dataset, tmp_path, num_samples=2, limit=3,
                        batch_size=4, key=jax.random.PRNGKey(1), timeout_s=60, workers=2,
-                       training=dataset.subset(picked[:1]), log=lines.append)
+                       training=dataset.subset(picked[:1]), references=[dataset], log=lines.append)
     assert any("6/6 chains" in line for line in lines)
     assert not (tmp_path / "test_parts").exists()  # the batches were merged into test_samples.npz
 
@@ -73,17 +73,25 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     assert record["by_cell_size"]["21-52 atoms"] is None and "1-20 atoms (n = 3)" in markdown
     assert sum(part["num_crystals"] for part in record["by_elements"].values() if part) == 3
     assert "By number of elements" in markdown
+    # Each test crystal is among the references; the others of its composition bound the top-1.
+    polymorphs = record["polymorphs"]
+    count = polymorphs["crystals_with_other_structures"]
+    assert 0 <= count <= 3 and 100 / 3 <= polymorphs["top1_ceiling"] <= 100 - 50 * count / 3
+    for ranking, top in record["top1"].items():
+        assert polymorphs["any_structure"][ranking]["match_rate"] >= top["match_rate"]
+    assert "top-1 ceiling" in markdown
     assert (tmp_path / "test_rmse.png").stat().st_size > 0 and (tmp_path / "test_match_rate.png").stat().st_size > 0
     # The first sample of each valid chain is also a CIF.
     assert {p.stem for p in (tmp_path / "cifs").glob("*.cif")} <= set(material_ids)
 
     again = recompute(tmp_path / "test_samples.npz", dataset, "perov_5", timeout_s=60, workers=2,
-                      training=dataset.subset(picked[:1]), selection="the crystals given", log=lines.append)
+                      training=dataset.subset(picked[:1]), references=[dataset],
+                      selection="the crystals given", log=lines.append)
     for key in METRIC_KEYS:
         assert again[key] == results[key]
     rewritten = json.loads((tmp_path / "test_metrics.json").read_text())
     assert rewritten["sampling"] == record["sampling"]
-    for key in ("by_cell_size", "by_elements", "by_composition_in_training"):
+    for key in ("by_cell_size", "by_elements", "by_composition_in_training", "polymorphs"):
         assert rewritten[key] == record[key]
     assert rewritten["selection"] == "the crystals given"
 

@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -29,9 +29,10 @@ from csp_jax.data.datasets import CrystalDataset
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation import metrics
 from csp_jax.evaluation.figures import evaluation_pngs
+from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.files import write_atomic
-from csp_jax.geometry.crystal import Crystal, reduce_composition, to_structure
+from csp_jax.geometry.crystal import Crystal, formula_key, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import compiled_programs, sample_rows, schedule
@@ -113,11 +114,6 @@ def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> N
             CifWriter(to_structure(first)).write_file(cif_dir / f"{material_id}.cif")
 
 
-def _formula(species) -> tuple:
-    """A crystal's reduced composition as a hashable ((Z, count), ...)."""
-    return tuple(reduce_composition(species).items())
-
-
 def _bin_name(lo: int, hi: int | None, unit: str) -> str:
     """"1-20 atoms", "53+ atoms", "1 element", "3 elements"."""
     if hi is None:
@@ -143,13 +139,29 @@ def add_splits(results: dict, species, energies, training: CrystalDataset | None
     (`by_composition_in_training`: "seen" / "unseen")."""
     species = np.asarray(species)
     if training is not None:
-        known = {_formula(row) for row in training.species}
-        seen = np.array([_formula(row) in known for row in species])
+        known = {formula_key(row) for row in training.species}
+        seen = np.array([formula_key(row) in known for row in species])
         results["by_composition_in_training"] = {
             "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
     elements = [len(set(row[row > 0].tolist())) for row in species]
     results["by_cell_size"] = binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies)
     results["by_elements"] = binned(results, elements, ELEMENT_COUNTS, "element", energies)
+
+
+def add_polymorphs(results: dict, test: CrystalDataset, samples: Crystal, energies,
+                   references: Sequence[CrystalDataset], timeout_s: float, workers: int | None,
+                   log: Callable[[str], None]) -> None:
+    """Add `polymorphs` (`polymorphs.polymorph_metrics`) to `results` when references are given.
+
+    test: the T test crystals, in the samples' order; samples: [T, K, N]; energies: [T, K].
+    """
+    if not references:
+        return
+    log("matching each test crystal against the references of its composition, and the "
+        "top-ranked samples against their other structures")
+    others = other_structures([Crystal(test.species[t], test.positions[t], test.lattice[t])
+                               for t in range(len(test))], references, timeout_s, workers)
+    results["polymorphs"] = polymorph_metrics(results, samples, energies, others, timeout_s, workers)
 
 
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
@@ -161,8 +173,9 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
              split: str | None = None, num_samples: int | None = None, limit: int | None = None,
              batch_size: int | None = None, key=None, timeout_s: float | None = None,
              workers: int | None = None, resume: bool = False, kernel: Callable = mala,
-             training: CrystalDataset | None = None, dataset_name: str | None = None,
-             selection: str = "", log: Callable[[str], None] = print) -> dict:
+             training: CrystalDataset | None = None, references: Sequence[CrystalDataset] = (),
+             dataset_name: str | None = None, selection: str = "",
+             log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
 
     dataset: the whole split (its length is the total the report compares with), or
@@ -173,6 +186,9 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     kernel: the sampler (`mala`'s shape). training: the training crystals; the
     results then gain `by_composition_in_training` ("seen" / "unseen": the metrics
     of the test crystals whose reduced composition occurs among them, or not).
+    references: the dataset's splits at hand; the results then gain
+    `polymorphs` (`polymorphs.polymorph_metrics`: the top-ranked sample
+    against the other structures of the test crystal's composition).
     limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
     says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
     continues from them (with the same settings, checked), otherwise an
@@ -231,6 +247,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
                                        timeout_s, workers, energies=energies)
     add_splits(results, test.species, energies, training)
+    add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
                            "batch_size": batch_size, "seconds": seconds,
                            "overflow_reruns": reruns, "non_finite_proposals": non_finite,
@@ -246,12 +263,13 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
 
 def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
               timeout_s: float, workers: int | None = None, training: CrystalDataset | None = None,
-              selection: str = "", log: Callable[[str], None] = print) -> dict:
+              references: Sequence[CrystalDataset] = (), selection: str = "",
+              log: Callable[[str], None] = print) -> dict:
     """Score a stored `<split>_samples.npz` again (no sampling) and rewrite `<split>_metrics.json|.md`.
 
     dataset: the split the samples came from, or the crystals selected from it
     as `evaluate` had them (ground truth found by material id); dataset_name,
-    training, selection: as for `evaluate`. The `sampling` record of an
+    training, references, selection: as for `evaluate`. The `sampling` record of an
     existing metrics JSON beside the samples is kept.
     """
     samples_path = Path(samples_path)
@@ -265,9 +283,11 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
                          f"(first: {missing[0]}); wrong split or dataset?")
     log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}, "
         f"then the matched ones at strict tolerances and the samples against each other")
-    results = metrics.evaluate_samples([dataset.structure(row_of[str(m)]) for m in material_ids],
+    test = dataset.subset(np.array([row_of[str(m)] for m in material_ids], np.int64))
+    results = metrics.evaluate_samples([test.structure(t) for t in range(len(test))],
                                        samples, timeout_s, workers, energies=energies)
     add_splits(results, samples.species[:, 0], energies, training)
+    add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     if selection:
         results["selection"] = selection
     stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")

@@ -250,6 +250,18 @@ def _split_text(parts: dict) -> str:
     return "; ".join(texts)
 
 
+def _polymorph_text(p: dict, n: int) -> str:
+    """The `polymorphs` record (`polymorphs.polymorph_metrics`) as a paragraph."""
+    rates = "; ".join(f"top by {name} {r['match_rate']:.2f} [{r['interval'][0]:.1f}, {r['interval'][1]:.1f}]"
+                      for name, r in p["any_structure"].items())
+    return (f"Test crystals whose composition the dataset also holds as another structure: "
+            f"{p['crystals_with_other_structures']} of {n} ({p['structures_per_composition']:.2f} "
+            f"structures per composition); a model given only the composition ranks the test "
+            f"crystal first for at most {p['top1_ceiling']:.2f}% of them in expectation over a "
+            f"random split (the top-1 ceiling). The top-ranked sample matches the test crystal "
+            f"or another of the dataset's structures of its composition: {rates}.")
+
+
 def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     """Our match rate and RMSE as rows of the paper's Table 1 (Markdown)."""
     name = dataset_info(dataset).display_name
@@ -287,6 +299,8 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     if "by_elements" in results:
         lines += ["", f"By number of elements, match rate with {k} samples: "
                   + _split_text(results["by_elements"]) + "."]
+    if "polymorphs" in results:
+        lines += ["", _polymorph_text(results["polymorphs"], n)]
     if "selection" in results:
         lines += ["", f"Tested: {results['selection']}."]
     if n < num_test_total:

@@ -124,6 +124,11 @@ def reduce_composition(species) -> dict[int, int]:
     return {z: c // g for z, c in counts.items()}
 
 
+def formula_key(species) -> tuple:
+    """A crystal's reduced composition as a hashable ((Z, count), ...) (species: [N])."""
+    return tuple(reduce_composition(species).items())
+
+
 def cell_composition(species) -> dict[int, int]:
     """The composition of the whole cell, `{Z: count}` sorted by Z (padding zeros ignored)."""
     zs, counts = np.unique(np.asarray(species)[np.asarray(species) > 0], return_counts=True)
