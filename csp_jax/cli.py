@@ -211,14 +211,9 @@ def _test_crystals(dataset: str, split: str, args):
 def _reference_crystals(dataset: str, data_dir) -> list:
     """Every split of the tested dataset at hand (for the report's other structures of a
     test crystal's composition); a note names the splits that are not."""
-    from csp_jax.data.datasets import MissingDataError, known_splits, load_split
+    from csp_jax.data.datasets import splits_at_hand
 
-    found, missing = [], []
-    for split in known_splits()[dataset]:
-        try:
-            found.append(load_split(dataset, split, data_dir))
-        except MissingDataError:
-            missing.append(split)
+    found, missing = splits_at_hand(dataset, data_dir)
     if missing:
         print(f"note: the report's other structures per composition leave out {dataset}/"
               f"{', '.join(missing)} (not at hand)")

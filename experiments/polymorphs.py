@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csp_jax.data.datasets import MissingDataError, known_splits, load_split
+from csp_jax.data.datasets import known_splits, load_split, splits_at_hand
 from csp_jax.evaluation.evaluate import subset_indices
 from csp_jax.evaluation.polymorphs import other_structures
 from csp_jax.geometry.crystal import Crystal
@@ -37,12 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    references, missing = [], []
-    for split in known_splits()[args.dataset]:
-        try:
-            references.append(load_split(args.dataset, split, args.data_dir))
-        except MissingDataError:
-            missing.append(split)
+    references, missing = splits_at_hand(args.dataset, args.data_dir)
     test = load_split(args.dataset, args.split, args.data_dir)
     test = test.subset(subset_indices(len(test), args.limit))
     others = other_structures([Crystal(test.species[t], test.positions[t], test.lattice[t])

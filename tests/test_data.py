@@ -188,6 +188,8 @@ def test_finds_gzipped_split(tmp_path):
     (tmp_path / "perov_5" / "val.csv.gz").write_bytes(gzip.compress(text))
     ds = data.load_split("perov_5", "val", tmp_path, cache_dir=tmp_path / "cache")
     assert len(ds) == 1 and ds.max_atoms == data.DATASETS["perov_5"].max_atoms
+    found, missing = data.splits_at_hand("perov_5", tmp_path, cache_dir=tmp_path / "cache")
+    assert [len(d) for d in found] == [1] and missing == ["train", "test"]
 
 
 @pytest.fixture

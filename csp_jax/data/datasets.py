@@ -471,6 +471,18 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
                     limit=limit)
 
 
+def splits_at_hand(dataset: str, data_dir: str | os.PathLike | None = None, *,
+                   cache_dir: str | os.PathLike | None = None) -> tuple[list[CrystalDataset], list[str]]:
+    """(every split of `dataset` found locally, in registry order; the names of those not found)."""
+    found, missing = [], []
+    for split in known_splits()[dataset]:
+        try:
+            found.append(load_split(dataset, split, data_dir, cache_dir=cache_dir))
+        except MissingDataError:
+            missing.append(split)
+    return found, missing
+
+
 HOLDOUT_SEED = 0  # the fixed shuffle a validation hold-out is taken from
 
 
