@@ -152,6 +152,9 @@ def test_interrupted_evaluation_resumes_to_the_same_result(data_dir, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, log=lambda _: None,
                  **dict(options, num_samples=3))
+    with pytest.raises(ValueError, match="other settings"):  # parts of another model's chains
+        evaluate(config, model, model.init(jax.random.PRNGKey(1)), dataset, tmp_path / "cut",
+                 resume=True, log=lambda _: None, **options)
     lines = []
     resumed = evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, log=lines.append,
                        **options)

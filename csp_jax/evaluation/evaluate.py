@@ -14,6 +14,7 @@ scores a stored sample file again without sampling.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -164,6 +165,15 @@ def add_polymorphs(results: dict, test: CrystalDataset, samples: Crystal, energi
     results["polymorphs"] = polymorph_metrics(results, samples, energies, others, timeout_s, workers)
 
 
+def _fingerprint(variables) -> str:
+    """SHA-256 of a model's variables (every leaf's bytes, in tree order): parts sampled
+    with other weights do not resume."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(variables):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def _paths(out_dir, split: str) -> tuple[Path, Path]:
     """(samples file, metrics stem) of a split in out_dir."""
     return Path(out_dir) / f"{split}_samples.npz", Path(out_dir) / f"{split}_metrics"
@@ -191,7 +201,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     against the other structures of the test crystal's composition).
     limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
     says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
-    continues from them (with the same settings, checked), otherwise an
+    continues from them (with the same settings and model variables, checked), otherwise an
     existing `<split>_parts/` is an error. The results gain `sampling`:
     chains, steps, seconds, overflow re-runs, chain programs compiled. Writes `<split>_samples.npz`,
     `cifs/`, `<split>_metrics.json|.md` in out_dir.
@@ -213,7 +223,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     parts_dir = out_dir / f"{split}_parts"
     settings = {"split": split, "num_test": num_test, "num_samples": num_samples, "steps": num_steps,
                 "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
-                "order": "by_size", "selection": selection}  # the chains' row order (parts of another order do not resume)
+                "order": "by_size", "selection": selection,  # the chains' row order (parts of another order do not resume)
+                "model": _fingerprint(variables)}
     settings_path = parts_dir / SETTINGS_FILE
     if parts_dir.is_dir() and not resume:
         raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "
