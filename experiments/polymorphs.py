@@ -23,7 +23,6 @@ import numpy as np
 from csp_jax.data.datasets import known_splits, load_split, splits_at_hand
 from csp_jax.evaluation.evaluate import subset_indices
 from csp_jax.evaluation.polymorphs import other_structures
-from csp_jax.geometry.crystal import Crystal
 
 
 def main() -> None:
@@ -40,8 +39,7 @@ def main() -> None:
     references, missing = splits_at_hand(args.dataset, args.data_dir)
     test = load_split(args.dataset, args.split, args.data_dir)
     test = test.subset(subset_indices(len(test), args.limit))
-    others = other_structures([Crystal(test.species[t], test.positions[t], test.lattice[t])
-                               for t in range(len(test))], references, args.timeout)
+    others = other_structures(test, references, args.timeout)
     count = np.array([1 + len(o) for o in others])
     record = {"dataset": args.dataset, "split": args.split, "num_crystals": len(test),
               "references": [s for s in known_splits()[args.dataset] if s not in missing],

@@ -33,7 +33,7 @@ def test_other_structures_are_the_distinct_ones_of_the_same_composition():
     truth = perovskite()
     references = [dataset([perovskite(a=3.95), swapped(truth), rock_salt()]),  # the truth again, its swap
                   dataset([swapped(truth, shift=(0.3, 0.1, 0.0)), truth])]       # the swap again, the truth
-    others = other_structures([truth, rock_salt()], references, timeout_s=60.0, workers=2)
+    others = other_structures(dataset([truth, rock_salt()]), references, timeout_s=60.0, workers=2)
     assert len(others[0]) == 1 and len(others[1]) == 0  # one swap for SrTiO3; NaCl has none
     assert match_samples(others[0][0], swapped(truth)).outcome == MATCH
     assert match_samples(others[0][0], truth).outcome == NO_MATCH
@@ -48,7 +48,7 @@ def test_top1_against_any_structure_and_the_ceiling():
     gts = [dataset([truth]).structure(0), dataset([salt]).structure(0)]
     results = evaluate_samples(gts, samples, timeout_s=60.0, workers=2, energies=energies)
     assert results["top1"]["energy"]["match_rate"] == 50.0  # SrTiO3's top sample is its swap
-    others = other_structures([truth, salt], [dataset([truth, swapped(truth), salt])], 60.0, 2)
+    others = other_structures(dataset([truth, salt]), [dataset([truth, swapped(truth), salt])], 60.0, 2)
     record = polymorph_metrics(results, samples, energies, others, timeout_s=60.0, workers=2)
     assert record["crystals_with_other_structures"] == 1
     assert record["structures_per_composition"] == pytest.approx(1.5)

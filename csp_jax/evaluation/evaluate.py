@@ -160,8 +160,7 @@ def add_polymorphs(results: dict, test: CrystalDataset, samples: Crystal, energi
         return
     log("matching each test crystal against the references of its composition, and the "
         "top-ranked samples against their other structures")
-    others = other_structures([Crystal(test.species[t], test.positions[t], test.lattice[t])
-                               for t in range(len(test))], references, timeout_s, workers)
+    others = other_structures(test, references, timeout_s, workers)
     results["polymorphs"] = polymorph_metrics(results, samples, energies, others, timeout_s, workers)
 
 

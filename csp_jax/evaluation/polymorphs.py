@@ -31,12 +31,12 @@ def _row(dataset: CrystalDataset, i: int) -> Crystal:
     return Crystal(dataset.species[i], dataset.positions[i], dataset.lattice[i])
 
 
-def other_structures(test: Sequence[Crystal], references: Sequence[CrystalDataset],
+def other_structures(test: CrystalDataset, references: Sequence[CrystalDataset],
                      timeout_s: float, workers: int | None = None) -> list[list[Crystal]]:
     """For each test crystal, one representative of every other structure of its reduced
     composition in `references` ([T][m_t - 1]).
 
-    test: T unbatched crystals; references: the dataset's splits (the test
+    test: the T test crystals; references: the dataset's splits (the test
     crystal may be among them). The crystal and the references of its
     composition are clustered by StructureMatcher at the evaluation's
     tolerances (`ranking.cluster_samples`); each cluster other than the test
@@ -46,8 +46,8 @@ def other_structures(test: Sequence[Crystal], references: Sequence[CrystalDatase
     for dataset in references:
         for i, row in enumerate(dataset.species):
             by_formula[formula_key(row)].append((dataset, i))
-    groups = [[crystal] + [_row(d, i) for d, i in by_formula.get(formula_key(crystal.species), [])]
-              for crystal in test]
+    groups = [[_row(test, t)] + [_row(d, i) for d, i in by_formula.get(formula_key(test.species[t]), [])]
+              for t in range(len(test))]
     labels = cluster_samples(groups, [[True] * len(g) for g in groups], timeout_s, workers)
     others = []
     for group, label in zip(groups, labels):
