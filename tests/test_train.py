@@ -61,13 +61,18 @@ def params_of(run_dir):
 
 @pytest.mark.slow  # the training programs compiled: about 30 s
 def test_resume_continues_exactly(tmp_path, data_dir, config):
-    """4 steps in one run equal 2 steps + resume + 2 steps, bit for bit (swapped negatives
-    included); without resume an existing run is refused."""
+    """2 epochs of 2 steps in one run equal 2 steps + resume + 2 steps, bit for bit (swapped
+    negatives included), validation losses too, even when the first call was stopped
+    between its epoch's checkpoint and validation; without resume an existing run is refused."""
     quiet = lambda *_: None  # noqa: E731
-    config = override(config, "train.swap_negatives", "1")
+    for key, value in [("train.swap_negatives", "1"), ("data.train_limit", "4"), ("train.num_epochs", "2")]:
+        config = override(config, key, value)
     one = train(config, tmp_path / "one", data_dir, log=quiet)
     train(config, tmp_path / "two", data_dir, max_steps=2, log=quiet)
     assert checkpoint.manager(tmp_path / "two").latest_step() == 2
+    metrics = tmp_path / "two" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("".join(line + "\n" for line in lines if json.loads(line)["kind"] != "val"))
     with pytest.raises(FileExistsError, match="--resume"):  # an existing run continues only if asked
         train(config, tmp_path / "two", data_dir, max_steps=1, log=quiet)
     two = train(config, tmp_path / "two", data_dir, resume=True, log=quiet)
@@ -80,7 +85,10 @@ def test_resume_continues_exactly(tmp_path, data_dir, config):
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert all(0 <= r["swaps_above_data"] <= 1 for r in records if r["kind"] == "train")
-    assert any(r["kind"] == "val" for r in records)
+    validation = [r for r in records if r["kind"] == "val"]
+    assert validation == [r for r in map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+                          if r["kind"] == "val"]
+    assert [(r["step"], r["epoch"]) for r in validation] == [(2, 1), (4, 2)]
     assert (tmp_path / "two" / "training_curve.png").stat().st_size > 0
     # Parameters changed: training did something.
     fresh = init_train_state(config, jax.random.PRNGKey(config.train.seed))

@@ -192,6 +192,7 @@ class MetricsLog:
         self.path = path
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.validated = {r["step"] for r in kept if r.get("kind") == "val"}
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -271,11 +272,19 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
     def save():
         checkpoint.save(mngr, int(state.step), state, {"capacities": capacities.to_json()})
 
+    def validate(step):
+        val = validation_loss(energy, config, state, val_set, capacities, kernel=kernel)
+        metrics_log.write({"kind": "val", "step": step, "epoch": step // steps_per_epoch, "loss": val})
+        progress.write(f"epoch {step // steps_per_epoch}: validation loss {val:.4f}")
+        plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+
     start = int(state.step)
     stop = total_steps if max_steps is None else min(total_steps, start + max_steps)
     log(f"training {config.name}: {len(train_set)} crystals, {steps_per_epoch} steps/epoch, "
         f"{t.num_epochs} epochs, steps {start}..{stop} of {total_steps}")
     progress = Progress(total_steps, "training", unit="steps", log=log, initial=start)
+    if start and start % steps_per_epoch == 0 and start not in metrics_log.validated:
+        validate(start)  # stopped between an epoch's last checkpoint and its validation
     bad_in_row = 0
     update = functools.partial(update_step, optimizer=optimizer(t))
     for step in range(start, stop):
@@ -319,10 +328,7 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
         if finite and ((step + 1) % t.checkpoint_every == 0 or end_of_epoch or step + 1 == stop):
             save()
         if end_of_epoch:
-            val = validation_loss(energy, config, state, val_set, capacities, kernel=kernel)
-            metrics_log.write({"kind": "val", "step": step + 1, "epoch": epoch + 1, "loss": val})
-            progress.write(f"epoch {epoch + 1}: validation loss {val:.4f}")
-            plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+            validate(step + 1)
     progress.close()
     plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
     log(f"trained steps {start}..{stop} in {format_duration(time.perf_counter() - started)} (wall time)")
