@@ -51,7 +51,7 @@ MODELS = {
     "mp20": dict(config="mp20_cpu", parameters=23297, dataset="mp_20_biternary", test_id="mp-2497",
                  crystals=binaries, energies=[-0.3423084616661072, -0.3109930753707886, -0.49196740984916687]),
     "mpts52": dict(config="mpts52_cpu", parameters=23297, dataset="mpts_52", test_id="mp-1056366",
-                   crystals=binaries, energies=[0.03748239204287529, -0.030671801418066025, -0.587957501411438]),
+                   crystals=binaries, energies=[0.9532102942466736, 0.1028781533241272, -0.7004281282424927]),
 }
 
 
