@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from csp_jax.training import checkpoint
+from csp_jax.training.curves import read_metrics
 from csp_jax.data.species import draw_multipliers, expanded_species, swapped_sites
 from csp_jax.geometry.crystal import bucket_sizes
 from csp_jax.config import get_config, override
@@ -70,9 +71,8 @@ def test_resume_continues_exactly(tmp_path, data_dir, config):
     one = train(config, tmp_path / "one", data_dir, log=quiet)
     train(config, tmp_path / "two", data_dir, max_steps=2, log=quiet)
     assert checkpoint.manager(tmp_path / "two").latest_step() == 2
-    metrics = tmp_path / "two" / "metrics.jsonl"
-    lines = metrics.read_text().splitlines()
-    metrics.write_text("".join(line + "\n" for line in lines if json.loads(line)["kind"] != "val"))
+    metrics = tmp_path / "two" / "metrics.jsonl"  # as a stop before step 2's validation leaves it
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(metrics) if r["kind"] != "val"))
     with pytest.raises(FileExistsError, match="--resume"):  # an existing run continues only if asked
         train(config, tmp_path / "two", data_dir, max_steps=1, log=quiet)
     two = train(config, tmp_path / "two", data_dir, resume=True, log=quiet)
@@ -86,8 +86,7 @@ def test_resume_continues_exactly(tmp_path, data_dir, config):
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert all(0 <= r["swaps_above_data"] <= 1 for r in records if r["kind"] == "train")
     validation = [r for r in records if r["kind"] == "val"]
-    assert validation == [r for r in map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
-                          if r["kind"] == "val"]
+    assert validation == [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "val"]
     assert [(r["step"], r["epoch"]) for r in validation] == [(2, 1), (4, 2)]
     assert (tmp_path / "two" / "training_curve.png").stat().st_size > 0
     # Parameters changed: training did something.
