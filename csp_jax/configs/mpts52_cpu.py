@@ -1,4 +1,4 @@
-"""MPTS-52 on a 2-core CPU: trained on its val split, tested on its test split (interim: `pretrained/mpts52`).
+"""MPTS-52 on a 2-core CPU: trained on its val split, tested on its test split (`pretrained/mpts52`).
 
 MPTS-52 is split by the year a structure was first published (train up to
 2004, val 1997-2004 after train's crystals, test 2004-2013). Its train split
