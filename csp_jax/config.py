@@ -18,6 +18,10 @@ import pkgutil
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    # The energy: a name of `csp_jax.energy.registry.ENERGIES` ("continuousp", the paper's CGCNN'
+    # energy, sized by the fields below) or an import path "package.module:Class" of a class
+    # built with `Class.from_config(model_config)` if it has one, else `Class()`.
+    energy: str = "continuousp"
     features: int = 32  # d = d_v = d_e
     num_conv: int = 3
     num_fc: int = 2
@@ -48,6 +52,9 @@ class NeighborConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
+    # The kernel: a name of `csp_jax.sampling.kernel.KERNELS` ("mala", SPEC §3) or an import
+    # path "package.module:factory" of a `Kernel` factory.
+    kernel: str = "mala"
     num_steps: int = 1000
     step_size_start: float = 0.5
     step_size_end: float = 5e-4
@@ -106,6 +113,17 @@ class DisplacementConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RelaxConfig:
+    enabled: bool = False  # relax the candidates and rank them by the potential's energy per atom
+    # An ASE calculator: a name of `csp_jax.candidates.relax.POTENTIALS` (chgnet, sevennet) or an
+    # import path "package.module:factory" of a function returning one.
+    potential: str = "chgnet"
+    candidates: str = "groups"  # which valid samples relax: one per group of matching samples | all
+    fmax: float = 0.1  # eV/A: converged when every force and the cell's stress are below it
+    max_steps: int = 150  # FIRE steps per candidate
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "default"
     model: ModelConfig = ModelConfig()
@@ -115,6 +133,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     displacement: DisplacementConfig = DisplacementConfig()
+    relax: RelaxConfig = RelaxConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,11 +207,13 @@ RANGES = {
     "eval.seed": (0, None, True),
     "displacement.sigma": (0, None, False), "displacement.num_crystals": (1, None, True),
     "displacement.num_draws": (1, None, True), "displacement.seed": (0, None, True),
+    "relax.fmax": (0, None, False), "relax.max_steps": (1, None, True),
 }
 # Allowed words of string keys.
 CHOICES = {"data.expand_from": ("formula", "cell"),
-           "eval.ranking": ("energy", "consensus"),  # csp_jax.evaluation.ranking
-           "train.swap_pairs": ("any", "cations")}  # csp_jax.data.species.swapped_sites
+           "eval.ranking": ("energy", "consensus"),  # csp_jax.candidates.ranking
+           "train.swap_pairs": ("any", "cations"),  # csp_jax.data.species.swapped_sites
+           "relax.candidates": ("groups", "all")}
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:

@@ -5,7 +5,7 @@ and a cell size into the species vector `Expand(Reduce(A), Z)` (SPEC §1);
 `predict` samples K chains per formula and writes, per formula, the samples as
 ranked CIFs (`<out>/<cell>/rank01_E-1.2345.cif`, symmetrised in
 `<out>/<cell>/symmetrised/`, see `csp_jax.symmetry`; the ranking is
-`config.eval.ranking`, see `csp_jax.evaluation.ranking`: by final energy, or by
+`config.eval.ranking`, see `csp_jax.candidates.ranking`: by final energy, or by
 consensus, the largest group of samples that match each other first), a
 picture of the top-ranked structure (`rank01.png`) and of the chains' energy
 against the MALA step (`chains.png`), plus a summary table of all of them
@@ -28,7 +28,7 @@ from csp_jax.energy.base import Energy
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.evaluation.ranking import cluster_samples, ranked_order
+from csp_jax.candidates.ranking import cluster_samples, ranked_order
 from csp_jax.sampling.driver import sample_rows, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.symmetry import MAX_RMS, SYMPRECS, Symmetrised, space_groups, symmetrise
@@ -173,7 +173,7 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     are ranked together (the summary's `formula_units` says each one's Z). All formulas
     are checked before anything is sampled. Samples with a non-finite energy
     or crystal are left out of the ranking (and logged). `ranking` (None:
-    `config.eval.ranking`) orders the rest (`csp_jax.evaluation.ranking.ranked_order`);
+    `config.eval.ranking`) orders the rest (`csp_jax.candidates.ranking.ranked_order`);
     invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
     criterion, `geometry.validity.valid_structure`) come after the valid ones,
     whatever their energy, and are marked `valid` False. The neighbour capacity only grows

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from csp_jax.data.datasets import load_split
-from csp_jax.evaluation.matching import OUTCOME_NAMES, match_pairs
+from csp_jax.candidates.matching import OUTCOME_NAMES, match_pairs
 from csp_jax.geometry.crystal import from_structure
 
 

@@ -33,7 +33,7 @@ from csp_jax.data.datasets import load_split
 from csp_jax.data.species import most_electronegative
 from csp_jax.evaluation.evaluate import subset_indices
 from csp_jax.evaluation.metrics import load_samples, sample_at
-from csp_jax.evaluation.ranking import ranked_order
+from csp_jax.candidates.ranking import ranked_order
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.training.checkpoint import load_model

@@ -23,7 +23,8 @@ import pytest
 
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
-from csp_jax.evaluation import matching, metrics
+from csp_jax.candidates import matching
+from csp_jax.evaluation import metrics
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala

@@ -9,7 +9,7 @@ from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute, subset_indices
-from csp_jax.evaluation.matching import MATCH, NO_MATCH
+from csp_jax.candidates.matching import MATCH, NO_MATCH
 from csp_jax.evaluation.metrics import load_samples
 from csp_jax.geometry.neighbors import NeighborCapacity
 

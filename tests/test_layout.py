@@ -9,7 +9,7 @@ from csp_jax import config as config_module
 PACKAGE = Path(config_module.__file__).parent
 # The pipeline, earliest first: a module may import its own stage and earlier ones only.
 STAGES = ["config", "files", "errors", "progress", "geometry", "energy", "sampling", "data",
-          "training", "evaluation", "pictures", "symmetry", "predict", "pretrained", "benchmark", "cli"]
+          "candidates", "training", "evaluation", "pictures", "symmetry", "predict", "pretrained", "benchmark", "cli"]
 
 
 def stage_of(module: str) -> str:

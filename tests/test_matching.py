@@ -8,7 +8,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from csp_jax.geometry.crystal import Crystal, from_structure, pad
-from csp_jax.evaluation.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
+from csp_jax.candidates.matching import (ERROR, INVALID, MATCH, MATCHER_KWARGS, NO_MATCH, TIMEOUT,
                                         PairResult, match_pair, match_pairs)
 from csp_jax.geometry.validity import valid_structure
 from helpers import perovskite_structure

@@ -7,7 +7,7 @@ from pymatgen.core import Lattice, Structure
 from csp_jax import cli, pretrained
 from csp_jax.data.datasets import load_split
 from csp_jax.energy import num_parameters
-from csp_jax.evaluation.matching import MATCH, match_pairs
+from csp_jax.candidates.matching import MATCH, match_pairs
 from csp_jax.geometry.crystal import Crystal, from_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample_rows, schedule

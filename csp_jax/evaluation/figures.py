@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen or changed
 
-from csp_jax.evaluation.matching import MATCH
+from csp_jax.candidates.matching import MATCH
 
 
 def evaluation_pngs(results: dict, out_dir, stem: str) -> tuple[Path, Path]:

@@ -19,10 +19,10 @@ import numpy as np
 
 from csp_jax.data.registry import DATASETS, dataset_info
 from csp_jax.geometry.crystal import Crystal
-from csp_jax.evaluation.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
+from csp_jax.candidates.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
                                          STRICT_MATCHER_KWARGS, PairResult,
                                          match_pair, match_pair_strict, match_pairs)
-from csp_jax.evaluation.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
+from csp_jax.candidates.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
 
 def paper_table() -> dict:
     """The paper's Table 1 (20 samples per test crystal): method -> dataset -> (match rate %, RMSE)."""
@@ -80,7 +80,7 @@ def _interval(outcome: np.ndarray) -> list[float]:
 def aggregate(outcome, rms, energies=None, labels=None, stol: float = MATCHER_KWARGS["stol"]) -> dict:
     """Table 1 metrics from per-pair outcomes, with the top-ranked sample's rates.
 
-    outcome: [T, K] outcome codes of `csp_jax.evaluation.matching`; rms: [T, K], read only where MATCH.
+    outcome: [T, K] outcome codes of `csp_jax.candidates.matching`; rms: [T, K], read only where MATCH.
     match_rate: % of test crystals with at least one matching sample; rmse: mean
     over those crystals of their smallest RMS (None when nothing matched); the
     `_k1` pair uses the first sample only; `_interval`: Wilson 95% intervals.

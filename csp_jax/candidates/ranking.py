@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from csp_jax.config import CHOICES
-from csp_jax.evaluation.matching import MATCH, match_pairs, match_samples
+from csp_jax.candidates.matching import MATCH, match_pairs, match_samples
 
 RANKINGS = ("first", *CHOICES["eval.ranking"])  # `predict` offers the last two (`config.eval.ranking`)
 Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval

@@ -80,7 +80,7 @@ def match_samples(first: Crystal, second: Crystal) -> PairResult:
     return PairResult(INVALID) if structure is None else match_pair(structure, second)
 
 
-_WORKER_COMMAND = "from csp_jax.evaluation.matching import _serve; _serve()"
+_WORKER_COMMAND = "from csp_jax.candidates.matching import _serve; _serve()"
 
 
 def _serve() -> None:
