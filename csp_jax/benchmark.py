@@ -312,8 +312,8 @@ def evaluation_throughput(checkpoint: str, dataset: str | None = None, split: st
     crystals' mean bucket size, for the steady per-step rate.
     """
     from csp_jax import pretrained
-    from csp_jax.data.datasets import load_split
-    from csp_jax.evaluation.evaluate import sample_chains, subset_indices
+    from csp_jax.data.datasets import load_split, subset_indices
+    from csp_jax.evaluation.evaluate import sample_chains
     from csp_jax.geometry.crystal import bucket_for
     from csp_jax.training.checkpoint import load_model
 

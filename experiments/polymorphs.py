@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from csp_jax.data.datasets import known_splits, load_split, splits_at_hand
-from csp_jax.evaluation.evaluate import subset_indices
+from csp_jax.data.datasets import load_split, splits_at_hand, subset_indices
+from csp_jax.data.sources import known_splits
 from csp_jax.evaluation.polymorphs import other_structures
 
 

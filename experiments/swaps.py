@@ -29,9 +29,8 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from csp_jax import pretrained
-from csp_jax.data.datasets import load_split
+from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.data.species import most_electronegative
-from csp_jax.evaluation.evaluate import subset_indices
 from csp_jax.evaluation.metrics import load_samples, sample_at
 from csp_jax.candidates.ranking import ranked_order
 from csp_jax.geometry.crystal import from_structure, stack, to_structure

@@ -1,4 +1,4 @@
-"""Tests of csp_jax.data.datasets: finding, downloading, parsing, caching and bad rows."""
+"""Tests of csp_jax.data's loading: finding, downloading, parsing, caching and bad rows."""
 import csv
 import gzip
 import hashlib
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from csp_jax.data import datasets as data
+from csp_jax.data import datasets as data, parse, sources
+from csp_jax.data.registry import DATASETS, Checksum
 from helpers import perovskite_structure, write_csv
 
 # A cubic perovskite written in a skewed (non-reduced) basis of the cubic cell.
@@ -50,18 +51,28 @@ def mixed_csv(tmp_path):
 
 
 def test_known_splits_all_have_checksums():
-    splits = data.known_splits()
+    splits = sources.known_splits()
     assert set(splits) == {"perov_5", "mp_20", "mpts_52", "mp_20_biternary"}
     for dataset, names in splits.items():
         assert names == (("val", "test") if dataset == "mp_20_biternary" else ("train", "val", "test"))
         for split in names:
-            blob = data.CHECKSUMS[(dataset, split)].git_blob_sha1
+            blob = sources.CHECKSUMS[(dataset, split)].git_blob_sha1
             assert len(blob) == 40 and int(blob, 16) >= 0
 
 
 def test_git_blob_sha1_matches_git():
     # `printf 'hello\n' | git hash-object --stdin`
-    assert data.git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert sources.git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_subset_indices_are_fixed_nested_and_sorted():
+    first = data.subset_indices(1000, 10)
+    assert np.array_equal(first, data.subset_indices(1000, 10))
+    assert len(np.unique(first)) == 10 and np.all(np.diff(first) > 0)
+    assert set(data.subset_indices(1000, 3)) <= set(first)
+    assert not np.array_equal(first, np.arange(10))  # a shuffle, not the head of the file
+    assert np.array_equal(data.subset_indices(7, 0), np.arange(7))
+    assert np.array_equal(data.subset_indices(7, 50), np.arange(7))
 
 
 def test_load_reduces_cell_and_keeps_pymatgen_positions(tmp_path):
@@ -115,8 +126,8 @@ def test_no_cap_pads_to_largest(mixed_csv, tmp_path):
 
 def test_limit_parses_only_up_to_the_first_usable_crystals(mixed_csv, tmp_path, monkeypatch):
     parsed = []
-    parse = data._parse_cif
-    monkeypatch.setattr(data, "_parse_cif", lambda job: parsed.append(job) or parse(job))
+    parse_cif = parse._parse_cif
+    monkeypatch.setattr(parse, "_parse_cif", lambda job: parsed.append(job) or parse_cif(job))
     with pytest.warns(UserWarning, match="skipped 1 of 3 rows"):
         ds = data.load_csv(mixed_csv, max_atoms=5, limit=2, cache_dir=tmp_path / "c", workers=1)
     assert list(ds.rows) == [0, 2] and len(parsed) == 3
@@ -136,7 +147,7 @@ def test_cache_hit_skips_parsing_and_repeats_warning(mixed_csv, tmp_path, monkey
     def no_parsing(*args, **kwargs):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(data, "_parse_rows", no_parsing)
+    monkeypatch.setattr(data, "parse_rows", no_parsing)
     with pytest.warns(UserWarning, match="skipped 4 of 7 rows"):
         second = data.load_csv(mixed_csv, max_atoms=5)
     for name in ("species", "positions", "lattice", "material_ids", "rows"):
@@ -169,17 +180,17 @@ def test_csv_without_cif_column_is_refused(tmp_path):
 
 def test_missing_data_dir_error(monkeypatch, tmp_path):
     monkeypatch.delenv("CSP_JAX_DATA", raising=False)
-    with pytest.raises(data.MissingDataError, match="CSP_JAX_DATA"):
-        data.resolve_data_dir()
-    with pytest.raises(data.MissingDataError, match="CSP_JAX_DATA"):
+    with pytest.raises(sources.MissingDataError, match="CSP_JAX_DATA"):
+        sources.resolve_data_dir()
+    with pytest.raises(sources.MissingDataError, match="CSP_JAX_DATA"):
         data.load_split("perov_5", "test", cache_dir=tmp_path / "cache")
     monkeypatch.setenv("CSP_JAX_DATA", str(tmp_path))
-    assert data.resolve_data_dir() == tmp_path
-    with pytest.raises(data.MissingDataError, match="perov_5/test not found") as info:
+    assert sources.resolve_data_dir() == tmp_path
+    with pytest.raises(sources.MissingDataError, match="perov_5/test not found") as info:
         data.load_split("perov_5", "test", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="unknown split"):
-        data.split_path("perov_5", "training", tmp_path)
+        sources.split_path("perov_5", "training", tmp_path)
 
 
 def test_finds_gzipped_split(tmp_path):
@@ -187,7 +198,7 @@ def test_finds_gzipped_split(tmp_path):
     text = write_csv(tmp_path / "plain.csv", [perovskite().to(fmt="cif")]).read_bytes()
     (tmp_path / "perov_5" / "val.csv.gz").write_bytes(gzip.compress(text))
     ds = data.load_split("perov_5", "val", tmp_path, cache_dir=tmp_path / "cache")
-    assert len(ds) == 1 and ds.max_atoms == data.DATASETS["perov_5"].max_atoms
+    assert len(ds) == 1 and ds.max_atoms == DATASETS["perov_5"].max_atoms
     found, missing = data.splits_at_hand("perov_5", tmp_path, cache_dir=tmp_path / "cache")
     assert [len(d) for d in found] == [1] and missing == ["train", "test"]
 
@@ -231,8 +242,8 @@ def served_split(file_server, tmp_path, monkeypatch):
     base_url, files = file_server
     payload = write_csv(tmp_path / "payload.csv", [perovskite().to(fmt="cif")] * 2).read_bytes()
     files["/data/mp_20/test.csv"] = payload
-    monkeypatch.setitem(data.CHECKSUMS, ("mp_20", "test"), data.Checksum(
-        data.git_blob_sha1(payload), hashlib.sha256(payload).hexdigest()))
+    monkeypatch.setitem(sources.CHECKSUMS, ("mp_20", "test"), Checksum(
+        sources.git_blob_sha1(payload), hashlib.sha256(payload).hexdigest()))
     return base_url, payload
 
 
@@ -244,14 +255,14 @@ def test_download_of_a_gzip_source_checks_both_digests(file_server, tmp_path, mo
     served = gzip.compress(text)
     files["/data/mp_20_biternary/test.csv.gz"] = served
     monkeypatch.setenv("CSP_JAX_DATA_URL", base_url)
-    monkeypatch.setitem(data.CHECKSUMS, ("mp_20_biternary", "test"), data.Checksum(
-        data.git_blob_sha1(served), hashlib.sha256(text).hexdigest()))
+    monkeypatch.setitem(sources.CHECKSUMS, ("mp_20_biternary", "test"), Checksum(
+        sources.git_blob_sha1(served), hashlib.sha256(text).hexdigest()))
     ds = data.load_split("mp_20_biternary", "test", tmp_path / "data", download=True, cache_dir=tmp_path / "c")
     assert len(ds) == 2 and (tmp_path / "data" / "mp_20_biternary" / "test.csv.gz").read_bytes() == served
-    monkeypatch.setitem(data.CHECKSUMS, ("mp_20_biternary", "test"), data.Checksum(
-        data.git_blob_sha1(served), hashlib.sha256(served).hexdigest()))  # the wrong bytes' digest
-    with pytest.raises(data.ChecksumError):
-        data.download_split("mp_20_biternary", "test", tmp_path / "other")
+    monkeypatch.setitem(sources.CHECKSUMS, ("mp_20_biternary", "test"), Checksum(
+        sources.git_blob_sha1(served), hashlib.sha256(served).hexdigest()))  # the wrong bytes' digest
+    with pytest.raises(sources.ChecksumError):
+        sources.download_split("mp_20_biternary", "test", tmp_path / "other")
     assert not (tmp_path / "other" / "mp_20_biternary" / "test.csv.gz").exists()
 
 
@@ -259,7 +270,7 @@ def test_download_into_writable_data_dir(served_split, tmp_path, monkeypatch):
     base_url, payload = served_split
     root, cache = tmp_path / "data", tmp_path / "cache"
     root.mkdir()
-    with pytest.raises(data.MissingDataError, match="enable download"):
+    with pytest.raises(sources.MissingDataError, match="enable download"):
         data.load_split("mp_20", "test", root, cache_dir=cache)
     monkeypatch.setenv("CSP_JAX_DATA_URL", base_url)
     ds = data.load_split("mp_20", "test", root, download=True, cache_dir=cache)
@@ -267,35 +278,35 @@ def test_download_into_writable_data_dir(served_split, tmp_path, monkeypatch):
     assert (root / "mp_20" / "test.csv").read_bytes() == payload
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["test.csv"]
     # found again without downloading
-    assert data.split_path("mp_20", "test", root) == root / "mp_20" / "test.csv"
+    assert sources.split_path("mp_20", "test", root) == root / "mp_20" / "test.csv"
 
 
 def test_download_without_data_dir_goes_to_cache(served_split, tmp_path, monkeypatch):
     base_url, payload = served_split
     monkeypatch.delenv("CSP_JAX_DATA", raising=False)
     cache = tmp_path / "cache"
-    path = data.split_path("mp_20", "test", download=True, base_url=base_url, cache_dir=cache)
+    path = sources.split_path("mp_20", "test", download=True, base_url=base_url, cache_dir=cache)
     assert path == cache / "data" / "mp_20" / "test.csv" and path.read_bytes() == payload
-    assert data.split_path("mp_20", "test", cache_dir=cache) == path
+    assert sources.split_path("mp_20", "test", cache_dir=cache) == path
 
 
 def test_download_falls_back_to_cache_when_data_dir_unwritable(served_split, tmp_path):
     base_url, payload = served_split
     (tmp_path / "blocker").write_text("a file, so no directory can be made below it")
     root, cache = tmp_path / "blocker" / "data", tmp_path / "cache"
-    path = data.split_path("mp_20", "test", root, download=True, base_url=base_url,
+    path = sources.split_path("mp_20", "test", root, download=True, base_url=base_url,
                            cache_dir=cache)
     assert path == cache / "data" / "mp_20" / "test.csv" and path.read_bytes() == payload
 
 
 def test_download_checksum_mismatch_keeps_nothing(served_split, tmp_path, monkeypatch):
     base_url, payload = served_split
-    monkeypatch.setitem(data.CHECKSUMS, ("mp_20", "test"),
-                        data.Checksum(data.git_blob_sha1(payload + b"x")))
+    monkeypatch.setitem(sources.CHECKSUMS, ("mp_20", "test"),
+                        Checksum(sources.git_blob_sha1(payload + b"x")))
     root = tmp_path / "data"
     root.mkdir()
-    with pytest.raises(data.ChecksumError, match="checksum mismatch") as info:
-        data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    with pytest.raises(sources.ChecksumError, match="checksum mismatch") as info:
+        sources.split_path("mp_20", "test", root, download=True, base_url=base_url)
     assert "\n" not in str(info.value)
     assert list(root.rglob("*")) == []
 
@@ -306,29 +317,29 @@ def test_download_cut_short_or_stalled_is_retried_then_one_line(served_split, fi
     base_url, payload = served_split
     files = file_server[1]
     files["behaviour"] = behaviour
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.3)
     root = tmp_path / "data"
     root.mkdir()
-    with pytest.raises(data.MissingDataError, match="after 3 attempts") as info:
-        data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    with pytest.raises(sources.MissingDataError, match="after 3 attempts") as info:
+        sources.split_path("mp_20", "test", root, download=True, base_url=base_url)
     assert "\n" not in str(info.value) and len(files["requests"]) == 3
     assert list(root.rglob("*")) == []  # nothing a later run could trust
     files["behaviour"] = None  # the server recovers: the next download is whole
-    path = data.split_path("mp_20", "test", root, download=True, base_url=base_url)
+    path = sources.split_path("mp_20", "test", root, download=True, base_url=base_url)
     assert path.read_bytes() == payload
 
 
 def test_download_http_error_is_one_line(file_server, tmp_path):
     base_url, _ = file_server
-    with pytest.raises(data.MissingDataError, match="download failed") as info:
-        data.download_split("mpts_52", "train", tmp_path, base_url=base_url)
+    with pytest.raises(sources.MissingDataError, match="download failed") as info:
+        sources.download_split("mpts_52", "train", tmp_path, base_url=base_url)
     assert "mpts_52/train.csv" in str(info.value) and "\n" not in str(info.value)
 
 
 # ---- the real benchmark files (skipped without a data directory) ----
 
 def read_cifs(path, rows):
-    """The `cif` text of the given data records, read independently of csp_jax.data.datasets."""
+    """The `cif` text of the given data records, read independently of csp_jax.data."""
     csv.field_size_limit(2**31 - 1)
     with gzip.open(path, "rt", newline="") as f:
         records = list(csv.DictReader(f))
@@ -380,7 +391,7 @@ def test_perov_5_test_split(perov_test):
 @pytest.mark.slow  # 300 MPTS-52 rows parsed: about 7 s
 def test_mpts_52_val_split(mpts_val):
     assert len(mpts_val) == MPTS_ROWS and mpts_val.max_atoms == 52
-    assert "27,380" in data.DATASETS["mpts_52"].note and "5.5x" in data.DATASETS["mpts_52"].note
+    assert "27,380" in DATASETS["mpts_52"].note and "5.5x" in DATASETS["mpts_52"].note
     assert mpts_val.num_atoms.max() > 40 and mpts_val.num_atoms.min() >= 1
     # padding atoms sit after the real ones
     order = np.argsort(mpts_val.species == 0, axis=1, kind="stable")
@@ -407,7 +418,7 @@ def test_cached_reload_is_identical(perov_test, data_dir, monkeypatch):
     def no_parsing(*args, **kwargs):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(data, "_parse_rows", no_parsing)
+    monkeypatch.setattr(data, "parse_rows", no_parsing)
     again = data.load_split("perov_5", "test", data_dir)
     for name in ("species", "positions", "lattice", "material_ids", "rows"):
         np.testing.assert_array_equal(getattr(again, name), getattr(perov_test, name))
@@ -420,16 +431,16 @@ def test_registry_sizes_and_checksums_match_the_files_here(data_dir):
     import io
 
     checked = 0
-    for info in data.DATASETS.values():
+    for info in DATASETS.values():
         for split, size in info.sizes.items():
             try:
-                path = data.split_path(info.name, split, data_dir)
+                path = sources.split_path(info.name, split, data_dir)
             except FileNotFoundError:
                 continue
-            text = data._read_csv_text(path)
+            text = sources.read_csv_text(path)
             assert sum(1 for _ in csv.DictReader(io.StringIO(text.decode()))) == size, (info.name, split)
             served = path.read_bytes() if info.suffix == ".csv.gz" else text  # the blob of what is served
-            assert data.git_blob_sha1(served) == info.checksums[split].git_blob_sha1
+            assert sources.git_blob_sha1(served) == info.checksums[split].git_blob_sha1
             if info.checksums[split].sha256:
                 assert hashlib.sha256(text).hexdigest() == info.checksums[split].sha256
             checked += 1
@@ -443,7 +454,7 @@ BITERNARY_ROWS = 400  # the first rows of each mp_20_biternary file: cells of 2 
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_mp_20_biternary_split(data_dir, split):
     ds = data.load_split("mp_20_biternary", split, data_dir, on_bad_row="error", limit=BITERNARY_ROWS)
-    info = data.DATASETS["mp_20_biternary"]
+    info = DATASETS["mp_20_biternary"]
     assert info.display_name == "MP-20 (binary + ternary)" and "27,136" in info.note
     assert len(ds) == BITERNARY_ROWS and ds.max_atoms == 20
     assert ds.num_atoms.min() >= 2 and ds.num_atoms.max() <= 20 and len(np.unique(ds.num_atoms)) > 10

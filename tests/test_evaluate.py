@@ -6,25 +6,15 @@ import numpy as np
 import pytest
 
 from csp_jax.config import get_config, override
-from csp_jax.data.datasets import load_split
+from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.energy.continuousp import EnergyModel
-from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute, subset_indices
+from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute
 from csp_jax.candidates.matching import MATCH, NO_MATCH
 from csp_jax.evaluation.metrics import load_samples
 from csp_jax.geometry.neighbors import NeighborCapacity
 
 METRIC_KEYS = ("num_crystals", "samples_per_crystal", "match_rate", "rmse", "match_rate_k1",
                "rmse_k1", "pair_counts", "outcome", "rms")
-
-
-def test_subset_indices_are_fixed_nested_and_sorted():
-    first = subset_indices(1000, 10)
-    assert np.array_equal(first, subset_indices(1000, 10))
-    assert len(np.unique(first)) == 10 and np.all(np.diff(first) > 0)
-    assert set(subset_indices(1000, 3)) <= set(first)
-    assert not np.array_equal(first, np.arange(10))  # a shuffle, not the head of the file
-    assert np.array_equal(subset_indices(7, 0), np.arange(7))
-    assert np.array_equal(subset_indices(7, 50), np.arange(7))
 
 
 @pytest.mark.slow  # an evaluation, its pictures and a recomputation: about 25 s

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from csp_jax.data.datasets import CrystalDataset
+from csp_jax.data.dataset import CrystalDataset
 from csp_jax.candidates.matching import MATCH, NO_MATCH, match_samples
 from csp_jax.evaluation.metrics import evaluate_samples, markdown_report
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics

@@ -6,6 +6,6 @@
 - `displacement`: energy against the displacement of one atom (SPEC §6).
 """
 from csp_jax.evaluation.displacement import displacement_experiment
-from csp_jax.evaluation.evaluate import evaluate, recompute, subset_indices
+from csp_jax.evaluation.evaluate import evaluate, recompute
 
-__all__ = ["displacement_experiment", "evaluate", "recompute", "subset_indices"]
+__all__ = ["displacement_experiment", "evaluate", "recompute"]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csp_jax.config import Config, DisplacementConfig
-from csp_jax.data.datasets import CrystalDataset
+from csp_jax.data.dataset import CrystalDataset
 from csp_jax.energy.base import Energy
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity

@@ -26,7 +26,8 @@ import jax
 import numpy as np
 
 from csp_jax.config import Config
-from csp_jax.data.datasets import CrystalDataset
+from csp_jax.data.dataset import CrystalDataset
+from csp_jax.data.datasets import subset_indices
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation import metrics
 from csp_jax.evaluation.figures import evaluation_pngs
@@ -39,7 +40,6 @@ from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import compiled_programs, sample_rows, schedule
 from csp_jax.sampling.mala import mala
 
-SUBSET_SEED = 0  # the fixed shuffle that `limit` takes the first N of
 SETTINGS_FILE = "settings.json"
 CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate by cell size (atoms)
 ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
@@ -95,13 +95,6 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
     return (crystals, np.concatenate([p["energies"] for p in done]),
             int(sum(int(p["reruns"]) for p in done)),
             int(sum(int(p.get("non_finite", 0)) for p in done)))  # parts written before the count: 0
-
-
-def subset_indices(num_crystals: int, limit: int) -> np.ndarray:
-    """The first `limit` of a fixed-seed permutation of range(num_crystals), sorted; all when limit <= 0."""
-    if limit <= 0 or limit >= num_crystals:
-        return np.arange(num_crystals)
-    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(num_crystals)[:limit])
 
 
 def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> None:

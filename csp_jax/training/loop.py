@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from csp_jax.config import Config, NeighborConfig
-from csp_jax.data.datasets import CrystalDataset, training_splits
+from csp_jax.data.dataset import CrystalDataset
+from csp_jax.data.datasets import training_splits
 from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species, swapped_sites
 from csp_jax.energy.base import Energy
 from csp_jax.files import write_atomic
