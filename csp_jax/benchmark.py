@@ -36,13 +36,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csp_jax import models
 from csp_jax.config import get_config
-from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.energy.registry import build_energy
+from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.geometry.niggli import reduce_crystal
-from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_programs, compiled_segment,
-                                     grow_until_no_overflow, largest_needs, sample, schedule)
-from csp_jax.sampling.mala import mala, random_crystal
+from csp_jax.sampling.driver import (chains_per_chunk, chunked_vmap, compiled_chain_programs, compiled_segment,
+                                     sample, schedule)
+from csp_jax.sampling.kernel import kernel_from
+from csp_jax.sampling.mala import random_crystal
 
 # SPEC §8: the authors' PyTorch code on this 2-core CPU (ms per step, crystal-steps per s).
 BASELINE = {
@@ -84,7 +87,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
     compiled segment and the process's peak RSS.
     """
     cfg = get_config(config)
-    model = EnergyModel.from_config(cfg.model)
+    model = build_energy(cfg.model)
     capacity = NeighborCapacity.for_atoms(
         atoms, cfg.neighbors.max_images if max_images is None else max_images,
         cfg.neighbors.edge_factor if edge_factor is None else edge_factor)
@@ -106,7 +109,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         args = (variables, run_keys, states, step_sizes[warmup:warmup + steps],
                 betas[warmup:warmup + steps], warmup)
         t0 = time.perf_counter()
-        compiled = compiled_segment(model, mala, reduce_crystal, capacity, chunk).lower(*args).compile()
+        compiled = compiled_segment(model, kernel_from(cfg.sampler.kernel), reduce_crystal, capacity, chunk).lower(*args).compile()
         compile_s[capacity] = time.perf_counter() - t0
         out = compiled(*args)
         return (compiled, args, out[1]), out[1].overflow, largest_needs(out[1].needs)
@@ -157,7 +160,7 @@ def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images
     """
     from csp_jax.geometry.neighbors import neighbor_list
 
-    model = EnergyModel.from_config(get_config(config).model)
+    model = build_energy(get_config(config).model)
     capacity = NeighborCapacity(max_images, max_edges)
     variables = model.init(jax.random.key(seed))
     keys = jax.random.split(jax.random.key(seed + 1), batch)
@@ -209,20 +212,20 @@ def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: 
     too, but load in well under a second) and the capacities it ran with.
     """
     cfg = get_config(config)
-    model = EnergyModel.from_config(cfg.model)
+    model = build_energy(cfg.model)
     variables = model.init(jax.random.key(seed))
     steps = schedule(cfg.sampler)
     species = jnp.asarray(species_for(atoms, batch, seed))
     runs = []
     for run in range(2):
-        programs = compiled_programs()
+        programs = compiled_chain_programs()
         t0 = time.perf_counter()
         result = sample(jax.random.split(jax.random.key(seed + 1 + run), batch), species, model, variables,
                         NeighborCapacity.from_config(cfg.neighbors, atoms), steps,
                         segment_length=cfg.sampler.segment_length)
         jax.block_until_ready(result.states)
         seconds = time.perf_counter() - t0
-        compilations = compiled_programs() - programs
+        compilations = compiled_chain_programs() - programs
         capacities = [tuple(result.start_capacity), tuple(result.capacity)]
         runs.append({"run": run + 1, "ms_per_step": 1e3 * seconds / len(steps[0]), "seconds": seconds,
                      "compilations": compilations, "first_and_last_capacity": capacities,
@@ -247,14 +250,14 @@ def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | No
     real-atom-steps per second over the median timed training step's.
     """
     from csp_jax.data.datasets import training_splits
-    from csp_jax.training.loop import Capacities, compiled_programs, make_batch, negatives, run_step
-    from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
+    from csp_jax.training.loop import Capacities, compiled_training_programs, make_batch, negatives, run_step
+    from csp_jax.training.step import init_train_state, optimizer, update_step
 
     cfg = get_config(config)
     if num_steps:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, num_steps=num_steps))
     train_set, _ = training_splits(cfg.data, data_dir)
-    energy = config_energy(cfg)
+    energy = build_energy(cfg.model)
     capacities = Capacities(cfg.neighbors, train_set.max_atoms)
     state = init_train_state(cfg, jax.random.PRNGKey(seed), energy)
     update = functools.partial(update_step, optimizer=optimizer(cfg.train))
@@ -264,7 +267,7 @@ def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | No
         indices = np.sort(rng.choice(len(train_set), cfg.train.batch_size, replace=False))
         batch, _ = make_batch(cfg, train_set, indices, np.random.default_rng([seed, step]))
         atoms = int(np.count_nonzero(np.asarray(batch.sample_species)))
-        programs, t0 = compiled_programs(), time.perf_counter()
+        programs, t0 = compiled_training_programs(), time.perf_counter()
         (state, _), _, _ = run_step(update, energy, cfg, state, batch, jax.random.PRNGKey(step), capacities)
         jax.block_until_ready(state.variables)
         seconds = time.perf_counter() - t0
@@ -272,7 +275,7 @@ def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | No
         records.append({"seconds": seconds, "crystal_steps_per_s": chain_steps / seconds,
                         "real_atom_steps_per_s": atoms * cfg.sampler.num_steps / seconds,
                         "real_atoms_mean": atoms / cfg.train.batch_size,
-                        "new_programs": compiled_programs() - programs})
+                        "new_programs": compiled_training_programs() - programs})
         log(f"training step {step} ({'warm-up' if step < warmup else 'timed'}): {seconds:.1f} s, "
             f"{records[-1]['crystal_steps_per_s']:.0f} crystal-steps/s, "
             f"{records[-1]['real_atom_steps_per_s']:.0f} real-atom-steps/s, mean "
@@ -311,30 +314,30 @@ def evaluation_throughput(checkpoint: str, dataset: str | None = None, split: st
     `sampler`: `bench` (random weights) at the same batch and the test
     crystals' mean bucket size, for the steady per-step rate.
     """
-    from csp_jax import pretrained
     from csp_jax.data.datasets import load_split, subset_indices
-    from csp_jax.evaluation.evaluate import sample_chains
+    from csp_jax.evaluation.evaluate import chain_rows, sample_chains
     from csp_jax.geometry.crystal import bucket_for
-    from csp_jax.training.checkpoint import load_model
 
-    cfg, energy, variables = load_model(pretrained.resolve(checkpoint))
+    cfg, energy, variables = models.load(checkpoint)
     if num_steps:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_steps=num_steps))
+    if batch_size:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=batch_size))
     data = load_split(dataset or cfg.data.dataset, split, data_dir)
     test = data.subset(subset_indices(len(data), limit))
-    species = np.repeat(test.species[np.argsort(test.num_atoms, kind="stable")], num_samples, axis=0)
-    batch = min(batch_size or cfg.eval.batch_size, len(species))
+    species, _ = chain_rows(test, num_samples)
+    batch = min(cfg.eval.batch_size, len(species))
     steps = schedule(cfg.sampler, cfg.eval.num_steps)[0].shape[0]
     real = np.count_nonzero(species, axis=1)
     widths = [bucket_for(int(real[b:b + batch].max()), species.shape[1]) for b in range(0, len(species), batch)]
     slots = batch * sum(widths)
     runs = []
     for run in range(2):
-        programs, t0 = compiled_programs(), time.perf_counter()
+        programs, t0 = compiled_chain_programs(), time.perf_counter()
         _, _, reruns, _ = sample_chains(cfg, energy, variables, species, jax.random.PRNGKey(0),
-                                        batch_size=batch, log=lambda line: None)
+                                        log=lambda line: None)
         seconds = time.perf_counter() - t0
-        runs.append({"run": run + 1, "seconds": seconds, "compilations": compiled_programs() - programs,
+        runs.append({"run": run + 1, "seconds": seconds, "compilations": compiled_chain_programs() - programs,
                      "overflow_reruns": reruns, "crystal_steps_per_s": len(species) * steps / seconds,
                      "real_atom_steps_per_s": int(real.sum()) * steps / seconds})
         log(f"evaluation {run + 1}: {len(test)} crystals x {num_samples} chains, {steps} steps, batch "

@@ -1,15 +1,18 @@
 """The `csp-jax` command: train, evaluate, predict, displacement, bench.
 
     csp-jax train --config perov5 [--out DIR] [--resume] [--set sampler.num_steps=200]
-    csp-jax evaluate --checkpoint DIR [--limit 200] [--resume]
-    csp-jax predict --checkpoint DIR --formula SrTiO3 --num-samples 20
+    csp-jax evaluate --checkpoint DIR [--limit 200] [--resume] [--relax]
+    csp-jax predict --checkpoint DIR --formula SrTiO3 --num-samples 20 [--relax chgnet]
     csp-jax displacement --checkpoint DIR
     csp-jax bench [--whole-chain]
 
 `python experiments/run.py ...` is the same command (`--config X` alone
-trains). Each sub-command parses its options and calls library functions;
-options left unset take the run's config values. Errors a user can fix (a
-missing file, a bad value) end with one `error:` line and exit status 1.
+trains). Each sub-command builds one config (the named config, or the
+model's own) and calls one library function with it. Every sub-command
+takes `--set section.key=value` (repeatable); its other value options are
+shortcuts for config keys (`--limit 200` is `--set eval.limit=200`), their
+help taken from the config. Errors a user can fix (a missing file, a bad
+value) end with one `error:` line and exit status 1.
 """
 from __future__ import annotations
 
@@ -17,10 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
 
 from csp_jax.errors import one_line
-from csp_jax.config import CHOICES, available_configs, check_range, get_config, override
+from csp_jax.config import CHOICES, Config, available_configs, check_range, get_config, override
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
 
@@ -58,32 +60,56 @@ def FORMULA_UNITS(text: str):
     return "auto" if text == "auto" else POSITIVE_INT(text)
 
 
-def add_train(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model (the default sub-command)")
-    p.add_argument("--config", required=True, help=f"one of: {', '.join(available_configs())}")
-    p.add_argument("--out", help="run directory (default runs/<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+def _add_set(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. sampler.num_steps=200 (repeatable)")
-    p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
-    p.add_argument("--max-steps", type=POSITIVE_INT, help="stop after this many steps (checkpointed)")
-    p.set_defaults(func=run_train)
+                   help="set a config value, e.g. sampler.num_steps=200 (repeatable; after the "
+                        "shortcuts below)")
 
 
-def build_config(args):
-    config = get_config(args.config)
+def _shortcut(p, flag: str, key: str, what: str, metavar: str | None = None) -> None:
+    """`flag VALUE`, the same as `--set key=VALUE`; its help names the key and its default."""
+    section, field = key.split(".")
+    default = getattr(getattr(Config(), section), field)
+    choices = f"; one of {', '.join(CHOICES[key])}" if key in CHOICES else ""
+    p.add_argument(flag, dest=f"set:{key}", metavar=metavar or field.upper(),
+                   help=f"{what} (= --set {key}=...{choices}; default: the config's, {default!r} "
+                        f"unless the model's config says otherwise)")
+
+
+def configured(config: Config, args) -> Config:
+    """`config` with the shortcuts given on the command line, then every `--set`, applied; the
+    energy and the sampler it names are checked before anything runs."""
+    from csp_jax.energy.registry import build_energy
+    from csp_jax.sampling.kernel import kernel_from
+
+    for name, value in vars(args).items():
+        if name.startswith("set:") and value is not None:
+            config = override(config, name.removeprefix("set:"), value)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
         config = override(config, key, value)
+    build_energy(config.model)
+    kernel_from(config.sampler.kernel)
     return config
+
+
+def add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (the default sub-command)")
+    p.add_argument("--config", required=True, help=f"one of: {', '.join(available_configs())}")
+    p.add_argument("--out", help="run directory (default runs/<config>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_set(p)
+    _add_data_dir(p)
+    p.add_argument("--max-steps", type=POSITIVE_INT, help="stop after this many steps (checkpointed)")
+    p.set_defaults(func=run_train)
 
 
 def run_train(args) -> None:
     from csp_jax.training.loop import train
 
-    config = build_config(args)
+    config = configured(get_config(args.config), args)
     out = Path(args.out or f"runs/{config.name}")
     if args.resume and not out.is_dir():
         raise FileNotFoundError(f"--resume: run directory {out} does not exist")
@@ -92,23 +118,28 @@ def run_train(args) -> None:
 
 
 def _add_checkpoint(p) -> None:
+    from csp_jax import models
+
     p.add_argument("--checkpoint", required=True, metavar="DIR|NAME",
-                   help="training run directory (its newest checkpoint is used), or the name of a "
-                        "shipped model (perov5, mp20)")
+                   help="training run directory (its newest checkpoint is used), a model folder, or "
+                        f"the name of a shipped model ({', '.join(models.available())})")
 
 
-def _model_dir(checkpoint: str) -> Path:
-    """The folder `--checkpoint` names: a directory, else a shipped model of that name."""
-    from csp_jax import pretrained
+def _load(args):
+    """The model `--checkpoint` names, its config with the command line's values applied."""
+    from csp_jax import models
 
-    return pretrained.resolve(checkpoint)
+    model = models.load(args.checkpoint)
+    return model._replace(config=configured(model.config, args))
 
 
 def _out_dir(args, name: str) -> Path:
     """--out, else `<run dir>/<name>`; for a shipped model given by name, `<name>/<model>` here."""
+    from csp_jax import models
+
     if args.out:
         return Path(args.out)
-    if _model_dir(args.checkpoint) != Path(args.checkpoint):
+    if models.resolve(args.checkpoint) != Path(args.checkpoint):
         return Path(name) / args.checkpoint
     return Path(args.checkpoint) / name
 
@@ -117,38 +148,43 @@ def _add_data_dir(p) -> None:
     p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
 
 
-def _load_split(config, split: str, data_dir):
-    from csp_jax.data.datasets import load_split
+def _add_relax(p) -> None:
+    from csp_jax.config import RelaxConfig
 
-    return load_split(config.data.dataset, split, data_dir)
+    p.add_argument("--relax", nargs="?", const=RelaxConfig.potential, metavar="POTENTIAL",
+                   help="relax every candidate with a universal interatomic potential and rank by its "
+                        f"energy per atom (= --set relax.enabled=true relax.potential=...; default "
+                        f"{RelaxConfig.potential}; or an import path package.module:factory)")
 
 
-def _key(seed: int | None):
-    """The sampling key of `--seed` (None: the library's default, from the config)."""
-    return None if seed is None else jax.random.PRNGKey(seed)
+def _relax_values(args) -> None:
+    """--relax [POTENTIAL] as the config values it stands for."""
+    if getattr(args, "relax", None) is not None:
+        args.set = ["relax.enabled=true", f"relax.potential={args.relax}", *args.set]
 
 
 def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Table 1: sample test crystals, match, report")
     _add_checkpoint(p)
-    p.add_argument("--split", help="split to evaluate (default: config eval.split, 'test')")
-    p.add_argument("--num-samples", type=POSITIVE_INT, help="chains per crystal (default: config, 20)")
-    p.add_argument("--limit", type=NON_NEGATIVE_INT,
-                   help="evaluate the first N crystals of a fixed shuffle (default: config, 0 = all)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
-    p.add_argument("--dataset", help="the dataset whose split is tested (default: the model's, config "
-                                     "data.dataset), e.g. mpts_52 for the mp20 model")
-    p.add_argument("--max-cell-atoms", type=POSITIVE_INT,
-                   help="test only the crystals of at most this many atoms")
-    p.add_argument("--exclude", action="append", default=[], metavar="DATASET/SPLIT",
-                   help="leave out the test crystals whose material_id occurs in this split (e.g. "
-                        "mp_20_biternary/val, what the mp20 model trained on); repeatable")
+    _shortcut(p, "--dataset", "eval.dataset", "the dataset whose split is tested, e.g. mpts_52 for "
+                                              "the mp20 model (empty: the model's)")
+    _shortcut(p, "--split", "eval.split", "split to evaluate")
+    _shortcut(p, "--num-samples", "eval.num_samples", "chains per crystal", "K")
+    _shortcut(p, "--limit", "eval.limit", "evaluate the first N crystals of a fixed shuffle (0: all)", "N")
+    _shortcut(p, "--batch-size", "eval.batch_size", "chains per jitted batch", "B")
+    _shortcut(p, "--max-cell-atoms", "eval.max_cell_atoms", "test only the crystals of at most this "
+                                                            "many atoms (0: all)", "N")
+    _shortcut(p, "--exclude", "eval.exclude", "leave out the test crystals whose material_id occurs in "
+                                              "these splits, e.g. mp_20_biternary/val (comma-separated)",
+              "DATASET/SPLIT")
+    _shortcut(p, "--timeout", "eval.match_timeout", "seconds per matched pair", "SECONDS")
+    _shortcut(p, "--seed", "eval.seed", "sampling seed")
+    _add_relax(p)
+    _add_set(p)
     p.add_argument("--out", help="output folder (default: <checkpoint>/eval; "
-                                           "eval/<name> here for a shipped model's name)")
+                                 "eval/<name> here for a shipped model's name)")
     _add_data_dir(p)
     p.add_argument("--workers", type=POSITIVE_INT, help="matching processes (default: all cores)")
-    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="seconds per matched pair (default: config)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="sampling seed (default: config eval.seed, 0)")
     p.add_argument("--recompute", action="store_true",
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
     p.add_argument("--resume", action="store_true",
@@ -157,136 +193,80 @@ def add_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args) -> None:
-    from csp_jax.training.checkpoint import load_model, read_config
     from csp_jax.evaluation.evaluate import evaluate, recompute
+    from csp_jax.evaluation.selection import (reference_crystals, test_crystals, tested_dataset,
+                                              training_crystals)
 
+    _relax_values(args)
+    config, energy, variables = _load(args)
     out = _out_dir(args, "eval")
+    test, selection = test_crystals(config, args.data_dir)
+    context = dict(workers=args.workers, training=training_crystals(config, args.data_dir),
+                   references=reference_crystals(config, args.data_dir),
+                   dataset_name=tested_dataset(config), selection=selection)
     if args.recompute:
-        config = read_config(_model_dir(args.checkpoint))
-        split = args.split or config.eval.split
-        samples_path = out / f"{split}_samples.npz"
+        samples_path = out / f"{config.eval.split}_samples.npz"
         if not samples_path.is_file():
             raise FileNotFoundError(f"--recompute: {samples_path} not found; run evaluate first")
-        dataset = args.dataset or config.data.dataset
-        test, selection = _test_crystals(dataset, split, args)
-        recompute(samples_path, test, dataset, timeout_s=args.timeout or config.eval.match_timeout,
-                  workers=args.workers, training=_training_crystals(config, args.data_dir),
-                  references=_reference_crystals(dataset, args.data_dir), selection=selection)
+        recompute(samples_path, test, timeout_s=config.eval.match_timeout, **context)
         return
-    config, energy, variables = load_model(_model_dir(args.checkpoint))
-    split = args.split or config.eval.split
-    dataset = args.dataset or config.data.dataset
-    test, selection = _test_crystals(dataset, split, args)
-    evaluate(config, energy, variables, test, out,
-             split=split, num_samples=args.num_samples, limit=args.limit,
-             batch_size=args.batch_size, key=_key(args.seed),
-             timeout_s=args.timeout, workers=args.workers, resume=args.resume,
-             training=_training_crystals(config, args.data_dir),
-             references=_reference_crystals(dataset, args.data_dir), dataset_name=dataset,
-             selection=selection)
-
-
-def _test_crystals(dataset: str, split: str, args):
-    """(the crystals `evaluate` draws from, a sentence saying how they were selected, or "")."""
-    from csp_jax.data.datasets import load_split
-
-    crystals = load_split(dataset, split, args.data_dir)
-    if not args.max_cell_atoms and not args.exclude:
-        return crystals, ""
-    excluded = set()
-    for name in args.exclude:
-        other, _, other_split = name.partition("/")
-        if not other_split:
-            raise ValueError(f"--exclude {name!r}: expected DATASET/SPLIT, e.g. mp_20_biternary/val")
-        excluded.update(load_split(other, other_split, args.data_dir).material_ids.astype(str).tolist())
-    selected = crystals.select(most_atoms=args.max_cell_atoms, exclude_ids=excluded)
-    rules = ([f"of at most {args.max_cell_atoms} atoms"] if args.max_cell_atoms else []) + (
-        [f"whose material_id is not in {' or '.join(args.exclude)}"] if args.exclude else [])
-    selection = (f"the {len(selected)} of the {len(crystals)} {dataset}/{split} crystals "
-                 + " and ".join(rules))
-    print(f"testing {selection}")
-    return selected, selection
-
-
-def _reference_crystals(dataset: str, data_dir) -> list:
-    """Every split of the tested dataset at hand (for the report's other structures of a
-    test crystal's composition); a note names the splits that are not."""
-    from csp_jax.data.datasets import splits_at_hand
-
-    found, missing = splits_at_hand(dataset, data_dir)
-    if missing:
-        print(f"note: the report's other structures per composition leave out {dataset}/"
-              f"{', '.join(missing)} (not at hand)")
-    return found
-
-
-def _training_crystals(config, data_dir):
-    """The config's training crystals (for the seen / unseen split of the report), or None
-    with a note when the training split is not at hand."""
-    from csp_jax.data.datasets import training_splits
-
-    try:
-        return training_splits(config.data, data_dir)[0]
-    except (FileNotFoundError, OSError, ValueError) as error:
-        print(f"note: no seen / unseen split of the report ({one_line(error)})")
-        return None
+    evaluate(config, energy, variables, test, out, resume=args.resume, **context)
 
 
 def add_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict structures for formulas, ranked CIFs")
     _add_checkpoint(p)
     p.add_argument("--formula", nargs="+", required=True, help="one or more formulas, e.g. SrTiO3 Li2O")
-    p.add_argument("--num-samples", type=POSITIVE_INT, help="chains per formula (default: config eval.num_samples)")
+    _shortcut(p, "--num-samples", "eval.num_samples", "chains per formula (and cell)", "K")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--num-atoms", type=POSITIVE_INT,
                       help="atoms per cell, a multiple of the reduced formula's (default: the reduced formula)")
     size.add_argument("--formula-units", type=FORMULA_UNITS, metavar="Z|auto",
                       help="reduced formula units per cell (default 1); auto: Z = 1..4 within the "
                            "model's cell limit, ranked together")
-    p.add_argument("--ranking", choices=CHOICES["eval.ranking"],
-                   help="order of the samples: energy; consensus (the largest group of samples that "
-                        "match each other, then energy); first (chain order) (default: config eval.ranking)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, help="chains per jitted batch (default: config)")
+    _shortcut(p, "--ranking", "eval.ranking", "order of the samples without --relax: energy (the "
+                                              "learned energy); consensus (the largest group of "
+                                              "samples that match each other, then energy)")
+    _shortcut(p, "--batch-size", "eval.batch_size", "chains per jitted batch", "B")
+    _shortcut(p, "--seed", "eval.seed", "sampling seed")
+    _add_relax(p)
+    _add_set(p)
     p.add_argument("--out", help="output folder (default: <checkpoint>/predictions; "
-                                           "predictions/<name> here for a shipped model's name)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="sampling seed (default: config eval.seed, 0)")
+                                 "predictions/<name> here for a shipped model's name)")
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args) -> None:
-    from csp_jax.training.checkpoint import load_model
     from csp_jax.predict import predict
 
-    config, energy, variables = load_model(_model_dir(args.checkpoint))
+    _relax_values(args)
+    config, energy, variables = _load(args)
     predict(config, energy, variables, args.formula, _out_dir(args, "predictions"),
-            num_samples=args.num_samples, num_atoms=args.num_atoms, formula_units=args.formula_units,
-            key=_key(args.seed), batch_size=args.batch_size, ranking=args.ranking)
+            num_atoms=args.num_atoms, formula_units=args.formula_units)
 
 
 def add_displacement(subparsers) -> None:
     p = subparsers.add_parser("displacement", help="Figure 2: energy vs displacement of one atom")
     _add_checkpoint(p)
-    p.add_argument("--sigma", type=POSITIVE_FLOAT, help="noise per Cartesian component, A (default: config, 0.1)")
-    p.add_argument("--num-crystals", type=POSITIVE_INT, help="random test crystals (default: config, 5)")
-    p.add_argument("--num-draws", type=POSITIVE_INT, help="noise draws per crystal (default: config, 1000)")
-    p.add_argument("--split", help="split to draw crystals from (default: config, test)")
+    _shortcut(p, "--sigma", "displacement.sigma", "noise per Cartesian component, A", "A")
+    _shortcut(p, "--num-crystals", "displacement.num_crystals", "random test crystals", "N")
+    _shortcut(p, "--num-draws", "displacement.num_draws", "noise draws per crystal", "N")
+    _shortcut(p, "--split", "displacement.split", "split to draw crystals from")
+    _shortcut(p, "--seed", "displacement.seed", "seed for crystals, atoms and noise")
+    _add_set(p)
     p.add_argument("--out", help="output folder (default: <checkpoint>/displacement; "
-                                           "displacement/<name> here for a shipped model's name)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="seed for crystals, atoms and noise (default: config, 0)")
+                                 "displacement/<name> here for a shipped model's name)")
     _add_data_dir(p)
     p.set_defaults(func=run_displacement)
 
 
 def run_displacement(args) -> None:
-    from csp_jax.training.checkpoint import load_model
+    from csp_jax.data.datasets import load_split
     from csp_jax.evaluation.displacement import displacement_experiment
 
-    config, energy, variables = load_model(_model_dir(args.checkpoint))
-    split = args.split or config.displacement.split
-    displacement_experiment(config, energy, variables, _load_split(config, split, args.data_dir),
-                            _out_dir(args, "displacement"),
-                            sigma=args.sigma, num_crystals=args.num_crystals,
-                            num_draws=args.num_draws, seed=args.seed)
+    config, energy, variables = _load(args)
+    split = load_split(config.data.dataset, config.displacement.split, args.data_dir)
+    displacement_experiment(config, energy, variables, split, _out_dir(args, "displacement"))
 
 
 def add_bench(subparsers) -> None:

@@ -92,7 +92,12 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
+    dataset: str = ""  # the dataset whose split is tested ("": the model's, data.dataset)
     split: str = "test"
+    max_cell_atoms: int = 0  # test only the crystals of at most this many atoms (0: all)
+    # Leave out the test crystals whose material_id occurs in these splits: "DATASET/SPLIT"
+    # names, comma-separated (e.g. "mp_20_biternary/val", what the mp20 model trained on).
+    exclude: str = ""
     num_samples: int = 20
     batch_size: int = 128
     limit: int = 0  # evaluate the first N test crystals of a fixed shuffle (0 = all)
@@ -204,7 +209,7 @@ RANGES = {
     "eval.num_samples": (1, None, True), "eval.batch_size": (1, None, True),
     "eval.limit": (0, None, True), "eval.match_timeout": (0, None, False),
     "eval.num_steps": (0, None, True), "eval.max_atoms": (1, None, True),
-    "eval.seed": (0, None, True),
+    "eval.seed": (0, None, True), "eval.max_cell_atoms": (0, None, True),
     "displacement.sigma": (0, None, False), "displacement.num_crystals": (1, None, True),
     "displacement.num_draws": (1, None, True), "displacement.seed": (0, None, True),
     "relax.fmax": (0, None, False), "relax.max_steps": (1, None, True),
@@ -242,6 +247,27 @@ def _field_types(section) -> dict[str, type]:
     return {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
 
 
+def lookup(key: str, name: str, registry: dict):
+    """What config key `key` names: `registry[name]`, or the object an import path
+    "package.module:attribute" names (a class or function outside the package).
+
+    Raises ValueError (one line) listing the registry's names for an unknown name,
+    and naming the module or attribute for an import path that does not resolve.
+    """
+    if name in registry:
+        return registry[name]
+    module_name, sep, attribute = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown {key} {name!r}; choose from {', '.join(registry)} "
+                         f"or give an import path package.module:Name")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except ImportError as err:
+        raise ValueError(f"{key}={name!r}: cannot import {module_name} ({err})") from None
+    except AttributeError:
+        raise ValueError(f"{key}={name!r}: {module_name} has no {attribute!r}") from None
+
+
 def available_configs() -> list[str]:
     from csp_jax import configs
 
@@ -264,6 +290,14 @@ def _parse(text: str, kind: type):
             return False
         raise ValueError(f"expected true or false, got {text!r}")
     return kind(text)
+
+
+def updated(config: Config, values: dict) -> Config:
+    """A copy of `config` with `{"section.field": value}` set (typed values, checked as
+    `override` checks text): how library callers choose options."""
+    for key, value in values.items():
+        config = override(config, key, value if isinstance(value, str) else json.dumps(value))
+    return config
 
 
 def override(config: Config, key: str, text: str) -> Config:

@@ -25,18 +25,24 @@ import numpy as np
 from csp_jax import pictures
 from csp_jax.config import Config
 from csp_jax.energy.base import Energy
-from csp_jax.geometry.validity import valid_structure
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.candidates.ranking import cluster_samples, ranked_order
+from csp_jax.candidates.record import (Candidates, from_samples, ranked, relaxed_energies, to_relax,
+                                       with_groups, with_relaxed)
+from csp_jax.candidates.relax import calculator
 from csp_jax.sampling.driver import sample_rows, schedule
-from csp_jax.sampling.mala import mala
+from csp_jax.sampling.kernel import kernel_from
 from csp_jax.symmetry import MAX_RMS, SYMPRECS, Symmetrised, space_groups, symmetrise
 
 AUTO_FORMULA_UNITS = (1, 2, 3, 4)  # the cells `formula_units="auto"` samples, within the model's limit
 SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "valid", "group", "volume",
                   "density", *(f"sg_{symprec}" for symprec in SYMPRECS), "space_group", "symprec",
                   "a", "b", "c", "alpha", "beta", "gamma", "cif", "symmetrised_cif")
+# With relaxations, also: the potential's energy per atom (eV/atom), its distance above the best
+# candidate of the formula (meV/atom), the group of matching relaxed structures, FIRE's steps and
+# convergence, and the unrelaxed sample's space group and CIF.
+RELAX_FIELDS = ("potential_energy", "above_best_mev", "relaxed_group", "relax_steps", "converged",
+                "unrelaxed_space_group", "unrelaxed_cif")
 
 
 def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
@@ -123,24 +129,33 @@ def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, g
             "symmetrised_cif": sym_cif}
 
 
-def _write_summary(rows: list[dict], out_dir: Path, ranking: str) -> tuple[Path, Path]:
+def _write_summary(rows: list[dict], out_dir: Path, config: Config) -> tuple[Path, Path]:
+    fields = SUMMARY_FIELDS + (RELAX_FIELDS if config.relax.enabled else ())
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
 
     def text(value) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(SUMMARY_FIELDS) + " |", "|---" * len(SUMMARY_FIELDS) + "|"]
-    lines += ["| " + " | ".join(text(row[k]) for k in SUMMARY_FIELDS) + " |" for row in rows]
-    md_path.write_text(f"Ranked by {ranking} ({RANKING_NOTES[ranking]}). Energies H of the trained "
-                       "model (lower is better); group: samples of one group match each other "
-                       "(StructureMatcher), 0 the largest, -1 invalid or not compared; density in g/cm^3, "
-                       f"sg_<symprec>: the sample's space group at that tolerance (A); space_group: that of "
-                       f"the symmetrised CIF (refined at `symprec`, atoms moved at most {MAX_RMS} in "
-                       "StructureMatcher's normalised RMS).\n\n" + "\n".join(lines) + "\n")
+    lines = ["| " + " | ".join(fields) + " |", "|---" * len(fields) + "|"]
+    lines += ["| " + " | ".join(text(row[k]) for k in fields) + " |" for row in rows]
+    ranking = (f"Ranked by the energy per atom of {config.relax.potential} after relaxing "
+               f"{'every valid sample' if config.relax.candidates == 'all' else 'one sample per group'} "
+               f"(FIRE on cell and positions, fmax {config.relax.fmax} eV/A, at most "
+               f"{config.relax.max_steps} steps); potential_energy in eV/atom, above_best_mev: meV/atom "
+               "above the formula's best relaxed candidate; relaxed_group: relaxed structures of one "
+               "group match each other; samples not relaxed follow, by learned energy"
+               if config.relax.enabled else
+               f"Ranked by {config.eval.ranking} ({RANKING_NOTES[config.eval.ranking]})")
+    md_path.write_text(f"{ranking}. Energies H of the trained model (lower is better); group: samples "
+                       "of one group match each other (StructureMatcher), 0 the largest, -1 invalid or "
+                       "not compared; density in g/cm^3, sg_<symprec>: the structure's space group at "
+                       "that tolerance (A); space_group: that of the symmetrised CIF (refined at `symprec`, "
+                       f"atoms moved at most {MAX_RMS} in StructureMatcher's normalised RMS).\n\n"
+                       + "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
@@ -148,46 +163,87 @@ RANKING_NOTES = {"energy": "final energy, invalid samples last",
                  "consensus": "the largest group of mutually matching samples first, then energy"}
 
 
-def _groups(samples: dict, checked: dict, timeout_s: float) -> dict:
-    """Sample index -> group: labels of `ranking.cluster_labels` renumbered by size (0 the
-    largest, -1 invalid), from matching the valid samples against each other (K^2 / 2 pairs)."""
-    indices = list(samples)
-    [labels] = cluster_samples([[samples[i] for i in indices]], [[checked[i] is not None for i in indices]],
-                               timeout_s)
-    sizes = np.bincount(labels[labels >= 0], minlength=1)
-    by_size = {int(c): n for n, c in enumerate(np.argsort(-sizes, kind="stable"))}
-    return {i: by_size[int(c)] if c >= 0 else -1 for i, c in zip(indices, labels)}
+def _write_cif(structure, path: Path, out_dir: Path, symmetrised: bool) -> tuple[str, Symmetrised | None, str]:
+    """Write `structure` as `path` and, for a valid one, its symmetrised CIF in `symmetrised/`
+    beside it: (cif path, Symmetrised or None, symmetrised cif path or "") relative to out_dir."""
+    from pymatgen.io.cif import CifWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    CifWriter(structure).write_file(path)
+    refined, sym_cif = (symmetrise(structure) if symmetrised else None), ""
+    if refined is not None and refined.symprec is not None:
+        sym_path = path.parent / "symmetrised" / path.name
+        sym_path.parent.mkdir(exist_ok=True)
+        CifWriter(refined.structure, symprec=refined.symprec).write_file(sym_path)
+        sym_cif = str(sym_path.relative_to(out_dir))
+    return str(path.relative_to(out_dir)), refined, sym_cif
+
+
+def _write_candidates(candidates: Candidates, keep: np.ndarray, cell_dir: Path, out_dir: Path,
+                      config: Config) -> list[dict]:
+    """Ranked CIFs, `rank01.png` and the summary rows of one formula's candidates (`keep`: [K]
+    bool, the finite samples)."""
+    order = [int(k) for k in ranked(candidates, config.eval.ranking) if keep[k]]
+    digits = max(2, len(str(len(order))))
+    potential = relaxed_energies(candidates)
+    best = np.nanmin(potential) if np.isfinite(potential).any() else math.nan
+    rows = []
+    for rank, k in enumerate(order, start=1):
+        relaxed, energy = candidates.relaxed[k], float(candidates.energies[k])
+        sample = candidates.structures[k] or to_structure(candidates.crystal(k))
+        valid = candidates.structures[k] is not None
+        file_name = f"rank{rank:0{digits}d}_E{energy:.4f}.cif"
+        row_extra = {}
+        if relaxed is not None:
+            raw_cif, raw_sym, _ = _write_cif(sample, cell_dir / "unrelaxed" / file_name, out_dir, True)
+            structure = relaxed.structure
+            row_extra = {"potential_energy": relaxed.energy_per_atom,
+                         "above_best_mev": 1000.0 * (relaxed.energy_per_atom - best),
+                         "relaxed_group": int(candidates.relaxed_groups[k]), "relax_steps": relaxed.steps,
+                         "converged": relaxed.converged, "unrelaxed_space_group": raw_sym.space_group,
+                         "unrelaxed_cif": raw_cif}
+        else:
+            structure = sample
+            row_extra = dict.fromkeys(RELAX_FIELDS, "") if config.relax.enabled else {}
+        cif, refined, sym_cif = _write_cif(structure, cell_dir / file_name, out_dir, valid)
+        rows.append({**_summary_row(candidates.name, int(candidates.units[k]), rank, energy, valid,
+                                    int(candidates.groups[k]), structure, cif, refined, sym_cif), **row_extra})
+        if rank == 1:
+            title = (f"{relaxed.energy_per_atom:.4f} eV/atom ({config.relax.potential})" if relaxed is not None
+                     else f"H = {energy:.4f}")
+            pictures.structure_png(structure, cell_dir / "rank01.png",
+                                   f"{candidates.name}, rank 1: {title}, {rows[-1]['space_group']}")
+    return rows
 
 
 def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], out_dir, *,
-            num_samples: int | None = None, num_atoms: int | None = None,
-            formula_units: int | str | None = None, key=None, batch_size: int | None = None,
-            ranking: str | None = None, kernel: Callable = mala,
+            num_atoms: int | None = None, formula_units: int | str | None = None,
             log: Callable[[str], None] = print) -> list[dict]:
-    """Sample `num_samples` chains per formula; write ranked CIFs and the summary table.
+    """Sample `eval.num_samples` chains per formula; write ranked CIFs and the summary table.
 
     The cell size (num_atoms or formula_units, see `cell_species`) applies to
     every formula; cells are capped at `config.eval.max_atoms`. With
     `formula_units="auto"`, each formula is sampled with Z = 1..4 formula
-    units (`formula_cells`), `num_samples` chains each, and all its samples
-    are ranked together (the summary's `formula_units` says each one's Z). All formulas
-    are checked before anything is sampled. Samples with a non-finite energy
-    or crystal are left out of the ranking (and logged). `ranking` (None:
-    `config.eval.ranking`) orders the rest (`csp_jax.candidates.ranking.ranked_order`);
-    invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
+    units (`formula_cells`), `eval.num_samples` chains each, and all its samples
+    are ranked together (the summary's `formula_units` says each one's Z; with
+    relaxations the potential's energy per atom chooses Z). All formulas are
+    checked, and the potential built, before anything is sampled. Samples with
+    a non-finite energy or crystal are left out (and logged). The chains run in
+    batches of `eval.batch_size` with the key PRNGKey(`eval.seed`) and the kernel
+    `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, one
+    sample per group of matching samples (or every valid one, `relax.candidates`)
+    is relaxed by `relax.potential` and the relaxed structures come first, by the
+    potential's energy per atom; otherwise `eval.ranking` orders the samples.
+    Invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
     criterion, `geometry.validity.valid_structure`) come after the valid ones,
-    whatever their energy, and are marked `valid` False. The neighbour capacity only grows
-    (no refit between segments: see docs/performance.md). Returns the summary rows
-    (SUMMARY_FIELDS), by formula then rank.
+    marked `valid` False. The neighbour capacity only grows (no refit between
+    segments: see docs/performance.md). Returns the summary rows, by formula
+    then rank.
     """
     groups = [formula_cells(f, config, num_atoms, formula_units) for f in formulas]
+    calc = calculator(config.relax.potential) if config.relax.enabled else None
     cells = [cell for group in groups for cell in group[1]]
-    num_samples = config.eval.num_samples if num_samples is None else num_samples
-    key = jax.random.PRNGKey(config.eval.seed) if key is None else key
-    batch_size = config.eval.batch_size if batch_size is None else batch_size
-    ranking = config.eval.ranking if ranking is None else ranking
-    if ranking not in RANKING_NOTES:
-        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKING_NOTES)}")
+    num_samples = config.eval.num_samples
     width = max(len(species) for _, species in cells)
     species = np.repeat(np.stack([np.pad(s, (0, width - len(s))) for _, s in cells]),
                         num_samples, axis=0)
@@ -200,54 +256,38 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     log(f"sampling {len(cells)} cell(s) of {len(groups)} formula(s) x {num_samples} chains, "
         f"{steps[0].shape[0]} steps")
     sampled = sample_rows(
-        key, species, energy, variables, NeighborCapacity.from_config(config.neighbors, width), steps,
-        batch_size=batch_size, segment_length=config.sampler.segment_length, kernel=kernel,
+        jax.random.PRNGKey(config.eval.seed), species, energy, variables,
+        NeighborCapacity.from_config(config.neighbors, width), steps, batch_size=config.eval.batch_size,
+        segment_length=config.sampler.segment_length, kernel=kernel_from(config.sampler.kernel),
         refit=False, trace=True, log=log)  # refit=False: compiling refitted capacities costs more than they save
     crystals, energies = sampled.crystals, sampled.energies
 
-    from pymatgen.io.cif import CifWriter
-
     out_dir = Path(out_dir)
-    digits = max(2, len(str(num_samples)))
     rows, first = [], 0
     for name, z_cells in groups:
         cell_dir = out_dir / name
         cell_dir.mkdir(parents=True, exist_ok=True)
-        rows_of_cell = range(first, first + len(z_cells) * num_samples)
+        rows_of_cell = slice(first, first + len(z_cells) * num_samples)
         first = rows_of_cell.stop
-        finite = [i for i in rows_of_cell if math.isfinite(energies[i])
-                  and np.isfinite(crystals.positions[i]).all() and np.isfinite(crystals.lattice[i]).all()]
-        if len(finite) < len(rows_of_cell):
-            log(f"{name}: {len(rows_of_cell) - len(finite)} of {len(rows_of_cell)} samples are not "
-                f"finite, left out")
-        samples = {i: jax.tree.map(lambda a: a[i], crystals) for i in finite}
-        checked = {i: valid_structure(sample) for i, sample in samples.items()}  # None: invalid
-        valid = {i: structure is not None for i, structure in checked.items()}
-        if not all(valid.values()):
-            log(f"{name}: {list(valid.values()).count(False)} invalid samples (collapsed cell or "
+        cell = jax.tree.map(lambda a: a[rows_of_cell], crystals)
+        keep = (np.isfinite(energies[rows_of_cell]) & np.isfinite(cell.positions).all(axis=(1, 2))
+                & np.isfinite(cell.lattice).all(axis=(1, 2)))
+        if not keep.all():
+            log(f"{name}: {int(np.sum(~keep))} of {len(keep)} samples are not finite, left out")
+        candidates = from_samples(name, cell, np.where(keep, energies[rows_of_cell], np.nan), units[rows_of_cell])
+        if not candidates.valid[keep].all():
+            log(f"{name}: {int(np.sum(~candidates.valid[keep]))} invalid samples (collapsed cell or "
                 f"overlapping atoms) ranked last")
-        group = _groups(samples, checked, config.eval.match_timeout) if ranking == "consensus" else {}
-        labels = np.array([group.get(i, 0) if valid[i] else -1 for i in finite], int)
-        order = [finite[j] for j in ranked_order(energies[finite], labels, ranking)]
-        for rank, i in enumerate(order, start=1):
-            structure = checked[i] if valid[i] else to_structure(samples[i])
-            path = cell_dir / f"rank{rank:0{digits}d}_E{energies[i]:.4f}.cif"
-            CifWriter(structure).write_file(path)
-            symmetrised, sym_cif = (symmetrise(structure) if valid[i] else None), ""
-            if symmetrised is not None and symmetrised.symprec is not None:
-                sym_path = cell_dir / "symmetrised" / path.name
-                sym_path.parent.mkdir(exist_ok=True)
-                CifWriter(symmetrised.structure, symprec=symmetrised.symprec).write_file(sym_path)
-                sym_cif = str(sym_path.relative_to(out_dir))
-            rows.append(_summary_row(name, int(units[i]), rank, float(energies[i]), valid[i],
-                                     group.get(i, -1), structure, str(path.relative_to(out_dir)),
-                                     symmetrised, sym_cif))
-            if rank == 1:
-                pictures.structure_png(structure, cell_dir / "rank01.png",
-                                       f"{name}, rank 1: H = {energies[i]:.4f}, {rows[-1]['space_group']}")
-        pictures.chain_energy_png(sampled.trace[rows_of_cell.start:rows_of_cell.stop],
-                                  cell_dir / "chains.png", f"{name}: {len(rows_of_cell)} chains")
-        log(f"{name}: {len(finite)} CIFs, rank01.png and chains.png in {cell_dir}")
-    csv_path, md_path = _write_summary(rows, out_dir, ranking)
+        if config.eval.ranking == "consensus" or config.relax.enabled:
+            candidates = with_groups(candidates, config.eval.match_timeout)
+        if config.relax.enabled:
+            log(f"{name}: relaxing {len(to_relax(candidates, config.relax.candidates))} candidates with "
+                f"{config.relax.potential}")
+            candidates = with_relaxed(candidates, config.relax, calc, config.eval.match_timeout, log=log)
+        rows += _write_candidates(candidates, keep, cell_dir, out_dir, config)
+        pictures.chain_energy_png(sampled.trace[rows_of_cell], cell_dir / "chains.png",
+                                  f"{name}: {len(keep)} chains")
+        log(f"{name}: {int(keep.sum())} CIFs, rank01.png and chains.png in {cell_dir}")
+    csv_path, md_path = _write_summary(rows, out_dir, config)
     log(f"wrote {csv_path}, {md_path}")
     return rows

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csp_jax.config import DataConfig
 from csp_jax.data.datasets import load_split
 from csp_jax.candidates.matching import OUTCOME_NAMES, match_pairs
 from csp_jax.geometry.crystal import from_structure
@@ -45,7 +46,7 @@ def benchmark(structures, workers: int | None = None, sigma: float = 0.1, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="data directory (default: $CSP_JAX_DATA)")
-    parser.add_argument("--dataset", default="perov_5")
+    parser.add_argument("--dataset", default=DataConfig.dataset)
     parser.add_argument("--num", type=int, default=200, help="test structures (2 pairs each)")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()

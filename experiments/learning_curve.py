@@ -1,10 +1,11 @@
 """Match rate against training time: evaluate a run's checkpoints on a fixed subset.
 
-    python experiments/learning_curve.py --run runs/perov5_cpu --limit 40 --num-samples 10
+    python experiments/learning_curve.py --run runs/perov5_cpu --set eval.limit=40 --set eval.num_samples=10
 
 Every checkpoint kept in the run (or those given with --steps) is evaluated
-with the run's evaluation schedule on the first `--limit` crystals of the
-fixed test shuffle; the training time of a checkpoint is the sum of the step
+with the run's evaluation config (changed with `--set section.key=value`: the
+first `eval.limit` crystals of the fixed test shuffle, `eval.num_samples` chains
+each); the training time of a checkpoint is the sum of the step
 times in the run's metrics.jsonl up to it. Writes `<out>/learning_curve.csv`
 and `<out>/learning_curve.png` (default out: <run>/learning_curve).
 """
@@ -15,11 +16,12 @@ import csv
 import json
 from pathlib import Path
 
-import jax
 
 from csp_jax.data.datasets import load_split
 from csp_jax.evaluation.evaluate import evaluate
-from csp_jax.training import checkpoint
+from csp_jax import models
+from csp_jax.cli import configured
+from csp_jax.models import checkpoint
 
 FIELDS = ("step", "train_minutes", "match_rate", "rmse", "match_rate_k1", "rmse_k1")
 
@@ -28,8 +30,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, type=Path, help="training run directory")
     p.add_argument("--steps", type=int, nargs="+", help="checkpoint steps (default: all kept)")
-    p.add_argument("--limit", type=int, default=40, help="test crystals (default 40)")
-    p.add_argument("--num-samples", type=int, default=10, help="chains per crystal (default 10)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="set a value of the run's config, e.g. eval.limit=40 (repeatable)")
     p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
     p.add_argument("--out", type=Path, help="output folder (default <run>/learning_curve)")
     args = p.parse_args()
@@ -45,10 +47,10 @@ def main() -> None:
     steps = args.steps or sorted(checkpoint.manager(args.run).all_steps())
     rows = []
     for step in steps:
-        config, model, variables = checkpoint.load_model(args.run, step)
+        config, model, variables = models.load(args.run, step)
         dataset = load_split(config.data.dataset, config.eval.split, args.data_dir)
-        results = evaluate(config, model, variables, dataset, out / f"step_{step}", limit=args.limit,
-                           num_samples=args.num_samples, key=jax.random.PRNGKey(0), log=lambda _: None)
+        config = configured(config, args)
+        results = evaluate(config, model, variables, dataset, out / f"step_{step}", log=lambda _: None)
         rows.append({"step": step, "train_minutes": round(seconds[step] / 60, 1),
                      **{k: results[k] for k in FIELDS[2:]}})
         print(rows[-1], flush=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csp_jax.config import EvalConfig
 from csp_jax.data.datasets import load_split, splits_at_hand, subset_indices
 from csp_jax.data.sources import known_splits
 from csp_jax.evaluation.polymorphs import other_structures
@@ -28,10 +29,11 @@ from csp_jax.evaluation.polymorphs import other_structures
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(known_splits()))
-    parser.add_argument("--split", default="test", help="the tested split (default: test)")
-    parser.add_argument("--limit", type=int, default=0, help="first N of the fixed shuffle (0: all)")
+    parser.add_argument("--split", default=EvalConfig.split, help=f"the tested split (default: {EvalConfig.split})")
+    parser.add_argument("--limit", type=int, default=EvalConfig.limit, help="first N of the fixed shuffle (0: all)")
     parser.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per matched pair")
+    parser.add_argument("--timeout", type=float, default=EvalConfig.match_timeout,
+                        help=f"seconds per matched pair (default {EvalConfig.match_timeout})")
     parser.add_argument("--out", help="write the figures to this JSON file")
     args = parser.parse_args()
 

@@ -28,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
-from csp_jax import pretrained
+from csp_jax import models
 from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.data.species import most_electronegative
 from csp_jax.evaluation.metrics import load_samples, sample_at
+from csp_jax.candidates.matching import MATCHER_KWARGS
 from csp_jax.candidates.ranking import ranked_order
+from csp_jax.config import DataConfig, EvalConfig
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.training.checkpoint import load_model
 
-MATCHER = dict(stol=0.5, ltol=0.3, angle_tol=10)  # the evaluation's tolerances
 CHECKED = 6  # lowest-energy samples of a crystal checked for being a swap
 
 
@@ -65,7 +65,7 @@ def top_ranked(eval_dir: Path, dataset: str, split: str, data_dir) -> dict:
     samples, energies, ids = load_samples(eval_dir / f"{split}_samples.npz")
     data = load_split(dataset, split, data_dir)
     row = {m: i for i, m in enumerate(data.material_ids)}
-    matcher, match, invalid = StructureMatcher(**MATCHER), names.index("match"), names.index("invalid")
+    matcher, match, invalid = StructureMatcher(**MATCHER_KWARGS), names.index("match"), names.index("invalid")
     counts = dict(match=0, swap=0, other=0, match_if_swaps_last=0)
     for t, material in enumerate(ids):
         order = ranked_order(energies[t], np.where(outcome[t] == invalid, -1, 0), "energy")
@@ -84,12 +84,12 @@ def top_ranked(eval_dir: Path, dataset: str, split: str, data_dir) -> dict:
 
 def at_true_geometry(model_dir: str, dataset: str, split: str, limit: int, data_dir) -> dict:
     """Shares of crystals whose truth is below every swap, and of swaps below their truth."""
-    config, model, variables = load_model(pretrained.resolve(model_dir))
+    config, model, variables = models.load(model_dir)
     data = load_split(dataset, split, data_dir)
     data = data.subset(subset_indices(len(data), limit))
     capacity = NeighborCapacity.for_atoms(data.max_atoms)
     energy = jax.jit(jax.vmap(lambda c: model.energy(variables, c, capacity)[0]))
-    matcher = StructureMatcher(**MATCHER)
+    matcher = StructureMatcher(**MATCHER_KWARGS)
     truth_below_all, gaps, cations = 0, [], []
     for t in range(len(data)):
         truth = data.structure(t)
@@ -113,9 +113,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--eval", type=Path, help="an evaluation's output folder")
     p.add_argument("--model", help="a run directory, model folder or shipped model's name")
-    p.add_argument("--dataset", default="perov_5")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=200, help="--model: crystals of the fixed shuffle")
+    p.add_argument("--dataset", default=DataConfig.dataset)
+    p.add_argument("--split", default=EvalConfig.split)
+    p.add_argument("--limit", type=int, default=EvalConfig.limit,
+                   help="--model: the first N crystals of the fixed shuffle (0: all)")
     p.add_argument("--data-dir", help="dataset folder (default: $CSP_JAX_DATA)")
     args = p.parse_args()
     if args.eval:

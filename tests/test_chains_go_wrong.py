@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csp_jax.config import get_config, override
+from csp_jax.config import get_config, updated
 from csp_jax.data.datasets import load_split
 from csp_jax.candidates import matching
 from csp_jax.evaluation import metrics
@@ -29,7 +29,8 @@ from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
 from csp_jax.training import loop
-from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
+from csp_jax.energy.registry import build_energy
+from csp_jax.training.step import init_train_state, optimizer, update_step
 
 pytestmark = pytest.mark.slow  # real-energy chains, training and evaluation: 20-35 s each
 
@@ -55,7 +56,7 @@ def thin_and_sheared_starts(energy_fn, reduce_fn):
 
 
 def test_overflow_on_thin_and_sheared_cells_reruns_to_the_large_capacity_result(capsys):
-    model = config_energy(CONFIG)
+    model = build_energy(CONFIG.model)
     variables = model.init(jax.random.key(0))
     species = np.array([[8, 8, 8, 22, 38]] * 2 + [[8, 8, 8, 40, 56]] * 2, np.int32)
     keys = jax.random.split(jax.random.key(1), 4)
@@ -88,7 +89,7 @@ def test_overflow_in_a_training_step_on_sheared_data_reruns_to_the_large_capacit
     for name in ("small", "large"):
         capacities = loop.Capacities(CONFIG.neighbors, data_atoms=5)
         capacities.data = SMALL if name == "small" else results["small"][3]
-        (new_state, _), step_metrics, reruns = loop.run_step(UPDATE, config_energy(CONFIG), CONFIG, state, batch,
+        (new_state, _), step_metrics, reruns = loop.run_step(UPDATE, build_energy(CONFIG.model), CONFIG, state, batch,
                                                              jax.random.PRNGKey(1), capacities)
         results[name] = new_state, step_metrics, reruns, capacities.data
     with capsys.disabled():
@@ -105,7 +106,7 @@ def test_overflow_in_a_training_step_on_sheared_data_reruns_to_the_large_capacit
     unsheared = loop.make_batch(CONFIG, train_set, np.arange(2), np.random.default_rng(0))[0]
     capacities = loop.Capacities(CONFIG.neighbors, data_atoms=5)
     capacities.data = results["small"][3]
-    (_, _), plain, _ = loop.run_step(UPDATE, config_energy(CONFIG), CONFIG, state, unsheared, jax.random.PRNGKey(1), capacities)
+    (_, _), plain, _ = loop.run_step(UPDATE, build_energy(CONFIG.model), CONFIG, state, unsheared, jax.random.PRNGKey(1), capacities)
     np.testing.assert_allclose(plain["e_data"], results["small"][1]["e_data"], rtol=1e-4)  # same crystals
 
 
@@ -140,13 +141,14 @@ def test_evaluation_rejects_and_counts_nan_energies_and_times_out_a_hanging_pair
     monkeypatch.setenv(HANG_MARKER, str(tmp_path / "hung"))
     monkeypatch.setattr(metrics, "match_pairs", lambda pairs, timeout_s, workers, match_fn:
                         matching.match_pairs(pairs, timeout_s, workers, hang_once))
-    config = override(CONFIG, "sampler.num_steps", "20")
-    model = config_energy(config)
+    config = updated(CONFIG, {"sampler.num_steps": 20, "sampler.kernel": "test_chains_go_wrong:poisoned_mala",
+                              "eval.num_samples": 1, "eval.limit": 2, "eval.match_timeout": 3})
+    model = build_energy(config.model)
     log = []
     start = time.monotonic()
     results = evaluation.evaluate(config, model, model.init(jax.random.key(0)),
-                                  load_split("perov_5", "test", data_dir), tmp_path / "eval", num_samples=1,
-                                  limit=2, timeout_s=3, workers=1, kernel=poisoned_mala, log=log.append)
+                                  load_split("perov_5", "test", data_dir), tmp_path / "eval", workers=1,
+                                  log=log.append)
     seconds = time.monotonic() - start
     written = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
     non_finite = written["sampling"]["non_finite_proposals"]

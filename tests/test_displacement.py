@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from csp_jax.config import get_config
+from csp_jax.config import get_config, updated
 from csp_jax.data.datasets import load_split
 from csp_jax.evaluation.displacement import CSV_FIELDS, displaced_energies, displacement_experiment
 from csp_jax.energy.continuousp import EnergyModel
@@ -59,11 +59,11 @@ def test_displacements_follow_the_noise_and_move_the_energy(model_and_variables)
 
 def test_experiment_writes_pairs_and_figure(model_and_variables, energy_fn, data_dir, tmp_path):
     model, variables = model_and_variables
-    config = get_config("perov5")
+    config = updated(get_config("perov5"), {"displacement.num_crystals": 2,
+                                            "displacement.num_draws": NUM_DRAWS, "displacement.seed": 3})
     dataset = load_split("perov_5", "test", data_dir)
     lines = []
-    csv_path, png_path = displacement_experiment(config, model, variables, dataset, tmp_path,
-                                                 num_crystals=2, num_draws=NUM_DRAWS, seed=3, log=lines.append)
+    csv_path, png_path = displacement_experiment(config, model, variables, dataset, tmp_path, log=lines.append)
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_FIELDS and len(rows) == 2 * NUM_DRAWS and len(lines) == 3
@@ -79,6 +79,5 @@ def test_experiment_writes_pairs_and_figure(model_and_variables, energy_fn, data
         assert float(mine[0]["energy_undisplaced"]) == pytest.approx(float(expected), rel=1e-5)
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The seed fixes crystals, atoms and noise.
-    again, _ = displacement_experiment(config, model, variables, dataset, tmp_path / "again",
-                                       num_crystals=2, num_draws=NUM_DRAWS, seed=3, log=lines.append)
+    again, _ = displacement_experiment(config, model, variables, dataset, tmp_path / "again", log=lines.append)
     assert again.read_text() == csv_path.read_text()

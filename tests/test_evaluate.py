@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from csp_jax.config import get_config, override
+from csp_jax.config import get_config, override, updated
 from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute
@@ -26,8 +26,9 @@ def test_evaluate_writes_consistent_samples_and_reports(data_dir, tmp_path):
     lines = []
     # 3 crystals x 2 chains in chunks of 4: the second chunk is filled up to shape.
     picked = subset_indices(len(dataset), 3)
-    results = evaluate(config, model, variables, dataset, tmp_path, num_samples=2, limit=3,
-                       batch_size=4, key=jax.random.PRNGKey(1), timeout_s=60, workers=2,
+    config = updated(config, {"eval.num_samples": 2, "eval.limit": 3, "eval.batch_size": 4, "eval.seed": 1,
+                              "eval.match_timeout": 60})
+    results = evaluate(config, model, variables, dataset, tmp_path, workers=2,
                        training=dataset.subset(picked[:1]), references=[dataset], log=lines.append)
     assert any("6/6 chains" in line for line in lines)
     assert not (tmp_path / "test_parts").exists()  # the batches were merged into test_samples.npz
@@ -128,7 +129,9 @@ def test_interrupted_evaluation_resumes_to_the_same_result(data_dir, tmp_path):
     model = EnergyModel.from_config(config.model)
     variables = model.init(jax.random.PRNGKey(0))
     dataset = load_split("perov_5", "test", data_dir)
-    options = dict(num_samples=2, limit=5, batch_size=4, key=jax.random.PRNGKey(3), timeout_s=60, workers=1)
+    config = updated(config, {"eval.num_samples": 2, "eval.limit": 5, "eval.batch_size": 4, "eval.seed": 3,
+                              "eval.match_timeout": 60})
+    options = dict(workers=1)
     whole = evaluate(config, model, variables, dataset, tmp_path / "whole", log=lambda _: None, **options)
 
     def stop_after_first_batch(line):
@@ -140,8 +143,8 @@ def test_interrupted_evaluation_resumes_to_the_same_result(data_dir, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         evaluate(config, model, variables, dataset, tmp_path / "cut", log=lambda _: None, **options)
     with pytest.raises(ValueError, match="other settings"):
-        evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, log=lambda _: None,
-                 **dict(options, num_samples=3))
+        evaluate(updated(config, {"eval.num_samples": 3}), model, variables, dataset, tmp_path / "cut",
+                 resume=True, log=lambda _: None, **options)
     with pytest.raises(ValueError, match="other settings"):  # parts of another model's chains
         evaluate(config, model, model.init(jax.random.PRNGKey(1)), dataset, tmp_path / "cut",
                  resume=True, log=lambda _: None, **options)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from csp_jax.training.checkpoint import load_model
+from csp_jax import models
 from helpers import REPO, checkout_env
 
 pytestmark = pytest.mark.slow  # the command in subprocesses, killed and resumed
@@ -79,7 +79,7 @@ def kill_during_checkpoint_write(proc, checkpoints) -> bool:
 
 
 def variables_of(run_dir):
-    return load_model(run_dir)[2]
+    return models.load(run_dir).variables
 
 
 def same_tree(a, b) -> bool:

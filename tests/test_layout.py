@@ -1,5 +1,6 @@
-"""The package's layout rules, checked on its source: stages import only earlier stages, and
-every default that the config holds is defined there and nowhere else."""
+"""The package's layout rules, checked on its source: stages import only earlier stages (by any
+import form), and every default that the config holds is defined there and nowhere else, the
+experiments included."""
 import ast
 import dataclasses
 from pathlib import Path
@@ -7,8 +8,9 @@ from pathlib import Path
 from csp_jax import config as config_module
 
 PACKAGE = Path(config_module.__file__).parent
+EXPERIMENTS = PACKAGE.parent / "experiments"
 # The pipeline, earliest first: a module may import its own stage and earlier ones only.
-STAGES = ["config", "files", "errors", "progress", "geometry", "energy", "sampling", "data",
+STAGES = ["config", "files", "errors", "progress", "geometry", "energy", "models", "sampling", "data",
           "candidates", "training", "evaluation", "pictures", "symmetry", "predict", "pretrained", "benchmark", "cli"]
 
 
@@ -17,10 +19,26 @@ def stage_of(module: str) -> str:
     return module.split(".")[1]
 
 
-def modules():
-    for path in sorted(PACKAGE.rglob("*.py")):
+def modules(with_experiments: bool = False):
+    """(module name, syntax tree) of every module of the package (and of experiments/)."""
+    paths = sorted(PACKAGE.rglob("*.py")) + (sorted(EXPERIMENTS.glob("*.py")) if with_experiments else [])
+    for path in paths:
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         yield ".".join(p for p in parts if p != "__init__"), ast.parse(path.read_text())
+
+
+def imported_modules(tree) -> list[str]:
+    """Every csp_jax module a tree imports: `import csp_jax.x.y`, `from csp_jax.x import y`, and
+    `from csp_jax import x` (the module csp_jax.x)."""
+    targets = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "csp_jax":
+            targets += [f"csp_jax.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            targets.append(node.module)
+    return [t for t in targets if t.startswith("csp_jax.")]
 
 
 def test_no_stage_imports_a_later_stage():
@@ -29,14 +47,18 @@ def test_no_stage_imports_a_later_stage():
         if name == "csp_jax" or stage_of(name) == "configs":
             continue
         own = STAGES.index(stage_of(name))
-        for node in ast.walk(tree):
-            targets = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-            for target in targets:
-                if target.startswith("csp_jax.") and stage_of(target) != "configs":
-                    if STAGES.index(stage_of(target)) > own:
-                        later.append(f"{name} imports {target}")
+        for target in imported_modules(tree):
+            if stage_of(target) != "configs" and STAGES.index(stage_of(target)) > own:
+                later.append(f"{name} imports {target}")
     assert not later, later
+
+
+def test_every_import_form_is_seen():
+    """The import forms the rule above reads, on a made-up module."""
+    tree = ast.parse("import csp_jax.cli\nfrom csp_jax import pretrained, models\n"
+                     "from csp_jax.predict import predict\nfrom numpy import sort")
+    assert imported_modules(tree) == ["csp_jax.cli", "csp_jax.pretrained", "csp_jax.models",
+                                      "csp_jax.predict"]
 
 
 def config_fields() -> set[str]:
@@ -53,9 +75,11 @@ def test_no_default_of_the_config_is_defined_again():
     fields = config_fields()
     assert {"segment_length", "num_samples", "keep_checkpoints", "sigma", "rho0"} <= fields
     literals = []
-    for name, tree in modules():
-        # The benchmark's workloads (batch, atoms, seeds, capacities) are SPEC §8's, not a config's.
-        if name in ("csp_jax", "csp_jax.config", "csp_jax.benchmark") or stage_of(name) == "configs":
+    for name, tree in modules(with_experiments=True):
+        # The benchmarks' workloads (batch, atoms, seeds, capacities, noise) are their own (SPEC §8),
+        # not a config's.
+        if name in ("csp_jax", "csp_jax.config", "csp_jax.benchmark") or name.startswith("experiments.bench") \
+                or stage_of(name) == "configs":
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -89,7 +113,7 @@ def test_library_defaults_are_the_configs():
     from csp_jax.energy.continuousp import EnergyModel
     from csp_jax.evaluation.displacement import displaced_energies
     from csp_jax.sampling.driver import sample, sample_rows
-    from csp_jax.training.checkpoint import manager
+    from csp_jax.models.checkpoint import manager
 
     def default(fn, arg):
         return inspect.signature(fn).parameters[arg].default

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.training import checkpoint, train
+from csp_jax import models
+from csp_jax.models import checkpoint
+from csp_jax.training import train
 from helpers import REPO, perovskite
 
 OLD_RUN = REPO / "tests" / "fixtures" / "run_before_layout"
@@ -19,7 +21,7 @@ OLD_ENERGY = 1.0284541845321655
 
 
 def test_old_run_loads_with_the_same_energy():
-    config, model, variables = checkpoint.load_model(OLD_RUN)
+    config, model, variables = models.load(OLD_RUN)
     assert config.name == "test" and config.eval.num_steps == 0  # a field added later takes its default
     energy, _ = jax.jit(model.energy, static_argnums=2)(variables, perovskite(dtype=np.float32),
                                                        NeighborCapacity.for_atoms(5))

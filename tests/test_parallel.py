@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent("""
     from csp_jax.data.species import expanded_species, swapped_sites
     from csp_jax.training.loop import Batch, Capacities, run_step
     from csp_jax.training.parallel import replicate, shard_batch
-    from csp_jax.training.step import config_energy, init_train_state, optimizer, update_step
+    from csp_jax.energy.registry import build_energy
+    from csp_jax.training.step import init_train_state, optimizer, update_step
     from csp_jax.geometry.crystal import Crystal
     assert jax.device_count() == 2, jax.devices()
     config = get_config("test")
@@ -30,10 +31,10 @@ SCRIPT = textwrap.dedent("""
     state = init_train_state(config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     update = functools.partial(update_step, optimizer=optimizer(config.train))
-    (one, _), m1, _ = run_step(update, config_energy(config), config, state, batch, key, Capacities(config.neighbors, 5))
+    (one, _), m1, _ = run_step(update, build_energy(config.model), config, state, batch, key, Capacities(config.neighbors, 5))
     sharded = shard_batch(batch)
     assert len(sharded.data.positions.sharding.device_set) == 2
-    (two, _), m2, _ = run_step(update, config_energy(config), config, replicate(state), sharded, key, Capacities(config.neighbors, 5))
+    (two, _), m2, _ = run_step(update, build_energy(config.model), config, replicate(state), sharded, key, Capacities(config.neighbors, 5))
     assert len(two.variables["params"]["out"]["kernel"].sharding.device_set) == 2
     for k in m1:
         np.testing.assert_allclose(np.asarray(m1[k]), np.asarray(m2[k]), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """Prediction for formulas: cell sizes, error messages, ranked CIFs, the command line."""
 import argparse
+import dataclasses
 import csv
 import re
 
@@ -8,8 +9,9 @@ import matplotlib.image
 import pytest
 from pymatgen.core import Structure
 
-from csp_jax.training import checkpoint
-from csp_jax.config import get_config, override
+from csp_jax import models
+from csp_jax.models import checkpoint
+from csp_jax.config import get_config, override, updated
 from csp_jax.geometry.crystal import from_structure
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.geometry.neighbors import NeighborCapacity
@@ -71,9 +73,9 @@ def test_cell_species_errors_are_one_line(formula, kwargs, message):
 
 @pytest.mark.slow  # prediction chains compiled: about 20 s with the next test
 def test_predict_writes_cifs_ranked_by_energy(run_dir, tmp_path):
-    config, model, variables = checkpoint.load_model(run_dir)
-    rows = predict(config, model, variables, FORMULAS, tmp_path, num_samples=3,
-                   key=jax.random.PRNGKey(2), batch_size=4, log=lambda line: None)
+    config, model, variables = models.load(run_dir)
+    config = updated(config, {"eval.num_samples": 3, "eval.seed": 2, "eval.batch_size": 4})
+    rows = predict(config, model, variables, FORMULAS, tmp_path, log=lambda line: None)
     energy_fn = jax.jit(model.energy, static_argnums=2)
     capacity = NeighborCapacity.for_atoms(5)
     for formula in FORMULAS:
@@ -133,9 +135,12 @@ def test_predict_command_loads_a_run_directory(run_dir, tmp_path):
     with pytest.raises(SystemExit):  # --num-atoms and --formula-units exclude each other
         parser["predict"].parse_args(["--checkpoint", "x", "--formula", "Li2O",
                                       "--num-atoms", "3", "--formula-units", "1"])
+    # Unset shortcuts leave the model's config as it is; given ones are `--set`s of its keys.
+    config = get_config("perov5")
     args = parser["displacement"].parse_args(["--checkpoint", "x"])
-    # unset options take the run's config.displacement values (tests/test_layout.py)
-    assert (args.sigma, args.num_crystals, args.num_draws, args.split, args.seed) == (None,) * 5
+    assert cli.configured(config, args) == config
+    args = parser["displacement"].parse_args(["--checkpoint", "x", "--sigma", "0.2", "--set", "displacement.seed=4"])
+    assert cli.configured(config, args).displacement == dataclasses.replace(config.displacement, sigma=0.2, seed=4)
 
 
 @pytest.mark.slow
@@ -148,9 +153,9 @@ def test_auto_formula_units_sample_every_cell_that_fits_and_rank_them_together(r
     assert formula_cells("GaTe", config, formula_units=4)[1][0][0] == 4
     with pytest.raises(ValueError, match="not both"):
         formula_cells("NaCl", config, num_atoms=4, formula_units="auto")
-    _, model, variables = checkpoint.load_model(run_dir)
-    rows = predict(config, model, variables, ["SrTiO3"], tmp_path, num_samples=2, formula_units="auto",
-                   log=lambda _: None)
+    _, model, variables = models.load(run_dir)
+    rows = predict(updated(config, {"eval.num_samples": 2}), model, variables, ["SrTiO3"], tmp_path,
+                   formula_units="auto", log=lambda _: None)
     assert sorted((r["formula_units"], r["num_atoms"]) for r in rows) == [(1, 5), (1, 5), (2, 10), (2, 10)]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4] and {r["formula"] for r in rows} == {"SrTiO3"}
     valid = [r["energy"] for r in rows if r["valid"]]
@@ -183,8 +188,8 @@ def test_consensus_ranks_the_largest_group_of_matching_samples_first(tmp_path, m
     model = EnergyModel.from_config(config.model)
     orders = {}
     for ranking in ("energy", "consensus"):
-        rows = predict(config, model, None, ["SrTiO3"], tmp_path / ranking, num_samples=4,
-                       ranking=ranking, log=lambda line: None)
+        rows = predict(updated(config, {"eval.num_samples": 4, "eval.ranking": ranking}), model, None,
+                       ["SrTiO3"], tmp_path / ranking, log=lambda line: None)
         orders[ranking] = [(r["energy"], r["group"]) for r in rows]
         assert f"Ranked by {ranking}" in (tmp_path / ranking / "summary.md").read_text()
     assert orders["energy"] == [(-1.0, -1), (0.1, -1), (0.3, -1), (-5.0, -1)]
@@ -195,5 +200,5 @@ def test_consensus_ranks_the_largest_group_of_matching_samples_first(tmp_path, m
     assert top["space_group"] == "Pm-3m (221)" and top["symprec"] in (0.01, 0.1, 0.5)
     assert Structure.from_file(tmp_path / "consensus" / top["symmetrised_cif"]).get_space_group_info()[1] == 221
     assert rows[-1]["symmetrised_cif"] == "" and rows[-1]["space_group"] == "n/a"  # the collapsed cell
-    with pytest.raises(ValueError, match="unknown ranking"):
-        predict(config, model, None, ["SrTiO3"], tmp_path, ranking="vote")
+    with pytest.raises(ValueError, match="eval.ranking: choose from"):
+        updated(config, {"eval.ranking": "vote"})

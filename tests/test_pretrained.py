@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from csp_jax import cli, pretrained
+from csp_jax import cli, models
 from csp_jax.data.datasets import load_split
 from csp_jax.energy import num_parameters
 from csp_jax.candidates.matching import MATCH, match_pairs
@@ -61,21 +61,21 @@ ROOM = NeighborCapacity(216, 1472)  # room for random starts of up to 5 atoms: o
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_shipped_model_loads_with_its_stored_energies(name):
     spec = MODELS[name]
-    assert name in pretrained.available()
-    folder = pretrained.path(name)
+    assert name in models.available()
+    folder = models.path(name)
     assert sum(f.stat().st_size for f in folder.iterdir()) < 5 * 2**20
-    config, model, variables = pretrained.load(name)
+    config, model, variables = models.load(name)
     assert config.name == spec["config"] and num_parameters(variables) == spec["parameters"]
     crystals = spec["crystals"]()
     capacity = NeighborCapacity.for_atoms(crystals[0].species.shape[0])
     energies = [float(model.energy(variables, c, capacity)[0]) for c in crystals]
     np.testing.assert_allclose(energies, spec["energies"], rtol=1e-5, atol=1e-6)
-    assert pretrained.info(name)["config"] == spec["config"]
+    assert models.info(name)["config"] == spec["config"]
 
 
 def test_an_unknown_model_name_lists_the_shipped_ones():
     with pytest.raises(ValueError, match="available: mp20, mpts52, perov5"):
-        pretrained.path("nope")
+        models.path("nope")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -85,7 +85,7 @@ def test_shipped_model_predicts_a_test_crystal(name, data_dir):
     (Each crystal matched in most of its 20 chains in the model's evaluation; six
     chains all missing would be a broken model.)"""
     chains, spec = 6, MODELS[name]
-    config, model, variables = pretrained.load(name)
+    config, model, variables = models.load(name)
     test = load_split(spec["dataset"], config.eval.split, data_dir)
     i = list(test.material_ids).index(spec["test_id"])
     n = test.num_atoms[i]
@@ -102,7 +102,7 @@ def test_shipped_model_predicts_a_test_crystal(name, data_dir):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_predict_command_takes_a_shipped_model_by_folder_or_name(name, tmp_path, monkeypatch):
     formula = {"perov5": "SrTiO3", "mp20": "NaCl", "mpts52": "GaAs"}[name]
-    assert cli.main(["predict", "--checkpoint", str(pretrained.path(name)), "--formula", formula,
+    assert cli.main(["predict", "--checkpoint", str(models.path(name)), "--formula", formula,
                      "--num-samples", "2", "--out", str(tmp_path / "folder")]) == 0
     assert len(list((tmp_path / "folder" / formula).glob("rank*.cif"))) == 2
     monkeypatch.chdir(tmp_path)  # by name, the default output folder is predictions/<name> here

@@ -13,11 +13,12 @@ from csp_jax.geometry import capacity as capacity_module
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.config import SamplerConfig
+from csp_jax.energy.base import Aux
 from csp_jax.sampling.driver import sample, schedule as config_schedule
 from csp_jax.sampling.mala import annealing_schedule, mala, random_crystal, run_chain
 
 SPECIES = jnp.array([8, 8, 8, 0], jnp.int32)  # three real atoms and one padding atom
-NO_OVERFLOW = {"overflow": jnp.array(False)}
+NO_OVERFLOW = Aux.none()
 
 
 def identity_reduce(positions, lattice):
@@ -278,7 +279,7 @@ def truncating_energy(crystal, capacity):
     capacity it flags overflow and returns a wrong (halved) energy."""
     energy = harmonic_energy(crystal, lattice_center=10.0)
     overflow = jnp.sqrt(jnp.sum(crystal.lattice**2)) > capacity.size
-    return jnp.where(overflow, 0.5 * energy, energy), {"overflow": overflow}
+    return jnp.where(overflow, 0.5 * energy, energy), Aux(overflow, jnp.zeros((0,), jnp.int32))
 
 
 @pytest.mark.slow  # chains at three capacities: about 16 s
@@ -394,12 +395,12 @@ def test_sample_rows_runs_a_batch_at_its_cells_width_and_pads_back():
     np.testing.assert_allclose(b.energies, a.energies, rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_programs_counts_each_new_batch_shape():
+def test_compiled_chain_programs_counts_each_new_batch_shape():
     """A batch of a width not run before builds its programs although the capacity is the
     same (one jitted function, a new shape); the same batch again builds none."""
     from csp_jax.energy import EnergyModel
     from csp_jax.geometry.neighbors import NeighborCapacity
-    from csp_jax.sampling.driver import compiled_programs, sample_rows
+    from csp_jax.sampling.driver import compiled_chain_programs, sample_rows
 
     model = EnergyModel(32, 3, 2)
     variables = model.init(jax.random.key(0))
@@ -411,7 +412,7 @@ def test_compiled_programs_counts_each_new_batch_shape():
                                       refit=False, log=lambda _: None)
     counts = []
     for species in ([[11, 17, 0, 0]] * 2, [[11, 17, 0, 0]] * 2, [[11, 11, 17, 17]] * 2):
-        before = compiled_programs()
+        before = compiled_chain_programs()
         run(species)
-        counts.append(compiled_programs() - before)
+        counts.append(compiled_chain_programs() - before)
     assert counts[0] >= 2 and counts[1] == 0 and counts[2] >= 2  # init and segment per width

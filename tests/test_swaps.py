@@ -14,7 +14,7 @@ SPEC.loader.exec_module(swaps)
 def test_perovskite_swaps_and_which_are_cation_swaps():
     srtio3 = Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
                        [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])
-    matcher = StructureMatcher(**swaps.MATCHER)
+    matcher = StructureMatcher(**swaps.MATCHER_KWARGS)
     found = swaps.distinct_swaps(srtio3, matcher)
     assert len(found) == 7  # Sr-Ti, Sr-O x 3, Ti-O x 3: none is the truth again
     assert [both for _, both in found].count(True) == 1  # only Sr-Ti leaves O alone
@@ -23,4 +23,4 @@ def test_perovskite_swaps_and_which_are_cation_swaps():
 
 def test_a_swap_that_is_the_same_crystal_is_left_out():
     nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # CsCl-type cell
-    assert swaps.distinct_swaps(nacl, StructureMatcher(**swaps.MATCHER)) == []
+    assert swaps.distinct_swaps(nacl, StructureMatcher(**swaps.MATCHER_KWARGS)) == []

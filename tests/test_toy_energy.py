@@ -5,80 +5,83 @@ implements `csp_jax.energy.Energy` and nothing more) is trained, sampled,
 evaluated and used for prediction through the public functions unchanged; `model.rho0` set in the
 config reaches the random starts of training, evaluation and prediction chains.
 """
-import dataclasses
+import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csp_jax.config import SamplerConfig, get_config, override
+from csp_jax import models
+from csp_jax.config import SamplerConfig, get_config, override, updated
 from csp_jax.data.datasets import load_split
-from csp_jax.energy import Energy, EnergyModel, density_penalty
+from csp_jax.energy import Energy, EnergyModel
+from csp_jax.energy.registry import build_energy
 from csp_jax.evaluation.evaluate import evaluate
-from csp_jax.geometry.neighbors import (NeighborCapacity, cutoff_radius, edge_vectors, neighbor_list,
-                                        safe_norm)
+from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.geometry.niggli import reduce_crystal
+from csp_jax.models import checkpoint
 from csp_jax.predict import predict
 from csp_jax.sampling import driver
 from csp_jax.sampling.driver import sample, schedule
 from csp_jax.sampling.mala import mala
-from csp_jax.training import checkpoint, train
-from csp_jax.training.step import config_energy
+from csp_jax.training import train
+from helpers import REPO, checkout_env
+from toy_energy import IMPORT_PATH, PairSpringEnergy
 
 SRTIO3 = np.array([38, 22, 8, 8, 8], np.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class PairSpringEnergy:
-    """Springs of rest length r0 between neighbours, weighted like ContinuouSP's edges, per atom,
-    plus the density penalty: 0.01 sum_edges w(d) (d - r0)^2 / n + log(rho / rho0)^2."""
+@pytest.mark.slow  # the command in subprocesses: training, an evaluation and a prediction, about 40 s
+def test_toy_energy_named_in_the_config_trains_evaluates_and_predicts_through_the_command(data_dir, tmp_path):
+    """`csp-jax train --set model.energy=toy_energy:PairSpringEnergy`, as a user types it, then
+    `csp-jax evaluate` and `csp-jax predict` of the run directory: the energy comes from its config."""
+    env = checkout_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO)]))
+    command = [sys.executable, str(REPO / "experiments" / "run.py")]
 
-    rho0: float = 0.05
-    edges_per_chunk: int = 2**18
+    def run(*args):
+        done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
 
-    def init(self, key):
-        return {"params": {"r0": jnp.array(2.5)}}
+    run_dir = tmp_path / "run"
+    run("train", "--config", "test", "--out", str(run_dir), "--data-dir", str(data_dir), "--max-steps", "2",
+        "--set", f"model.energy={IMPORT_PATH}", "--set", "sampler.num_steps=20", "--set", "sampler.segment_length=10")
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["model"]["energy"] == IMPORT_PATH and recorded["sampler"]["kernel"] == "mala"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    config, energy, variables = models.load(run_dir)  # (the test's own path holds toy_energy)
+    assert isinstance(energy, PairSpringEnergy) and float(variables["params"]["r0"]) != 2.5  # trained
 
-    def energy(self, variables, crystal, capacity):
-        nbrs = neighbor_list(crystal, capacity)
-        d = safe_norm(edge_vectors(crystal, nbrs), nbrs.edge_mask)
-        w = 1.0 + jnp.cos(jnp.pi * d / cutoff_radius(crystal))
-        springs = jnp.sum(jnp.where(nbrs.edge_mask, w * (d - variables["params"]["r0"]) ** 2, 0.0))
-        energy = 0.01 * springs / crystal.num_atoms + density_penalty(crystal, self.rho0, 1.0)
-        return jnp.where(nbrs.valid, energy, jnp.nan), nbrs
+    run("evaluate", "--checkpoint", str(run_dir), "--limit", "2", "--num-samples", "2", "--batch-size", "4",
+        "--data-dir", str(data_dir), "--out", str(tmp_path / "eval"), "--workers", "1")
+    results = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
+    assert results["num_crystals"] == 2 and sum(results["pair_counts"].values()) == 4
+    run("predict", "--checkpoint", str(run_dir), "--formula", "SrTiO3", "--num-samples", "4",
+        "--out", str(tmp_path / "pred"))
+    with open(tmp_path / "pred" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["rank"]) for row in rows] == [1, 2, 3, 4]
+    valid = [float(row["energy"]) for row in rows if row["valid"] == "True"]
+    assert valid == sorted(valid) and all(math.isfinite(float(row["energy"])) for row in rows)
 
-    def training_variables(self, variables):
-        return variables
 
-
-@pytest.mark.slow  # training, chains, an evaluation and a prediction
-def test_toy_energy_trains_evaluates_and_predicts_through_the_public_functions(data_dir, tmp_path):
+def test_toy_energy_samples_downhill(data_dir):
+    """The toy energy through the chain driver directly: its chains go down in energy."""
     toy = PairSpringEnergy()
     assert isinstance(toy, Energy)
-    config = override(override(get_config("test"), "sampler.num_steps", "20"), "sampler.segment_length", "10")
-    state = train(config, tmp_path / "run", data_dir, energy=toy, max_steps=2, log=lambda *_: None)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2] and int(state.step) == 2
-    assert all(math.isfinite(r["loss"]) for r in records)
-    variables = jax.device_get(state.variables)
-    assert float(variables["params"]["r0"]) != 2.5  # two Adam steps moved the spring's rest length
     species = np.tile(SRTIO3, (4, 1))
-    result = sample(jax.random.split(jax.random.key(1), 4), species, toy, variables,
+    result = sample(jax.random.split(jax.random.key(1), 4), species, toy, toy.init(None),
                     NeighborCapacity.for_atoms(5), schedule(SamplerConfig(), 60), segment_length=10)
     energies = result.info.energy
     assert np.all(np.isfinite(energies)) and np.mean(energies[:, -1]) < np.mean(energies[:, 0])
-
-    dataset = load_split("perov_5", "test", data_dir)
-    results = evaluate(config, toy, variables, dataset, tmp_path / "eval", num_samples=2, limit=2,
-                       batch_size=4, timeout_s=60, workers=1, log=lambda _: None)
-    assert results["num_crystals"] == 2 and sum(results["pair_counts"].values()) == 4
-    rows = predict(config, toy, variables, ["SrTiO3"], tmp_path / "pred", num_samples=4, log=lambda _: None)
-    assert [row["rank"] for row in rows] == [1, 2, 3, 4]  # four chains: the shapes sampled above
-    assert [row["energy"] for row in rows if row["valid"]] == sorted(row["energy"] for row in rows if row["valid"])
-    assert all(math.isfinite(row["energy"]) for row in rows)
 
 
 @pytest.mark.slow  # two models' chain starts compiled: 11-16 s
@@ -111,14 +114,16 @@ def test_config_rho0_reaches_training_evaluation_and_prediction_chains(data_dir,
     with pytest.raises(ChainStarted) as training:
         train(config, tmp_path / "run", data_dir, max_steps=1, log=lambda *_: None)
     loaded = checkpoint.read_config(tmp_path / "run")  # what the run directory keeps
-    model = config_energy(loaded)
+    model = build_energy(loaded.model)
     assert model.rho0 == 0.03
     variables = model.init(jax.random.key(0))
     with pytest.raises(ChainStarted) as evaluation:
-        evaluate(loaded, model, variables, load_split("perov_5", "test", data_dir, limit=20),  # no whole parse
-                 tmp_path / "eval", num_samples=1, limit=1, timeout_s=60, workers=1, log=lambda _: None)
+        evaluate(updated(loaded, {"eval.num_samples": 1, "eval.limit": 1}), model, variables,
+                 load_split("perov_5", "test", data_dir, limit=20),  # no whole parse
+                 tmp_path / "eval", workers=1, log=lambda _: None)
     with pytest.raises(ChainStarted) as prediction:
-        predict(loaded, model, variables, ["SrTiO3"], tmp_path / "pred", num_samples=1, log=lambda _: None)
+        predict(updated(loaded, {"eval.num_samples": 1}), model, variables, ["SrTiO3"], tmp_path / "pred",
+                log=lambda _: None)
     stages = {name: raised.value.args[0] for name, raised in
               [("training", training), ("evaluation", evaluation), ("prediction", prediction)]}
     assert stages == {"training": 0.03, "evaluation": 0.03, "prediction": 0.03}

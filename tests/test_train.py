@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csp_jax.training import checkpoint
+from csp_jax.models import checkpoint
+from csp_jax.energy.registry import build_energy
 from csp_jax.training.curves import read_metrics
 from csp_jax.data.species import draw_multipliers, expanded_species, swapped_sites
 from csp_jax.geometry.crystal import bucket_sizes
 from csp_jax.config import get_config, override
 from csp_jax.data.datasets import load_split
-from csp_jax.training.step import config_energy, contrastive_loss, init_train_state, ranking_loss
+from csp_jax.training.step import contrastive_loss, init_train_state, ranking_loss
 from csp_jax.training import loop as training_loop
 from csp_jax.sampling.driver import sample
 from csp_jax.training.loop import TrainingDiverged, train
@@ -129,7 +130,7 @@ def test_overflow_repeats_step_with_grown_capacity(config, data_dir):
         return None, {"loss": np.float32(1.0), "overflow": np.bool_(overflow),
                       "data_needs": np.array([100, 5000]), "sample_needs": np.array([10, 10])}
 
-    _, metrics, reruns = training_loop.run_step(step, config_energy(config), config, state, batch,
+    _, metrics, reruns = training_loop.run_step(step, build_energy(config.model), config, state, batch,
                                                 jax.random.PRNGKey(1), capacities)
     assert not metrics["overflow"] and len(seen) == 2 and reruns >= 1  # grown to the need at once
     assert seen[1][0].max_edges >= 5000 > seen[0][0].max_edges
@@ -156,7 +157,7 @@ def test_update_step_reports_overflow_of_a_small_capacity(config):
     swapped = data.replace(species=swapped_sites(species, rng))
     state = init_train_state(config, jax.random.PRNGKey(0))
     step = functools.partial(update_step, state, data, data, config.train.regularization,
-                             swapped=swapped, swap_margin=0.1, energy=config_energy(config),
+                             swapped=swapped, swap_margin=0.1, energy=build_energy(config.model),
                              optimizer=optimizer(config.train), data_capacity=NeighborCapacity.for_atoms(5))
     _, metrics = step(sample_capacity=NeighborCapacity(max_images=8, max_edges=64))
     assert bool(metrics["overflow"]) and np.any(np.asarray(metrics["sample_needs"]) > np.array([8, 64]))
@@ -240,11 +241,11 @@ def test_batches_carry_swapped_copies_of_their_data_crystals(config, data_dir):
 
 
 def test_init_from_starts_at_a_trained_models_variables(config):
-    from csp_jax import pretrained
+    from csp_jax import models
 
     state = init_train_state(config, jax.random.PRNGKey(0))
     started = training_loop._start_from(state, config, "perov5")
-    for a, b in zip(jax.tree.leaves(started.variables), jax.tree.leaves(pretrained.load("perov5")[2])):
+    for a, b in zip(jax.tree.leaves(started.variables), jax.tree.leaves(models.load("perov5")[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="other size"):
         training_loop._start_from(state, override(config, "model.features", "16"), "perov5")

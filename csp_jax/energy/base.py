@@ -6,11 +6,28 @@ all of them). `csp_jax.energy.EnergyModel` is the paper's.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 from csp_jax.geometry.crystal import Crystal
+
+
+class Aux(NamedTuple):
+    """The least an energy's aux output holds (a `NeighborList` holds these and more).
+
+    overflow: [] bool, the capacity was too small: H is not to be trusted.
+    needs:    [M] int, what the capacity had to hold ([0] for an energy without one).
+    """
+
+    overflow: jax.Array
+    needs: jax.Array
+
+    @classmethod
+    def none(cls) -> "Aux":
+        """No overflow, no capacity: the aux of an energy that needs none."""
+        return cls(jnp.array(False), jnp.zeros((0,), jnp.int32))
 
 
 @runtime_checkable
@@ -35,9 +52,8 @@ class Energy(Protocol):
         """Fresh variables `{"params": ..., ...}`; only "params" is trained."""
 
     def energy(self, variables, crystal: Crystal, capacity) -> tuple[jax.Array, Any]:
-        """(H [], aux): aux has `overflow` ([] bool: `capacity` was too small, H is
-        not to be trusted), `needs` ([M] int: what the capacity had to hold) and
-        `valid` ([] bool). `capacity` is hashable, with `grow(*needs)` and
+        """(H [], aux): aux has the attributes of `Aux` (`overflow`, `needs`), which the
+        sampler and the training step read. `capacity` is hashable, with `grow(*needs)` and
         `fit(*needs)` (a `NeighborCapacity`)."""
 
     def training_variables(self, variables) -> dict:

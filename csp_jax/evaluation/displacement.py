@@ -84,12 +84,10 @@ def _plot(panels: list[dict], sigma: float, path: Path) -> None:
 
 
 def displacement_experiment(config: Config, energy: Energy, variables, dataset: CrystalDataset,
-                            out_dir, *, sigma: float | None = None, num_crystals: int | None = None,
-                            num_draws: int | None = None, seed: int | None = None,
-                            log: Callable[[str], None] = print) -> tuple[Path, Path]:
+                            out_dir, *, log: Callable[[str], None] = print) -> tuple[Path, Path]:
     """SPEC §6: write `displacement.csv` (one row per draw, CSV_FIELDS) and `displacement.png`.
 
-    Options left None take `config.displacement` values.
+    The options are `config.displacement`'s: sigma, num_crystals, num_draws, seed.
     Crystals (without replacement) and their atoms are drawn from
     `numpy.random.default_rng(seed)`; the noise of crystal c from
     `fold_in(PRNGKey(seed), c)`. Returns (csv path, png path).
@@ -97,10 +95,7 @@ def displacement_experiment(config: Config, energy: Energy, variables, dataset: 
     from pymatgen.core import Element
 
     c = config.displacement
-    sigma = c.sigma if sigma is None else sigma
-    num_crystals = c.num_crystals if num_crystals is None else num_crystals
-    num_draws = c.num_draws if num_draws is None else num_draws
-    seed = c.seed if seed is None else seed
+    sigma, num_crystals, num_draws, seed = c.sigma, c.num_crystals, c.num_draws, c.seed
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(dataset), size=min(num_crystals, len(dataset)), replace=False)
     capacity = NeighborCapacity.from_config(config.neighbors, dataset.max_atoms)

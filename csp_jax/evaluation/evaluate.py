@@ -32,23 +32,24 @@ from csp_jax.energy.base import Energy
 from csp_jax.evaluation import metrics
 from csp_jax.evaluation.figures import evaluation_pngs
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
+from csp_jax.evaluation.relaxed import relax_and_score
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal, formula_key, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
-from csp_jax.sampling.driver import compiled_programs, sample_rows, schedule
-from csp_jax.sampling.mala import mala
+from csp_jax.sampling.driver import compiled_chain_programs, sample_rows, schedule
+from csp_jax.sampling.kernel import kernel_from
 
 SETTINGS_FILE = "settings.json"
 CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate by cell size (atoms)
 ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
 
 
-def sample_chains(config: Config, energy: Energy, variables, species, key, *, batch_size: int,
-                  parts_dir: Path | None = None, kernel: Callable = mala,
-                  log: Callable[[str], None] = print):
-    """Annealed chains (the config's evaluation schedule) from random starts, one per row.
+def sample_chains(config: Config, energy: Energy, variables, species, key, *,
+                  parts_dir: Path | None = None, log: Callable[[str], None] = print):
+    """Annealed chains (the config's evaluation schedule and kernel) from random starts, one
+    per row, in batches of `eval.batch_size`.
 
     species: [M, N] int (0 = padding); row r uses the key `fold_in(key, r)`.
     With `parts_dir`, every batch of rows is saved there as it finishes
@@ -59,7 +60,7 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
-    batch_size = min(batch_size, num_rows)
+    batch_size = min(config.eval.batch_size, num_rows)
     steps = schedule(config.sampler, config.eval.num_steps)
     capacity = NeighborCapacity.from_config(config.neighbors, species.shape[1])
     done = []
@@ -88,13 +89,22 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *, ba
     first = len(done) * batch_size
     if first < num_rows:
         sample_rows(key, species[first:], energy, variables, capacity, steps, batch_size=batch_size,
-                    segment_length=config.sampler.segment_length, kernel=kernel, first_row=first,
+                    segment_length=config.sampler.segment_length,
+                    kernel=kernel_from(config.sampler.kernel), first_row=first,
                     log=log, on_batch=save_part)
     crystals = Crystal(species, np.concatenate([p["positions"] for p in done]),
                        np.concatenate([p["lattice"] for p in done]))
     return (crystals, np.concatenate([p["energies"] for p in done]),
             int(sum(int(p["reruns"]) for p in done)),
             int(sum(int(p.get("non_finite", 0)) for p in done)))  # parts written before the count: 0
+
+
+def chain_rows(test: CrystalDataset, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(species [T K, N], order [T]): the chains of T test crystals, K = num_samples each, in
+    the order they run: the test crystals sorted by size (stable, `order`), so that a batch
+    holds cells of similar size and runs at their width."""
+    order = np.argsort(test.num_atoms, kind="stable")
+    return np.repeat(test.species[order], num_samples, axis=0), order
 
 
 def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> None:
@@ -172,10 +182,7 @@ def _paths(out_dir, split: str) -> tuple[Path, Path]:
 
 
 def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset, out_dir, *,
-             split: str | None = None, num_samples: int | None = None, limit: int | None = None,
-             batch_size: int | None = None, key=None, timeout_s: float | None = None,
-             workers: int | None = None, resume: bool = False, kernel: Callable = mala,
-             training: CrystalDataset | None = None, references: Sequence[CrystalDataset] = (),
+             workers: int | None = None, resume: bool = False, training: CrystalDataset | None = None, references: Sequence[CrystalDataset] = (),
              dataset_name: str | None = None, selection: str = "",
              log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
@@ -184,8 +191,9 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     the crystals selected from it, which `selection` then describes (a sentence
     for the report, e.g. "the 4 of the 9 mpts_52/test crystals of at most 20
     atoms"); dataset_name: the report's dataset (default: config.data.dataset).
-    Options left None take `config.eval` values (key: PRNGKey(eval.seed)).
-    kernel: the sampler (`mala`'s shape). training: the training crystals; the
+    The options are the config's: `eval.split` (the files' names), `eval.num_samples`
+    chains per crystal, `eval.limit`, `eval.batch_size`, the key PRNGKey(`eval.seed`),
+    `eval.match_timeout`, the sampler `sampler.kernel`. training: the training crystals; the
     results then gain `by_composition_in_training` ("seen" / "unseen": the metrics
     of the test crystals whose reduced composition occurs among them, or not).
     references: the dataset's splits at hand; the results then gain
@@ -199,12 +207,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     `cifs/`, `<split>_metrics.json|.md` in out_dir.
     """
     e = config.eval
-    split = e.split if split is None else split
-    num_samples = e.num_samples if num_samples is None else num_samples
-    limit = e.limit if limit is None else limit
-    batch_size = e.batch_size if batch_size is None else batch_size
-    timeout_s = e.match_timeout if timeout_s is None else timeout_s
-    key = jax.random.PRNGKey(config.eval.seed) if key is None else key
+    split, num_samples, limit, batch_size = e.split, e.num_samples, e.limit, e.batch_size
+    key = jax.random.PRNGKey(e.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path, stem = _paths(out_dir, split)
@@ -213,11 +217,21 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     test = dataset.subset(subset_indices(len(dataset), limit))
     num_test = len(test)
     parts_dir = out_dir / f"{split}_parts"
+    sampled_settings = out_dir / f"{split}_{SETTINGS_FILE}"  # the finished samples' settings
     settings = {"split": split, "num_test": num_test, "num_samples": num_samples, "steps": num_steps,
                 "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
                 "order": "by_size", "selection": selection,  # the chains' row order (parts of another order do not resume)
                 "model": _fingerprint(variables)}
     settings_path = parts_dir / SETTINGS_FILE
+    if resume and not parts_dir.is_dir() and samples_path.is_file() and sampled_settings.is_file():
+        if json.loads(sampled_settings.read_text()) != settings:
+            raise ValueError(f"--resume: {samples_path} was sampled with other settings "
+                             f"({sampled_settings.read_text().strip()}); use the same options or delete it")
+        log(f"resuming: the samples in {samples_path} are complete; scoring them")
+        samples, energies, _ = metrics.load_samples(samples_path)
+        return _score(config, test, samples, energies, out_dir, split, len(dataset), None, resume=True,
+                      workers=workers, training=training, references=references,
+                      dataset_name=dataset_name, selection=selection, log=log)
     if parts_dir.is_dir() and not resume:
         raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "
                               f"continue it, or delete it to start again")
@@ -228,22 +242,36 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     write_atomic(settings_path, json.dumps(settings))
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
-    start, programs = time.perf_counter(), compiled_programs()
-    # Chains run with the test crystals sorted by size (stable), so that a batch holds cells
-    # of similar size and runs at their width; the results go back to the test order.
-    by_size = np.argsort(test.num_atoms, kind="stable")
-    crystals, energies, reruns, non_finite = sample_chains(
-        config, energy, variables, np.repeat(test.species[by_size], num_samples, axis=0), key,
-        batch_size=batch_size, parts_dir=parts_dir, kernel=kernel, log=log)
-    seconds, programs = time.perf_counter() - start, compiled_programs() - programs
+    start, programs = time.perf_counter(), compiled_chain_programs()
+    species, by_size = chain_rows(test, num_samples)  # the results go back to the test order below
+    crystals, energies, reruns, non_finite = sample_chains(config, energy, variables, species, key,
+                                                           parts_dir=parts_dir, log=log)
+    seconds, programs = time.perf_counter() - start, compiled_chain_programs() - programs
     log(f"sampled in {format_duration(seconds)}; neighbour-capacity overflow re-runs: {reruns}; "
         f"non-finite proposals rejected: {non_finite}; chain programs compiled: {programs}")
     unsort = np.argsort(by_size)
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
     energies = energies.reshape(num_test, num_samples)[unsort]
     metrics.save_samples(samples_path, samples, energies, test.material_ids)
+    write_atomic(sampled_settings, json.dumps(settings))
     shutil.rmtree(parts_dir)
     _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
+    sampling = {"chains": num_test * num_samples, "steps": num_steps, "batch_size": batch_size,
+                "seconds": seconds, "overflow_reruns": reruns, "non_finite_proposals": non_finite,
+                "compiled_programs": programs}
+    return _score(config, test, samples, energies, out_dir, split, len(dataset), sampling, resume=resume,
+                  workers=workers, training=training, references=references, dataset_name=dataset_name,
+                  selection=selection, log=log)
+
+
+def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out_dir: Path, split: str,
+           num_test_total: int, sampling: dict | None, *, resume: bool, workers, training, references,
+           dataset_name, selection: str, log) -> dict:
+    """Match the samples [T, K, N] of the T test crystals, relax them when `relax.enabled`, and write
+    the report (`sampling`: the sampling record, None when the samples were sampled before)."""
+    num_test, num_samples = energies.shape
+    timeout_s = config.eval.match_timeout
+    stem = _paths(out_dir, split)[1]
 
     log(f"matching {num_test * num_samples} pairs, then the matched ones at strict tolerances "
         f"and the samples of each crystal against each other")
@@ -251,16 +279,22 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                                        timeout_s, workers, energies=energies)
     add_splits(results, test.species, energies, training)
     add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
-    results["sampling"] = {"chains": num_test * num_samples, "steps": num_steps,
-                           "batch_size": batch_size, "seconds": seconds,
-                           "overflow_reruns": reruns, "non_finite_proposals": non_finite,
-                           "compiled_programs": programs}
+    if config.relax.enabled:
+        log(f"relaxing the samples of {num_test} crystals with {config.relax.potential}")
+        results["relaxed"] = relax_and_score(
+            config, [test.structure(i) for i in range(num_test)], samples, energies, results["labels"],
+            test.material_ids, out_dir, split, resume=resume, workers=workers, log=log)
+    previous = Path(f"{stem}.json")
+    if sampling is None and previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
+        sampling = record["sampling"]
+    if sampling is not None:
+        results["sampling"] = sampling
     if selection:
         results["selection"] = selection
     json_path, md_path = metrics.write_report(results, stem, dataset_name or config.data.dataset,
-                                              len(dataset))
+                                              num_test_total)
     pngs = evaluation_pngs(results, out_dir, split)
-    log(f"wrote {samples_path}, {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
+    log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results
 
 

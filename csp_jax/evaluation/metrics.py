@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from csp_jax.data.registry import DATASETS, dataset_info
+from csp_jax.evaluation.relaxed import relaxed_lines
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.candidates.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
                                          STRICT_MATCHER_KWARGS, PairResult,
@@ -301,6 +302,8 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
                   + _split_text(results["by_elements"]) + "."]
     if "polymorphs" in results:
         lines += ["", _polymorph_text(results["polymorphs"], n)]
+    if "relaxed" in results:
+        lines += ["", *relaxed_lines(results["relaxed"], k)]
     if "selection" in results:
         lines += ["", f"Tested: {results['selection']}."]
     if n < num_test_total:

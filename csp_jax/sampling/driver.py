@@ -3,8 +3,8 @@
 Training negatives, evaluation and prediction samples and the benchmark all
 call `sample` (or `sample_rows`, which feeds it fixed-size batches). The driver
 
-- runs a kernel (`mala` today: any `kernel(energy_fn, reduce_fn) -> (init_fn,
-  step_fn)` of the same shape) for a batch of chains from random starts, in
+- runs a `Kernel` (`csp_jax.sampling.kernel`: the config's `sampler.kernel`,
+  MALA by default) for a batch of chains from random starts, in
   jitted segments of the schedule, chains vmapped in chunks sized by the
   energy's declared cost (`chains_per_chunk`);
 - checks the energy's overflow flags after every segment and re-runs an
@@ -40,7 +40,8 @@ from csp_jax.geometry.capacity import at_least, grow_until_no_overflow, largest_
 from csp_jax.geometry.crystal import Crystal, bucket_for
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.progress import Progress
-from csp_jax.sampling.mala import MALAInfo, MALAState, annealing_schedule, mala, random_crystal, run_chain
+from csp_jax.sampling.kernel import Kernel, KernelInfo, KernelState, kernel_from
+from csp_jax.sampling.mala import annealing_schedule, random_crystal, run_chain
 
 class Schedule(NamedTuple):
     """An annealing schedule of K steps: step_sizes [K] (alpha_k) and betas [K] (1 / T_k)."""
@@ -71,7 +72,7 @@ def chains_per_chunk(energy: Energy, capacity) -> int:
     """Chains to vmap together: the largest power of two, at least 1, whose pair edges
     (chains x `capacity.max_edges`) stay within the energy's `edges_per_chunk`
     (its declared cost: 128 chains for perov5 at 5 atoms, 16 for mp20 at 20 atoms,
-    with ContinuouSP's fused CPU kernel). A capacity without `max_edges` counts as
+    with ContinuouSP's fused CPU pair convolution). A capacity without `max_edges` counts as
     one edge per chain."""
     target = max(1, energy.edges_per_chunk // getattr(capacity, "max_edges", 1))
     return 1 << (target.bit_length() - 1)
@@ -114,8 +115,8 @@ PROGRAMS_KEPT = 32
 
 
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
-def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity, chunk: int | None = None):
-    """jit((variables, keys [B], species [B, N]) -> MALAState [B]): random starts, reduced and
+def compiled_init(energy: Energy, kernel: Kernel, reduce_fn: Callable, capacity, chunk: int | None = None):
+    """jit((variables, keys [B], species [B, N]) -> KernelState [B]): random starts, reduced and
     evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
@@ -128,10 +129,10 @@ def compiled_init(energy: Energy, kernel: Callable, reduce_fn: Callable, capacit
 
 
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
-def compiled_segment(energy: Energy, kernel: Callable, reduce_fn: Callable, capacity,
+def compiled_segment(energy: Energy, kernel: Kernel, reduce_fn: Callable, capacity,
                      chunk: int | None = None):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) ->
-    (states [B], MALAInfo [B, S])): S steps of every chain, starting at schedule step
+    (states [B], KernelInfo [B, S])): S steps of every chain, starting at schedule step
     `first_step`, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`)."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
@@ -159,7 +160,7 @@ def _count_compilation(event: str, seconds: float, fun_name: str = "", **_) -> N
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 
 
-def compiled_programs() -> int:
+def compiled_chain_programs() -> int:
     """Chain programs (initialisations and segments) compiled so far in this process, one per
     (energy, kernel, capacity, batch shape); programs loaded from the persistent cache count too."""
     return sum(_COMPILED.values())
@@ -168,16 +169,16 @@ def compiled_programs() -> int:
 class SampleResult(NamedTuple):
     """Output of `sample`.
 
-    states:              MALAState [B, ...], the final states.
-    info:                MALAInfo [B, K] (numpy), every step of every chain.
+    states:              KernelState [B, ...], the final states.
+    info:                KernelInfo [B, K] (numpy), every step of every chain.
     capacities:          the capacity each segment ran with, in order (the
                          `floors` of a later batch like this one).
     num_overflow_reruns: how many times a segment (or the initialisation) was
                          run again with a grown capacity.
     """
 
-    states: MALAState
-    info: MALAInfo
+    states: KernelState
+    info: KernelInfo
     capacities: tuple
     num_overflow_reruns: int
 
@@ -193,7 +194,8 @@ class SampleResult(NamedTuple):
 
 
 def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedule, *,
-           segment_length: int = SamplerConfig.segment_length, kernel: Callable = mala, reduce_fn: Callable | None = None,
+           segment_length: int = SamplerConfig.segment_length, kernel: Kernel | None = None,
+           reduce_fn: Callable | None = None,
            refit: bool = True, floors: tuple = (), chunk: int | None = None) -> SampleResult:
     """Annealed chains from random starts for a batch of species vectors.
 
@@ -215,6 +217,7 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
     """
     species = jnp.asarray(species, jnp.int32)
     step_sizes, betas = (jnp.asarray(a) for a in annealing)
+    kernel = kernel_from() if kernel is None else kernel
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
     split = jax.vmap(jax.random.split)(keys)
     init_keys, run_keys = split[:, 0], split[:, 1]
@@ -268,7 +271,7 @@ class Rows(NamedTuple):
 
 def sample_rows(key, species, energy: Energy, variables, capacity, annealing: Schedule, *,
                 batch_size: int, segment_length: int = SamplerConfig.segment_length,
-                kernel: Callable = mala, refit: bool = True,
+                kernel: Kernel | None = None, refit: bool = True,
                 first_row: int = 0, on_batch: Callable | None = None, trace: bool = False,
                 log: Callable[[str], None] = print) -> Rows:
     """`sample` for many rows in fixed-size batches, with a progress line.

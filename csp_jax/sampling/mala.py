@@ -10,9 +10,9 @@ Factories return pure functions, as in jax-md and BlackJAX:
     state = init_fn(crystal)                                # one crystal
     state, info = step_fn(key, state, step_size, beta)
 
-- `energy_fn(crystal) -> (energy [], aux)` takes ONE crystal; `aux` (a mapping
-  or an object) has a bool `overflow`: the evaluation exceeded its capacity and
-  is not to be trusted.
+- `energy_fn(crystal) -> (energy [], aux)` takes ONE crystal; `aux` has the
+  attributes of `csp_jax.energy.base.Aux`: `overflow` ([] bool, the evaluation
+  exceeded its capacity and is not to be trusted) and `needs` ([M] int).
 - `reduce_fn(positions [N, 3], lattice [3, 3]) -> (positions, lattice,
   converged)` re-describes the crystal (Niggli + wrap, `csp_jax.geometry.niggli.
   reduce_crystal` by default), differentiably in its inputs.
@@ -24,7 +24,6 @@ driver does, in chunks).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import jax
@@ -67,7 +66,7 @@ class MALAInfo(NamedTuple):
     reduce_converged:       the reduction of the proposal converged.
     needs:                  [M] int, what the proposal's evaluation needed of
                             the capacity (the aux's `needs`, e.g. image slots
-                            and edges; empty when the aux has none).
+                            and edges; empty for an energy without a capacity).
     """
 
     acceptance_probability: jax.Array
@@ -79,18 +78,6 @@ class MALAInfo(NamedTuple):
     needs: jax.Array
 
 
-def _aux_overflow(aux) -> jax.Array:
-    """The `overflow` flag of an energy's aux output, as a [] bool."""
-    flag = aux["overflow"] if isinstance(aux, Mapping) else aux.overflow
-    return jnp.asarray(flag, bool)
-
-
-def _aux_needs(aux) -> jax.Array:
-    """The capacity needs of an energy's aux output ([M] int32; [0] when it reports none)."""
-    needs = aux.get("needs") if isinstance(aux, Mapping) else getattr(aux, "needs", None)
-    return jnp.zeros((0,), jnp.int32) if needs is None else jnp.asarray(needs, jnp.int32)
-
-
 def _evaluate(energy_fn, crystal: Crystal):
     """One energy + gradient evaluation: (energy [], dH/dX [N, 3], dH/dL [3, 3], overflow [], needs [M])."""
 
@@ -100,7 +87,8 @@ def _evaluate(energy_fn, crystal: Crystal):
     (energy, aux), (grad_positions, grad_lattice) = jax.value_and_grad(
         energy_at, argnums=(0, 1), has_aux=True)(crystal.positions, crystal.lattice)
     grad_positions = jnp.where(crystal.mask[:, None], grad_positions, 0.0)
-    return energy, grad_positions, grad_lattice, _aux_overflow(aux), _aux_needs(aux)
+    return (energy, grad_positions, grad_lattice, jnp.asarray(aux.overflow, bool),
+            jnp.asarray(aux.needs, jnp.int32))
 
 
 def _log_q(to_positions, to_lattice, from_positions, from_lattice,
@@ -119,7 +107,7 @@ def _log_q(to_positions, to_lattice, from_positions, from_lattice,
 def mala(energy_fn: Callable, reduce_fn: Callable = reduce_crystal):
     """The MALA kernel of SPEC §3 for one crystal: returns (init_fn, step_fn).
 
-    energy_fn: crystal -> (energy [], aux with a bool `overflow`).
+    energy_fn: crystal -> (energy [], aux with `overflow` and `needs`).
     reduce_fn: (positions [N, 3], lattice [3, 3]) -> (positions, lattice,
                converged), by default Niggli + wrap.
 

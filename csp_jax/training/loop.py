@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +30,14 @@ from csp_jax.geometry.capacity import at_least, grow_exceeded, grow_until_no_ove
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import Progress, format_duration
-from csp_jax.sampling.driver import compiled_programs as driver_programs
-from csp_jax.sampling.driver import sample, schedule
-from csp_jax.sampling.mala import mala
-from csp_jax.training import checkpoint
+from csp_jax import models
+from csp_jax.energy.registry import build_energy
+from csp_jax.models import checkpoint
+from csp_jax.sampling.driver import compiled_chain_programs, sample, schedule
+from csp_jax.sampling.kernel import kernel_from
 from csp_jax.training.curves import plot_training_curve, read_metrics
 from csp_jax.training.parallel import replicate, shard_batch
-from csp_jax.training.step import (config_energy, init_train_state, optimizer, update_step,
+from csp_jax.training.step import (init_train_state, optimizer, update_step,
                                    validation_step)
 
 METRICS_FILE = "metrics.jsonl"
@@ -119,9 +120,9 @@ class Negatives(NamedTuple):
     num_non_finite: int
 
 
-def negatives(config: Config, energy: Energy, variables, species, key, capacities: Capacities, *,
-              kernel: Callable = mala) -> Negatives:
-    """The chains of one training batch, in groups of similar size (`chain_groups`).
+def negatives(config: Config, energy: Energy, variables, species, key, capacities: Capacities) -> Negatives:
+    """The chains of one training batch (the config's `sampler.kernel`), in groups of similar
+    size (`chain_groups`).
 
     species: [B, N]; chain b uses the key `split(key, B)[b]`. A group of fewer
     than `train.chains_per_group` chains is filled up with copies of its first
@@ -133,6 +134,7 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
     keys = jax.random.split(key, species.shape[0])
     group = min(config.train.chains_per_group, species.shape[0])
     annealing = schedule(config.sampler)
+    kernel = kernel_from(config.sampler.kernel)
     positions = np.zeros(species.shape + (3,), np.float32)
     lattices = np.zeros((species.shape[0], 3, 3), np.float32)
     acceptance, reruns, non_finite = 0.0, 0, 0
@@ -152,8 +154,7 @@ def negatives(config: Config, energy: Energy, variables, species, key, capacitie
     return Negatives(Crystal(species, positions, lattices), acceptance / species.shape[0], reruns, non_finite)
 
 
-def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities,
-             *, kernel: Callable = mala):
+def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities):
     """Negatives for `batch` by the chain driver (`negatives`), then `step_fn`.
 
     step_fn: `update_step` (with its optimizer bound) or `validation_step`,
@@ -162,7 +163,7 @@ def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, 
     overflows. Returns (output of step_fn, metrics as numpy with the chains'
     mean acceptance and their rejected non-finite proposals, overflow re-runs).
     """
-    chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities, kernel=kernel)
+    chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities)
     samples = shard_batch(jax.tree.map(jnp.asarray, chains.samples))
 
     def step_at(caps):
@@ -179,11 +180,11 @@ def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, 
     return out, metrics, reruns + chains.num_overflow_reruns
 
 
-def compiled_programs() -> int:
+def compiled_training_programs() -> int:
     """Programs compiled so far in this process by training: the driver's and the steps'
     (a step replaced by a plain function, as tests do, counts none)."""
     steps = (update_step, validation_step)
-    return driver_programs() + sum(s._cache_size() for s in steps if hasattr(s, "_cache_size"))
+    return compiled_chain_programs() + sum(s._cache_size() for s in steps if hasattr(s, "_cache_size"))
 
 
 class MetricsLog:
@@ -200,8 +201,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def validation_loss(energy: Energy, config: Config, state, val_set, capacities, *,
-                    kernel: Callable = mala) -> float:
+def validation_loss(energy: Energy, config: Config, state, val_set, capacities) -> float:
     """Mean loss over the full validation batches (chains with frozen spectral state)."""
     batch_size = min(config.train.batch_size, len(val_set))
     losses = []
@@ -209,8 +209,7 @@ def validation_loss(energy: Energy, config: Config, state, val_set, capacities, 
         indices = np.arange(b * batch_size, (b + 1) * batch_size)
         batch, _ = make_batch(config, val_set, indices, np.random.default_rng([config.train.seed, 2, b]))
         key = jax.random.fold_in(state.key, VAL_KEY_OFFSET + b)
-        _, metrics, _ = run_step(validation_step, energy, config, state, batch, key, capacities,
-                                 kernel=kernel)
+        _, metrics, _ = run_step(validation_step, energy, config, state, batch, key, capacities)
         losses.append(float(metrics["loss"]))
     return float(np.mean(losses)) if losses else math.nan
 
@@ -218,27 +217,24 @@ def validation_loss(energy: Energy, config: Config, state, val_set, capacities, 
 def _start_from(state, config: Config, trained: str):
     """`state` with the variables of the trained model `trained` (a shipped model's name,
     a model folder or a run directory) and a fresh optimizer state for them."""
-    from csp_jax import pretrained
-
-    trained_config, _, variables = checkpoint.load_model(pretrained.resolve(trained))
+    trained_config, _, variables = models.load(trained)
     if trained_config.model != config.model:
         raise ValueError(f"train.init_from={trained!r} is a model of other size or kind "
                          f"({trained_config.model}) than this config's ({config.model})")
     return state.replace(variables=variables, opt_state=optimizer(config.train).init(variables["params"]))
 
 
-def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = None,
-          kernel: Callable = mala, resume: bool = False, max_steps: int | None = None, log=print):
-    """Train an energy on `config`'s data into `run_dir`; returns the final TrainState.
+def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
+          max_steps: int | None = None, log=print):
+    """Train the config's energy (`model.energy`) on its data into `run_dir`, the negatives
+    drawn by its sampler (`sampler.kernel`); returns the final TrainState.
 
-    energy: any `csp_jax.energy.Energy` (None: the config's ContinuouSP model,
-    `config_energy`); kernel: the sampler of the negatives (`mala`'s shape).
     max_steps: stop (with a checkpoint) after this many steps in this call.
     Raises TrainingDiverged after `train.max_bad_steps` non-finite losses in a row.
     """
     run_dir = Path(run_dir)
     t = config.train
-    energy = config_energy(config) if energy is None else energy
+    energy = build_energy(config.model)
     started = time.perf_counter()
     train_set, val_set = training_splits(config.data, data_dir)
     batch_size = t.batch_size
@@ -274,7 +270,7 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
         checkpoint.save(mngr, int(state.step), state, {"capacities": capacities.to_json()})
 
     def validate(step):
-        val = validation_loss(energy, config, state, val_set, capacities, kernel=kernel)
+        val = validation_loss(energy, config, state, val_set, capacities)
         metrics_log.write({"kind": "val", "step": step, "epoch": step // steps_per_epoch, "loss": val})
         progress.write(f"epoch {step // steps_per_epoch}: validation loss {val:.4f}")
         plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
@@ -294,10 +290,9 @@ def train(config: Config, run_dir, data_dir=None, *, energy: Energy | None = Non
         indices = np.sort(order[b * batch_size:(b + 1) * batch_size])
         batch, capped = make_batch(config, train_set, indices, np.random.default_rng([t.seed, 1, step]))
         key = jax.random.fold_in(state.key, step)
-        tic, programs = time.perf_counter(), compiled_programs()
-        (new_state, _), metrics, reruns = run_step(update, energy, config, state, batch, key, capacities,
-                                                   kernel=kernel)
-        seconds, programs = time.perf_counter() - tic, compiled_programs() - programs
+        tic, programs = time.perf_counter(), compiled_training_programs()
+        (new_state, _), metrics, reruns = run_step(update, energy, config, state, batch, key, capacities)
+        seconds, programs = time.perf_counter() - tic, compiled_training_programs() - programs
         finite = bool(np.isfinite(metrics["loss"]))
         if finite:
             state, bad_in_row = new_state, 0

@@ -27,7 +27,7 @@ from flax import struct
 
 from csp_jax.config import Config, TrainConfig
 from csp_jax.energy.base import Energy
-from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.energy.registry import build_energy
 from csp_jax.geometry.crystal import Crystal
 
 
@@ -59,16 +59,11 @@ def optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
     return adam(train_config.learning_rate, train_config.b1, train_config.b2)
 
 
-def config_energy(config: Config) -> EnergyModel:
-    """The energy a config describes when no other is given: ContinuouSP's, sized by `config.model`."""
-    return EnergyModel.from_config(config.model)
-
-
 def init_train_state(config: Config, key, energy: Energy | None = None) -> TrainState:
-    """A fresh state for training `energy` (None: `config_energy(config)`) with the config's
+    """A fresh state for training `energy` (None: the config's, `build_energy(config.model)`) with the config's
     optimizer; `key` is a raw [2] uint32 key (`jax.random.PRNGKey`)."""
     init_key, run_key = jax.random.split(key)
-    variables = (config_energy(config) if energy is None else energy).init(init_key)
+    variables = (build_energy(config.model) if energy is None else energy).init(init_key)
     return TrainState(jnp.zeros((), jnp.int32), variables,
                       optimizer(config.train).init(variables["params"]), run_key)
 

@@ -1,9 +1,9 @@
-"""Checkpoints of a training run (orbax): state arrays plus JSON metadata.
+"""A model on disk: a run directory's config and orbax checkpoints, or an exported model.
 
 A run directory holds `config.json` and `checkpoints/<step>/` with two items:
-`state` (the `TrainState` pytree: step, variables, optimizer state, key) and
+`state` (the training state pytree: step, variables, optimizer state, key) and
 `meta` (JSON: neighbour capacities in use and loop counters). The newest
-checkpoint is what `--resume` and `load_model` read. An exported model
+checkpoint is what `--resume` and `csp_jax.models.load` read. An exported model
 (`csp_jax.pretrained.export`) is `config.json` plus `variables.npz`: the
 variables alone, no optimizer state.
 """
@@ -19,10 +19,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from csp_jax.config import Config, TrainConfig
-from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.errors import one_line
 from csp_jax.files import write_atomic
-from csp_jax.training.step import init_train_state
 
 CONFIG_FILE = "config.json"
 VARIABLES_FILE = "variables.npz"  # an exported model: variables only
@@ -88,10 +86,13 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
                              f"model needs {tuple(np.shape(leaf))}")
 
 
-def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=print):
+def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=print,
+            only: str | None = None):
     """(state, meta) of `step`, or of the newest checkpoint that reads back.
 
-    `template` gives the pytree structure. A newer checkpoint that cannot be
+    `template` gives the pytree structure; with `only` (e.g. "variables"), it is
+    the template of that one field of the state, and the state returned is that
+    field alone (what loading a model needs). A newer checkpoint that cannot be
     read (half written when the process died, damaged) is skipped and named
     through `log`; a run with none readable raises ValueError, and so does a
     checkpoint of another model size.
@@ -99,16 +100,18 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=
     steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = None if only else jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     reasons = []
     for s in steps:
         try:
-            _check_shapes(mngr, s, template)
+            _check_shapes(mngr, s, {only: template} if only else template)
             out = mngr.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            state = jax.tree.map(lambda a, t: np.asarray(a, np.asarray(t).dtype), out.state[only],
+                                 template) if only else out.state
             # As fresh arrays: orbax's restored ones carry a sharding that changes every
             # jit program's text, so none would be found in the persistent compilation cache.
-            return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), out.state), out.meta
+            return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state), out.meta
         except OtherModelError:
             raise
         except Exception as error:  # orbax and tensorstore raise many types for a bad checkpoint
@@ -137,17 +140,3 @@ def load_variables(path: Path, template: dict) -> dict:
         raise ValueError(f"{path} does not hold the variables of this config's model "
                          f"(wrong model size or format)")
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
-
-
-def load_model(run_dir, step: int | None = None) -> tuple[Config, EnergyModel, dict]:
-    """(config, model, variables) of a run directory's checkpoint at `step` (default the
-    newest), or of an exported model (a folder with `config.json` and `VARIABLES_FILE`,
-    e.g. `csp_jax/pretrained/perov5`)."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    template = init_train_state(config, jax.random.PRNGKey(0))
-    if (run_dir / VARIABLES_FILE).is_file():
-        variables = load_variables(run_dir / VARIABLES_FILE, template.variables)
-    else:
-        variables = restore(manager(run_dir), template, step)[0].variables
-    return config, EnergyModel.from_config(config.model), variables

@@ -1,0 +1,164 @@
+"""The samples of one formula or test crystal as one record, made once after sampling.
+
+    candidates = from_samples(name, crystals, energies, units)      # validity
+    candidates = with_groups(candidates, timeout_s)                 # groups of matching samples
+    candidates = with_relaxed(candidates, config.relax, calc, ...)  # a potential's relaxation
+    order = ranked(candidates, config.eval.ranking)                 # the one ranking
+
+`predict` and `evaluate` build it, and read the answer a user gets from
+`ranked` alone: with relaxations, the relaxed candidates by the potential's
+energy per atom (a failed relaxation last), then the samples that were not
+relaxed; without, the learned energy's ranking (`ranking.ranked_order`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from csp_jax.candidates.matching import MATCH, match_pairs, match_samples
+from csp_jax.candidates.ranking import cluster_labels, cluster_samples, ranked_order
+from csp_jax.candidates.relax import Relaxed, relax
+from csp_jax.config import RelaxConfig
+from csp_jax.geometry.crystal import Crystal, from_structure
+from csp_jax.geometry.validity import valid_structure
+
+
+class Candidates(NamedTuple):
+    """K samples of one formula (or test crystal) and what is known of them.
+
+    name:           the formula's (or test crystal's) name.
+    crystals:       Crystal [K, N] (numpy), the samples.
+    energies:       [K] the learned energy H of each sample.
+    units:          [K] int, formula units Z of each sample's cell.
+    structures:     K pymatgen Structures, None where a sample is not finite or
+                    not a physical crystal (`geometry.validity.valid_structure`).
+    groups:         [K] int, groups of mutually matching samples numbered by size
+                    (0 the largest), -1 for invalid samples or samples not compared.
+    relaxed:        K `relax.Relaxed` or None (not relaxed).
+    relaxed_groups: [K] int, groups of matching relaxed structures by size, -1
+                    where not relaxed or the relaxation failed.
+    """
+
+    name: str
+    crystals: Crystal
+    energies: np.ndarray
+    units: np.ndarray
+    structures: tuple
+    groups: np.ndarray
+    relaxed: tuple
+    relaxed_groups: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """[K] bool, the sample is a finite, physical crystal."""
+        return np.array([s is not None for s in self.structures], bool)
+
+    def crystal(self, k: int) -> Crystal:
+        """Sample k as one unbatched Crystal."""
+        return Crystal(self.crystals.species[k], self.crystals.positions[k], self.crystals.lattice[k])
+
+
+def from_samples(name: str, crystals: Crystal, energies, units) -> Candidates:
+    """The record of K samples (crystals [K, N], energies [K], units [K]), their validity known."""
+    energies = np.asarray(energies, np.float64)
+    num = len(energies)
+    candidates = Candidates(name, crystals, energies, np.asarray(units, int), (None,) * num,
+                            np.full(num, -1), (None,) * num, np.full(num, -1))
+    structures = tuple(valid_structure(candidates.crystal(k)) if math.isfinite(energies[k]) else None
+                       for k in range(num))
+    return candidates._replace(structures=structures)
+
+
+def by_size(labels) -> np.ndarray:
+    """Cluster labels [K] (`ranking.cluster_labels`, -1 none) renumbered by the cluster's size,
+    0 the largest (ties: the first-labelled first)."""
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels[labels >= 0], minlength=1)
+    rank = {int(c): n for n, c in enumerate(np.argsort(-sizes, kind="stable"))}
+    return np.array([rank[int(c)] if c >= 0 else -1 for c in labels], int)
+
+
+def with_groups(candidates: Candidates, timeout_s: float, workers: int | None = None) -> Candidates:
+    """`candidates` with `groups`, from matching its valid samples against each other."""
+    [labels] = cluster_samples([[candidates.crystal(k) for k in range(len(candidates.energies))]],
+                               [candidates.valid.tolist()], timeout_s, workers)
+    return candidates._replace(groups=by_size(labels))
+
+
+def to_relax(candidates: Candidates, which: str) -> list[int]:
+    """The samples to relax: every valid one ("all"), or of each group the one of lowest
+    learned energy ("groups"; a valid sample outside any group counts as a group of one)."""
+    valid = np.flatnonzero(candidates.valid)
+    if which == "all":
+        return valid.tolist()
+    chosen = {}
+    for k in valid[np.argsort(candidates.energies[valid], kind="stable")]:
+        group = int(candidates.groups[k])
+        chosen.setdefault(group if group >= 0 else -1 - int(k), int(k))
+    return sorted(chosen.values())
+
+
+def with_relaxed(candidates: Candidates, relax_config: RelaxConfig, calc, timeout_s: float,
+                 workers: int | None = None, log: Callable[[str], None] = print,
+                 done: Sequence[Relaxed | None] = ()) -> Candidates:
+    """`candidates` with the chosen samples (`to_relax`, `relax_config.candidates`) relaxed by
+    the ASE calculator `calc` (`relax_config.fmax`, `max_steps`), and the relaxed structures
+    grouped again (two samples often relax into one minimum).
+
+    done: relaxations already made, by sample (a resumed evaluation's); those samples are
+    not relaxed again. Logs one line per relaxation: steps, energy per atom, time.
+    """
+    relaxed = list(done) if done else [None] * len(candidates.energies)
+    chosen = to_relax(candidates, relax_config.candidates)
+    for n, k in enumerate(chosen, start=1):
+        if relaxed[k] is None:
+            relaxed[k] = relax(candidates.structures[k], calc, fmax=relax_config.fmax,
+                               max_steps=relax_config.max_steps)
+            r = relaxed[k]
+            log(f"{candidates.name}: relaxed {n}/{len(chosen)} (sample {k}): {r.steps} steps, "
+                + (f"{r.energy_per_atom:.4f} eV/atom" if not r.message else f"failed ({r.message})")
+                + ("" if r.converged or r.message else ", not converged") + f", {r.seconds:.1f} s")
+    return candidates._replace(relaxed=tuple(relaxed),
+                               relaxed_groups=_relaxed_groups(relaxed, timeout_s, workers))
+
+
+def relaxed_crystal(r: Relaxed) -> Crystal:
+    """A relaxed structure as an unbatched Crystal (float64)."""
+    return from_structure(r.structure, dtype=np.float64)
+
+
+def _relaxed_groups(relaxed: Sequence[Relaxed | None], timeout_s: float, workers: int | None) -> np.ndarray:
+    """Groups [K] of the relaxed structures that match each other, by size; -1 elsewhere."""
+    good = [k for k, r in enumerate(relaxed) if r is not None and math.isfinite(r.energy_per_atom)]
+    crystals = {k: relaxed_crystal(relaxed[k]) for k in good}
+    pairs = [(i, j) for a, i in enumerate(good) for j in good[a + 1:]]
+    results = match_pairs([(crystals[i], crystals[j]) for i, j in pairs], timeout_s, workers, match_samples)
+    matched = [(i, j) for (i, j), r in zip(pairs, results) if r.outcome == MATCH]
+    flags = np.zeros(len(relaxed), bool)
+    flags[good] = True
+    return by_size(cluster_labels(flags, matched))
+
+
+def relaxed_energies(candidates: Candidates) -> np.ndarray:
+    """[K] the potential's energy per atom of each relaxed sample, NaN where none."""
+    return np.array([r.energy_per_atom if r is not None else math.nan for r in candidates.relaxed])
+
+
+def ranked(candidates: Candidates, ranking: str) -> np.ndarray:
+    """Sample indices [K], best first: the answer a user reads first is `[0]`.
+
+    With relaxations: the relaxed samples by the potential's energy per atom (a
+    failed relaxation after them), then the others as below. Without:
+    `ranking.ranked_order` of the learned energies under `ranking` (invalid last).
+    """
+    order = ranked_order(candidates.energies, np.where(candidates.valid, candidates.groups, -1)
+                         if ranking == "consensus" else np.where(candidates.valid, 0, -1), ranking)
+    tried = np.array([r is not None for r in candidates.relaxed], bool)
+    if not tried.any():
+        return order
+    potential = relaxed_energies(candidates)
+    first = np.flatnonzero(tried)
+    first = first[np.lexsort((candidates.energies[first], np.nan_to_num(potential[first], nan=np.inf)))]
+    return np.concatenate([first, [k for k in order if not tried[k]]]).astype(int)

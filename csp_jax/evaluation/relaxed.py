@@ -1,0 +1,160 @@
+"""Table 1 with relaxed samples beside the raw ones (`evaluate` with `relax.enabled`).
+
+For every test crystal, its K samples become a `Candidates` record with the
+groups the evaluation found among them; one sample per group (or every valid
+one, `relax.candidates`) is relaxed by `relax.potential`
+(`csp_jax.candidates.record.with_relaxed`), each crystal's relaxations saved in
+`<split>_relaxed/<t>.json` as they finish, so that `--resume` continues where
+it stopped with the same result. The relaxed structures are matched to the
+truth: `relaxed` in the results holds the match rate of any relaxed sample, of
+the top-ranked one by the potential's energy per atom (the answer `predict
+--relax` gives) and by the learned energy, RMSEs, Wilson intervals, and the
+relaxations' count, convergence and time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from csp_jax.candidates.matching import INVALID, MATCH, match_pair, match_pairs
+from csp_jax.candidates.ranking import wilson_interval
+from csp_jax.candidates.record import (by_size, from_samples, ranked, relaxed_crystal, relaxed_energies,
+                                       with_relaxed)
+from csp_jax.candidates.relax import Relaxed, calculator
+from csp_jax.config import Config
+from csp_jax.files import write_atomic
+from csp_jax.geometry.crystal import Crystal
+from csp_jax.progress import Progress, format_duration
+
+SETTINGS_FILE = "settings.json"
+
+
+def _to_json(r: Relaxed | None):
+    return None if r is None else {"cif": r.structure.to(fmt="cif"), "energy_per_atom": r.energy_per_atom
+                                   if math.isfinite(r.energy_per_atom) else None, "steps": r.steps,
+                                   "converged": r.converged, "seconds": r.seconds, "message": r.message}
+
+
+def _from_json(d) -> Relaxed | None:
+    from pymatgen.core import Structure
+
+    if d is None:
+        return None
+    energy = math.nan if d["energy_per_atom"] is None else d["energy_per_atom"]
+    return Relaxed(Structure.from_str(d["cif"], fmt="cif"), energy, d["steps"], d["converged"],
+                   d["seconds"], d["message"])
+
+
+def _top_rate(outcome, rms, top) -> dict:
+    """Match rate (%), Wilson interval and RMSE of the samples `top` [T] (-1: none)."""
+    rows = np.arange(len(top))
+    hit = (top >= 0) & (outcome[rows, np.maximum(top, 0)] == MATCH)
+    matched = rms[rows, np.maximum(top, 0)][hit]
+    return {"match_rate": 100.0 * float(hit.mean()), "interval": list(wilson_interval(int(hit.sum()), len(hit))),
+            "rmse": float(matched.mean()) if hit.any() else None}
+
+
+def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, labels, material_ids,
+                    out_dir: Path, split: str, *, resume: bool, workers: int | None = None,
+                    log: Callable[[str], None] = print) -> dict:
+    """Relax the samples [T, K, N] of T test crystals (energies [T, K], group labels [T, K] of
+    `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
+
+    Returns the `relaxed` record of the results (see the module's docstring).
+    """
+    r = config.relax
+    parts = Path(out_dir) / f"{split}_relaxed"
+    digest = hashlib.sha256(np.ascontiguousarray(samples.positions).tobytes()
+                            + np.ascontiguousarray(samples.lattice).tobytes()).hexdigest()
+    settings = {"potential": r.potential, "candidates": r.candidates, "fmax": r.fmax,
+                "max_steps": r.max_steps, "samples": digest}
+    if parts.is_dir() and not resume:
+        raise FileExistsError(f"{parts} holds relaxations of an interrupted evaluation: add --resume to "
+                              f"continue it, or delete it to start again")
+    settings_path = parts / SETTINGS_FILE
+    if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(f"--resume: {settings_path} was written with other settings or samples "
+                         f"({settings_path.read_text().strip()}); use the same options or delete it")
+    parts.mkdir(parents=True, exist_ok=True)
+    write_atomic(settings_path, json.dumps(settings))
+    calc = calculator(r.potential)
+    num_test, num_samples = np.shape(energies)
+    progress = Progress(num_test, f"relaxing with {r.potential}", unit="crystals", log=log)
+    records = []
+    for t in range(num_test):
+        part = parts / f"{t:06d}.json"
+        done = [_from_json(d) for d in json.loads(part.read_text())] if part.is_file() else []
+        crystals = Crystal(samples.species[t], samples.positions[t], samples.lattice[t])
+        candidates = from_samples(str(material_ids[t]), crystals, energies[t], np.ones(num_samples, int))
+        candidates = candidates._replace(groups=by_size(np.where(candidates.valid, labels[t], -1)))
+        candidates = with_relaxed(candidates, r, calc, config.eval.match_timeout, workers,
+                                  log=lambda line: None, done=done)
+        if not done:
+            write_atomic(part, json.dumps([_to_json(x) for x in candidates.relaxed]))
+        records.append(candidates)
+        progress.update(1, f"{sum(x is not None for c in records for x in c.relaxed)} relaxed")
+    progress.close()
+
+    index = [(t, k) for t, c in enumerate(records) for k, x in enumerate(c.relaxed)
+             if x is not None and math.isfinite(x.energy_per_atom)]
+    results = match_pairs([(gt_structures[t], relaxed_crystal(records[t].relaxed[k])) for t, k in index],
+                          config.eval.match_timeout, workers, match_pair)
+    outcome = np.full((num_test, num_samples), INVALID)
+    rms = np.full((num_test, num_samples), math.nan)
+    for (t, k), result in zip(index, results):
+        outcome[t, k], rms[t, k] = result.outcome, result.rms
+    by_potential = np.array([int(ranked(c, config.eval.ranking)[0]) if index else -1 for c in records])
+    by_potential = np.where([c.relaxed[k] is not None for c, k in zip(records, by_potential)], by_potential, -1)
+
+    def lowest_learned(c):
+        tried = [k for k, x in enumerate(c.relaxed) if x is not None]
+        return min(tried, key=lambda k: c.energies[k]) if tried else -1
+
+    by_learned = np.array([lowest_learned(c) for c in records])
+    any_hit = (outcome == MATCH).any(axis=1)
+    best = np.where(outcome == MATCH, rms, np.inf).min(axis=1)
+    relaxations = [x for c in records for x in c.relaxed if x is not None]
+    seconds = float(sum(x.seconds for x in relaxations))
+    log(f"relaxed {len(relaxations)} candidates in {format_duration(seconds)} of relaxation")
+    return {
+        "potential": r.potential, "candidates": r.candidates, "fmax": r.fmax, "max_steps": r.max_steps,
+        "match_rate": 100.0 * float(any_hit.mean()),
+        "match_rate_interval": list(wilson_interval(int(any_hit.sum()), num_test)),
+        "rmse": float(best[any_hit].mean()) if any_hit.any() else None,
+        "top1": {"potential": _top_rate(outcome, rms, by_potential), "energy": _top_rate(outcome, rms, by_learned)},
+        "relaxations": len(relaxations),
+        "per_crystal": len(relaxations) / num_test,
+        "converged": int(sum(x.converged for x in relaxations)),
+        "failed": int(sum(not math.isfinite(x.energy_per_atom) for x in relaxations)),
+        "seconds": seconds, "seconds_per_candidate": seconds / max(1, len(relaxations)),
+        "distinct_relaxed": float(np.mean([c.relaxed_groups.max() + 1 for c in records])),
+        "outcome": outcome.tolist(), "top_by_potential": by_potential.tolist(),
+        "potential_energies": [[None if math.isnan(e) else e for e in relaxed_energies(c)] for c in records],
+    }
+
+
+def relaxed_lines(relaxed: dict, k: int) -> list[str]:
+    """The report's table of relaxed samples beside the raw ones (Markdown lines)."""
+    def cell(top: dict) -> str:
+        low, high = top["interval"]
+        rmse = "" if top["rmse"] is None else f", {top['rmse']:.4f}"
+        return f"{top['match_rate']:.2f} [{low:.1f}, {high:.1f}]{rmse}"
+
+    any_cell = cell({"match_rate": relaxed["match_rate"], "interval": relaxed["match_rate_interval"],
+                     "rmse": relaxed["rmse"]})
+    return [f"Relaxed by {relaxed['potential']} (FIRE on cell and positions, fmax {relaxed['fmax']} eV/A, "
+            f"at most {relaxed['max_steps']} steps; {'every valid sample' if relaxed['candidates'] == 'all' else 'one sample per group of matching samples'}): "
+            "match rate (%) [95% interval], RMSE.", "",
+            "| relaxed samples | match rate |", "|---|---|",
+            f"| any relaxed sample of {k} | {any_cell} |",
+            f"| top-ranked by the potential's energy per atom | {cell(relaxed['top1']['potential'])} |",
+            f"| top-ranked by the learned energy | {cell(relaxed['top1']['energy'])} |", "",
+            f"{relaxed['relaxations']} relaxations ({relaxed['per_crystal']:.2f} per crystal, "
+            f"{relaxed['converged']} converged, {relaxed['failed']} failed) in "
+            f"{format_duration(relaxed['seconds'])}, {relaxed['seconds_per_candidate']:.1f} s per candidate; "
+            f"{relaxed['distinct_relaxed']:.2f} distinct relaxed structures per crystal."]

@@ -1,0 +1,94 @@
+"""Relaxation as a stage after sampling: `predict` and `evaluate` with `relax.enabled`, through a
+test double of a potential whose minimum is known (`fake_potential.VolumeSpring`)."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pymatgen.core import Structure
+
+from csp_jax.config import get_config, updated
+from csp_jax.energy.continuousp import EnergyModel
+from csp_jax.geometry.crystal import from_structure, stack
+from csp_jax.predict import predict
+from fake_potential import VOLUME_PER_ATOM
+from helpers import perovskite_structure
+
+FAKE = "fake_potential:calculator"
+
+
+def fixed_samples():
+    """Four SrTiO3 samples: two noisy copies of the cubic cell (11.9 A^3 per atom), a cell
+    stretched to 20.2 A^3 per atom, and a collapsed one; learned energies that put a copy first."""
+    cubic = from_structure(perovskite_structure(3.9), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    noisy = [cubic.replace(positions=cubic.positions + 0.02 * rng.standard_normal((5, 3))) for _ in range(2)]
+    stretch = np.array([1.0, 1.0, 1.7])
+    stretched = cubic.replace(lattice=cubic.lattice * stretch, positions=cubic.positions * stretch)
+    collapsed = cubic.replace(lattice=cubic.lattice * np.array([1.0, 1.0, 1e-3]))
+    return stack([noisy[0], stretched, noisy[1], collapsed]), np.array([0.3, 0.5, 0.1, -5.0])
+
+
+def test_predict_relaxes_one_sample_per_group_and_ranks_by_the_potential(tmp_path, monkeypatch):
+    from csp_jax import predict as predict_module
+    from csp_jax.sampling.driver import Rows
+
+    samples, energies = fixed_samples()
+    monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: Rows(
+        samples, energies, 0, None, np.tile(energies[:, None], (1, 3)), 0))
+    config = updated(get_config("test"), {"eval.num_samples": 4, "relax.enabled": True,
+                                          "relax.potential": FAKE, "relax.max_steps": 2})
+    lines = []
+    rows = predict(config, EnergyModel.from_config(config.model), None, ["SrTiO3"], tmp_path, log=lines.append)
+    # The copies are one group: its lower-energy member (sample 2) and the stretched cell relax.
+    assert sum("relaxed" in line and "steps" in line for line in lines) == 2
+    assert [r["energy"] for r in rows] == [0.5, 0.1, 0.3, -5.0]  # nearest the potential's minimum first
+    first, second = rows[0], rows[1]
+    assert first["relax_steps"] == 2 and first["converged"] is False and first["above_best_mev"] == 0.0
+    assert 0 < first["potential_energy"] < second["potential_energy"]
+    assert second["above_best_mev"] == pytest.approx(1000 * (second["potential_energy"] - first["potential_energy"]))
+    assert rows[2]["potential_energy"] == "" and rows[3]["valid"] is False  # not relaxed; invalid last
+    relaxed = Structure.from_file(tmp_path / first["cif"])
+    unrelaxed = Structure.from_file(tmp_path / first["unrelaxed_cif"])
+    assert first["unrelaxed_cif"].startswith("SrTiO3/unrelaxed/rank01")
+    assert abs(relaxed.volume / 5 - VOLUME_PER_ATOM) < abs(unrelaxed.volume / 5 - VOLUME_PER_ATOM)
+    with open(tmp_path / "summary.csv") as f:
+        assert "potential_energy" in next(csv.reader(f))
+    assert "Ranked by the energy per atom of fake_potential:calculator" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # an evaluation's chains and three scorings: about 40 s
+def test_evaluation_with_relaxation_resumes_to_the_same_result(data_dir, tmp_path):
+    from csp_jax.data.datasets import load_split
+    from csp_jax.evaluation.evaluate import evaluate
+
+    config = updated(get_config("test"), {"eval.num_samples": 3, "eval.limit": 2, "eval.batch_size": 6,
+                                          "eval.num_steps": 20, "relax.enabled": True, "relax.potential": FAKE,
+                                          "relax.candidates": "all", "relax.max_steps": 3})
+    model = EnergyModel.from_config(config.model)
+    variables = model.init(np.array([0, 0], np.uint32))
+    dataset = load_split("perov_5", "test", data_dir)
+    whole = evaluate(config, model, variables, dataset, tmp_path / "whole", workers=1, log=lambda _: None)
+    relaxed = whole["relaxed"]
+    valid = int(np.sum(np.array(whole["outcome"]) != 2))  # every valid sample was relaxed
+    assert relaxed["relaxations"] == valid and relaxed["per_crystal"] == valid / 2
+    assert "Relaxed by fake_potential:calculator" in (tmp_path / "whole" / "test_metrics.md").read_text()
+
+    # Stopped after the first crystal's relaxations: its part is kept, the other's lost.
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    (tmp_path / "cut" / "test_relaxed" / "000001.json").unlink()
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate(config, model, variables, dataset, tmp_path / "cut", workers=1, log=lambda _: None)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(updated(config, {"relax.max_steps": 4}), model, variables, dataset, tmp_path / "cut",
+                 resume=True, workers=1, log=lambda _: None)
+    lines = []
+    resumed = evaluate(config, model, variables, dataset, tmp_path / "cut", resume=True, workers=1,
+                       log=lines.append)
+    assert any("samples in" in line and "are complete" in line for line in lines)  # not sampled again
+    for key in ("match_rate", "top1", "relaxations", "outcome", "top_by_potential", "potential_energies"):
+        assert resumed["relaxed"][key] == relaxed[key]
+    stored = json.loads((tmp_path / "cut" / "test_metrics.json").read_text())
+    assert stored["relaxed"]["potential_energies"] == relaxed["potential_energies"]
+    assert stored["sampling"] == whole["sampling"]
