@@ -31,7 +31,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from csp_jax import models
 from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.data.species import most_electronegative
-from csp_jax.evaluation.metrics import load_samples, sample_at
+from csp_jax.evaluation.samples import load_samples, sample_at
 from csp_jax.candidates.matching import MATCHER_KWARGS
 from csp_jax.candidates.ranking import ranked_order
 from csp_jax.config import DataConfig, EvalConfig

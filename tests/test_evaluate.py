@@ -8,9 +8,10 @@ import pytest
 from csp_jax.config import get_config, override, updated
 from csp_jax.data.datasets import load_split, subset_indices
 from csp_jax.energy.continuousp import EnergyModel
-from csp_jax.evaluation.evaluate import add_splits, evaluate, recompute
+from csp_jax.evaluation.evaluate import evaluate, recompute
 from csp_jax.candidates.matching import MATCH, NO_MATCH
-from csp_jax.evaluation.metrics import load_samples
+from csp_jax.evaluation.metrics import add_splits
+from csp_jax.evaluation.samples import load_samples
 from csp_jax.geometry.neighbors import NeighborCapacity
 
 METRIC_KEYS = ("num_crystals", "samples_per_crystal", "match_rate", "rmse", "match_rate_k1",

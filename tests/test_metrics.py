@@ -7,8 +7,9 @@ import pytest
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.candidates.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
 from csp_jax.candidates.ranking import cluster_labels, ranked_order, wilson_interval
-from csp_jax.evaluation.metrics import (paper_table, aggregate, evaluate_samples, load_samples,
-                             markdown_report, sample_at, save_samples, split_by, write_report)
+from csp_jax.evaluation.metrics import aggregate, evaluate_samples, split_by
+from csp_jax.evaluation.report import markdown_report, paper_table, write_report
+from csp_jax.evaluation.samples import load_samples, sample_at, save_samples
 from helpers import perovskite_structure
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.candidates.matching import MATCH, NO_MATCH, match_samples
-from csp_jax.evaluation.metrics import evaluate_samples, markdown_report
+from csp_jax.evaluation.metrics import evaluate_samples
+from csp_jax.evaluation.report import markdown_report
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
 from csp_jax.geometry.crystal import Crystal, stack
 from helpers import perovskite

@@ -1,8 +1,13 @@
 """Evaluating a trained energy: the paper's Table 1 and Figure 2.
 
 - `evaluate`: samples per test crystal (resumable), stored and scored;
-- `matching`: StructureMatcher pairs in a process pool with time-outs;
-- `metrics`: match rate / RMSE, sample files, the report beside the paper's table;
+- `samples`: the sample file of a split;
+- `metrics`: match rate / RMSE, intervals, the splits by cell size, elements, seen / unseen;
+- `report`: the results as JSON and Markdown beside the paper's table;
+- `relaxed`: the relaxed samples' rates (`relax.enabled`);
+- `polymorphs`: the other structures of a test crystal's composition;
+- `selection`: which crystals an evaluation tests;
+- `figures`: RMSE histogram, match rate against k;
 - `displacement`: energy against the displacement of one atom (SPEC §6).
 """
 from csp_jax.evaluation.displacement import displacement_experiment

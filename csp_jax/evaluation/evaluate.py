@@ -29,21 +29,21 @@ from csp_jax.config import Config
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.datasets import subset_indices
 from csp_jax.energy.base import Energy
-from csp_jax.evaluation import metrics
 from csp_jax.evaluation.figures import evaluation_pngs
+from csp_jax.evaluation.metrics import add_splits, evaluate_samples
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
 from csp_jax.evaluation.relaxed import relax_and_score
+from csp_jax.evaluation.report import write_report
+from csp_jax.evaluation.samples import load_samples, sample_at, save_samples
 from csp_jax.geometry.validity import valid_structure
 from csp_jax.files import write_atomic
-from csp_jax.geometry.crystal import Crystal, formula_key, to_structure
+from csp_jax.geometry.crystal import Crystal, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
 from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import compiled_chain_programs, sample_rows, schedule
 from csp_jax.sampling.kernel import kernel_from
 
 SETTINGS_FILE = "settings.json"
-CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate by cell size (atoms)
-ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
 
 
 def sample_chains(config: Config, energy: Energy, variables, species, key, *,
@@ -113,43 +113,9 @@ def _write_first_sample_cifs(samples: Crystal, material_ids, cif_dir: Path) -> N
 
     cif_dir.mkdir(parents=True, exist_ok=True)
     for t, material_id in enumerate(material_ids):
-        first = metrics.sample_at(samples, t, 0)
+        first = sample_at(samples, t, 0)
         if valid_structure(first) is not None:
             CifWriter(to_structure(first)).write_file(cif_dir / f"{material_id}.cif")
-
-
-def _bin_name(lo: int, hi: int | None, unit: str) -> str:
-    """"1-20 atoms", "53+ atoms", "1 element", "3 elements"."""
-    if hi is None:
-        return f"{lo}+ {unit}s"
-    if lo == hi:
-        return f"{lo} {unit}" + ("" if lo == 1 else "s")
-    return f"{lo}-{hi} {unit}s"
-
-
-def binned(results: dict, values, bins, unit: str, energies) -> dict:
-    """The metrics of the test crystals by a count (values [T]) in inclusive bins (lo, hi),
-    hi None for no upper end, keyed by `_bin_name`; a bin without crystals is None."""
-    values = np.asarray(values)
-    return {_bin_name(lo, hi, unit): metrics.split_by(results, (values >= lo) & (values <= (hi or np.inf)),
-                                                      energies)
-            for lo, hi in bins}
-
-
-def add_splits(results: dict, species, energies, training: CrystalDataset | None = None) -> None:
-    """Add to `results` the metrics of the test crystals (species [T, N], 0 = padding) by cell
-    size (`by_cell_size`), by number of elements (`by_elements`) and, given the training
-    crystals, by whether their reduced composition occurs among them
-    (`by_composition_in_training`: "seen" / "unseen")."""
-    species = np.asarray(species)
-    if training is not None:
-        known = {formula_key(row) for row in training.species}
-        seen = np.array([formula_key(row) in known for row in species])
-        results["by_composition_in_training"] = {
-            "seen": metrics.split_by(results, seen, energies), "unseen": metrics.split_by(results, ~seen, energies)}
-    elements = [len(set(row[row > 0].tolist())) for row in species]
-    results["by_cell_size"] = binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies)
-    results["by_elements"] = binned(results, elements, ELEMENT_COUNTS, "element", energies)
 
 
 def add_polymorphs(results: dict, test: CrystalDataset, samples: Crystal, energies,
@@ -228,7 +194,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
             raise ValueError(f"--resume: {samples_path} was sampled with other settings "
                              f"({sampled_settings.read_text().strip()}); use the same options or delete it")
         log(f"resuming: the samples in {samples_path} are complete; scoring them")
-        samples, energies, _ = metrics.load_samples(samples_path)
+        samples, energies, _ = load_samples(samples_path)
         return _score(config, test, samples, energies, out_dir, split, len(dataset), None, resume=True,
                       workers=workers, training=training, references=references,
                       dataset_name=dataset_name, selection=selection, log=log)
@@ -252,7 +218,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     unsort = np.argsort(by_size)
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
     energies = energies.reshape(num_test, num_samples)[unsort]
-    metrics.save_samples(samples_path, samples, energies, test.material_ids)
+    save_samples(samples_path, samples, energies, test.material_ids)
     write_atomic(sampled_settings, json.dumps(settings))
     shutil.rmtree(parts_dir)
     _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
@@ -275,8 +241,8 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
 
     log(f"matching {num_test * num_samples} pairs, then the matched ones at strict tolerances "
         f"and the samples of each crystal against each other")
-    results = metrics.evaluate_samples([test.structure(i) for i in range(num_test)], samples,
-                                       timeout_s, workers, energies=energies)
+    results = evaluate_samples([test.structure(i) for i in range(num_test)], samples,
+                               timeout_s, workers, energies=energies)
     add_splits(results, test.species, energies, training)
     add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     if config.relax.enabled:
@@ -291,8 +257,7 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
         results["sampling"] = sampling
     if selection:
         results["selection"] = selection
-    json_path, md_path = metrics.write_report(results, stem, dataset_name or config.data.dataset,
-                                              num_test_total)
+    json_path, md_path = write_report(results, stem, dataset_name or config.data.dataset, num_test_total)
     pngs = evaluation_pngs(results, out_dir, split)
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results
@@ -312,7 +277,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     samples_path = Path(samples_path)
     if not samples_path.name.endswith("_samples.npz"):
         raise ValueError(f"{samples_path} is not a <split>_samples.npz file")
-    samples, energies, material_ids = metrics.load_samples(samples_path)
+    samples, energies, material_ids = load_samples(samples_path)
     row_of = {str(m): i for i, m in enumerate(dataset.material_ids)}
     missing = [str(m) for m in material_ids if str(m) not in row_of]
     if missing:
@@ -321,8 +286,8 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     log(f"matching {samples.species.shape[0] * samples.species.shape[1]} pairs of {samples_path}, "
         f"then the matched ones at strict tolerances and the samples against each other")
     test = dataset.subset(np.array([row_of[str(m)] for m in material_ids], np.int64))
-    results = metrics.evaluate_samples([test.structure(t) for t in range(len(test))],
-                                       samples, timeout_s, workers, energies=energies)
+    results = evaluate_samples([test.structure(t) for t in range(len(test))],
+                               samples, timeout_s, workers, energies=energies)
     add_splits(results, samples.species[:, 0], energies, training)
     add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     if selection:
@@ -331,7 +296,7 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     previous = Path(f"{stem}.json")
     if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
         results["sampling"] = record["sampling"]
-    json_path, md_path = metrics.write_report(results, stem, dataset_name, len(dataset))
+    json_path, md_path = write_report(results, stem, dataset_name, len(dataset))
     pngs = evaluation_pngs(results, samples_path.parent, samples_path.name[:-len("_samples.npz")])
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results

@@ -1,68 +1,29 @@
-"""The paper's Table 1 evaluation: sample files, match metrics and reports (SPEC §5).
+"""The paper's Table 1 metrics (SPEC §5): match rate, RMSE and their intervals.
 
-Sampled crystals of one split are stored in one `.npz` (padded arrays, see
-`save_samples`) so the metrics can be recomputed without sampling again.
 `evaluate_samples` matches every (test crystal, sample) pair and aggregates the
 outcomes into match rate and RMSE over K samples and over the first sample
-alone; `write_report` writes them as JSON and as a Markdown table beside the
-paper's Table 1.
+alone (`aggregate`); `split_by`, `binned` and `add_splits` give the metrics of
+parts of the test crystals (by cell size, by number of elements, seen or
+unseen in training).
 """
 from __future__ import annotations
 
 import collections
-import json
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from csp_jax.data.registry import DATASETS, dataset_info
-from csp_jax.evaluation.relaxed import relaxed_lines
-from csp_jax.geometry.crystal import Crystal
 from csp_jax.candidates.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
                                          STRICT_MATCHER_KWARGS, PairResult,
                                          match_pair, match_pair_strict, match_pairs)
 from csp_jax.candidates.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
+from csp_jax.data.dataset import CrystalDataset
+from csp_jax.evaluation.samples import sample_at
+from csp_jax.geometry.crystal import Crystal, formula_key
 
-def paper_table() -> dict:
-    """The paper's Table 1 (20 samples per test crystal): method -> dataset -> (match rate %, RMSE)."""
-    table = {}
-    for info in DATASETS.values():
-        for method, numbers in info.paper.items():
-            table.setdefault(method, {})[info.name] = numbers
-    return table
-
-
-def save_samples(path, samples: Crystal, energies, material_ids: Sequence[str]) -> None:
-    """Store the samples of one split in a compressed `.npz`.
-
-    samples: `Crystal` with species [T, K, N], positions [T, K, N, 3], lattice [T, K, 3, 3]
-             (T test crystals, K samples each); energies: [T, K]; material_ids: [T].
-    """
-    species = np.asarray(samples.species, np.int32)
-    energies = np.asarray(energies)
-    material_ids = np.asarray(material_ids, dtype=str)
-    if species.ndim != 3 or energies.shape != species.shape[:2] or material_ids.shape != species.shape[:1]:
-        raise ValueError(f"inconsistent shapes: species {species.shape}, energies {energies.shape}, "
-                         f"material_ids {material_ids.shape}; expected [T, K, N], [T, K], [T]")
-    np.savez_compressed(path, species=species, positions=np.asarray(samples.positions),
-                        lattice=np.asarray(samples.lattice), energies=energies,
-                        material_ids=material_ids)
-
-
-def load_samples(path) -> tuple[Crystal, np.ndarray, np.ndarray]:
-    """Read a file of `save_samples`: (samples [T, K, N], energies [T, K], material_ids [T]).
-
-    One sample as a pymatgen Structure: `crystal.to_structure(sample_at(samples, t, k))`.
-    """
-    with np.load(path) as f:
-        return Crystal(f["species"], f["positions"], f["lattice"]), f["energies"], f["material_ids"]
-
-
-def sample_at(samples: Crystal, t: int, k: int) -> Crystal:
-    """Sample k of test crystal t from a `[T, K, N]` batch, as numpy arrays."""
-    return Crystal(*(np.asarray(x)[t, k] for x in (samples.species, samples.positions, samples.lattice)))
+CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate by cell size (atoms)
+ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
 
 
 def _match_rate_and_rmse(outcome: np.ndarray, rms: np.ndarray) -> tuple[float, float | None]:
@@ -199,124 +160,34 @@ def split_by(results: dict, mask, energies=None) -> dict | None:
                      None if energies is None else np.asarray(energies)[mask], labels)
 
 
-def _cell(match_rate: float, rmse: float | None) -> str:
-    return f"{match_rate:.2f}, {'n/a' if rmse is None else f'{rmse:.4f}'}"
+def _bin_name(lo: int, hi: int | None, unit: str) -> str:
+    """"1-20 atoms", "53+ atoms", "1 element", "3 elements"."""
+    if hi is None:
+        return f"{lo}+ {unit}s"
+    if lo == hi:
+        return f"{lo} {unit}" + ("" if lo == 1 else "s")
+    return f"{lo}-{hi} {unit}s"
 
 
-def _detail_table(results: dict) -> list[str]:
-    """Every rate with its Wilson 95% interval, at the usual and the strict tolerances."""
-    k = results["samples_per_crystal"]
-
-    def rates(r: dict) -> list[tuple[str, float, list, float | None]]:
-        out = [(f"any of {k}", r["match_rate"], r["match_rate_interval"], r["rmse"]),
-               ("first", r["match_rate_k1"], r["match_rate_k1_interval"], r["rmse_k1"])]
-        out += [(f"top by {name}", t["match_rate"], t["interval"], t["rmse"])
-                for name, t in r.get("top1", {}).items() if name != "first"]
-        return out
-
-    def tolerances(t: dict) -> str:
-        return f"stol {t['stol']}, ltol {t['ltol']}, angle_tol {t['angle_tol']}"
-
-    strict = results.get("strict")
-    head = f"| sample | match rate (%) [95% interval], RMSE: {tolerances(results['tolerances'])} |"
-    lines = [head + (f" {tolerances(strict['tolerances'])} |" if strict else ""),
-             "|---|---|" + ("---|" if strict else "")]
-    for i, (name, rate, interval, rmse) in enumerate(rates(results)):
-        cells = [f"{rate:.2f} [{interval[0]:.1f}, {interval[1]:.1f}], {'n/a' if rmse is None else f'{rmse:.4f}'}"]
-        if strict:
-            _, s_rate, s_interval, s_rmse = rates(strict)[i]
-            cells.append(f"{s_rate:.2f} [{s_interval[0]:.1f}, {s_interval[1]:.1f}], "
-                         f"{'n/a' if s_rmse is None else f'{s_rmse:.4f}'}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    notes = [f"cRMSE (a crystal without a match counted at stol) {results['crmse']:.4f}"
-             + (f", strict {strict['crmse']:.4f}" if strict else ""),
-             f"samples that match {results['sample_match_rate']:.2f}%"]
-    if "distinct_structures" in results:
-        notes.append(f"distinct structures per crystal {results['distinct_structures']:.2f}")
-    if results.get("volume_ratio"):
-        p10, p50, p90 = results["volume_ratio"]
-        notes.append(f"V_sample / V_true of matched samples {p50:.3f} (10th-90th percentile {p10:.3f}-{p90:.3f})")
-    return lines + ["", "; ".join(notes) + "."]
+def binned(results: dict, values, bins, unit: str, energies) -> dict:
+    """The metrics of the test crystals by a count (values [T]) in inclusive bins (lo, hi),
+    hi None for no upper end, keyed by `_bin_name`; a bin without crystals is None."""
+    values = np.asarray(values)
+    return {_bin_name(lo, hi, unit): split_by(results, (values >= lo) & (values <= (hi or np.inf)), energies)
+            for lo, hi in bins}
 
 
-def _split_text(parts: dict) -> str:
-    """'name (n = T): rate [interval], top by energy rate; ...' of a `split_by` dict (None parts left out)."""
-    texts = []
-    for name, part in parts.items():
-        if part is not None:
-            top = part.get("top1", {}).get("energy")
-            texts.append(f"{name} (n = {part['num_crystals']}): {part['match_rate']:.2f} "
-                         f"[{part['match_rate_interval'][0]:.1f}, {part['match_rate_interval'][1]:.1f}]"
-                         + (f", top by energy {top['match_rate']:.2f}" if top else ""))
-    return "; ".join(texts)
-
-
-def _polymorph_text(p: dict, n: int) -> str:
-    """The `polymorphs` record (`polymorphs.polymorph_metrics`) as a paragraph."""
-    rates = "; ".join(f"top by {name} {r['match_rate']:.2f} [{r['interval'][0]:.1f}, {r['interval'][1]:.1f}]"
-                      for name, r in p["any_structure"].items())
-    return (f"Test crystals whose composition the dataset also holds as another structure: "
-            f"{p['crystals_with_other_structures']} of {n} ({p['structures_per_composition']:.2f} "
-            f"structures per composition); a model given only the composition ranks the test "
-            f"crystal first for at most {p['top1_ceiling']:.2f}% of them in expectation over a "
-            f"random split (the top-1 ceiling). The top-ranked sample matches the test crystal "
-            f"or another of the dataset's structures of its composition: {rates}.")
-
-
-def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
-    """Our match rate and RMSE as rows of the paper's Table 1 (Markdown)."""
-    name = dataset_info(dataset).display_name
-    k = results["samples_per_crystal"]
-    n = results["num_crystals"]
-
-    def row(method: str, cells: dict) -> str:
-        return "| " + " | ".join([method] + [cells.get(d, "") for d in DATASETS]) + " |"
-
-    lines = [
-        f"Crystal structure prediction on {name}: match rate (%), RMSE.",
-        "",
-        "| method | " + " | ".join(d.display_name for d in DATASETS.values()) + " |",
-        "|---" * (len(DATASETS) + 1) + "|",
-        row(f"csp_jax, {k} samples", {dataset: _cell(results["match_rate"], results["rmse"])}),
-        row(f"csp_jax, first of {k} samples", {dataset: _cell(results["match_rate_k1"], results["rmse_k1"])}),
-    ]
-    for ranking in ("energy", "consensus"):
-        if ranking in results.get("top1", {}):
-            top = results["top1"][ranking]
-            lines.append(row(f"csp_jax, top-ranked of {k} by {ranking}", {dataset: _cell(top["match_rate"], top["rmse"])}))
-    lines += [row(f"{method}, 20 samples", {d: _cell(*v) for d, v in numbers.items()})
-              for method, numbers in paper_table().items()]
-    if dataset_info(dataset).note:
-        lines += ["", f"{name}: {dataset_info(dataset).note}."]
-    counts = results["pair_counts"]
-    lines += ["", f"Pairs ({n} x {k}): " + ", ".join(f"{name} {counts[name]}" for name in OUTCOME_NAMES) + "."]
-    lines += ["", *_detail_table(results)]
-    if "by_composition_in_training" in results:
-        lines += ["", "Test crystals whose composition occurs in the training split (seen) or not "
-                      f"(unseen), match rate with {k} samples: "
-                      + _split_text(results["by_composition_in_training"]) + "."]
-    if "by_cell_size" in results:
-        lines += ["", f"By cell size, match rate with {k} samples: " + _split_text(results["by_cell_size"]) + "."]
-    if "by_elements" in results:
-        lines += ["", f"By number of elements, match rate with {k} samples: "
-                  + _split_text(results["by_elements"]) + "."]
-    if "polymorphs" in results:
-        lines += ["", _polymorph_text(results["polymorphs"], n)]
-    if "relaxed" in results:
-        lines += ["", *relaxed_lines(results["relaxed"], k)]
-    if "selection" in results:
-        lines += ["", f"Tested: {results['selection']}."]
-    if n < num_test_total:
-        lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated (--limit {n}); "
-                      "the other rows use the full test set."]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(results: dict, stem, dataset: str, num_test_total: int) -> tuple[Path, Path]:
-    """Write `<stem>.json` (results plus dataset and subset note) and `<stem>.md`; return both paths."""
-    json_path, md_path = Path(f"{stem}.json"), Path(f"{stem}.md")
-    record = {"dataset": dataset, "num_test_total": num_test_total,
-              "subset": results["num_crystals"] < num_test_total, **results}
-    json_path.write_text(json.dumps(record, allow_nan=False) + "\n")
-    md_path.write_text(markdown_report(results, dataset, num_test_total))
-    return json_path, md_path
+def add_splits(results: dict, species, energies, training: CrystalDataset | None = None) -> None:
+    """Add to `results` the metrics of the test crystals (species [T, N], 0 = padding) by cell
+    size (`by_cell_size`), by number of elements (`by_elements`) and, given the training
+    crystals, by whether their reduced composition occurs among them
+    (`by_composition_in_training`: "seen" / "unseen")."""
+    species = np.asarray(species)
+    if training is not None:
+        known = {formula_key(row) for row in training.species}
+        seen = np.array([formula_key(row) in known for row in species])
+        results["by_composition_in_training"] = {
+            "seen": split_by(results, seen, energies), "unseen": split_by(results, ~seen, energies)}
+    elements = [len(set(row[row > 0].tolist())) for row in species]
+    results["by_cell_size"] = binned(results, np.count_nonzero(species, axis=1), CELL_SIZES, "atom", energies)
+    results["by_elements"] = binned(results, elements, ELEMENT_COUNTS, "element", energies)

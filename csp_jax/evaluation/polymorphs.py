@@ -22,7 +22,7 @@ import numpy as np
 
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.candidates.matching import MATCH, match_pairs, match_samples
-from csp_jax.evaluation.metrics import sample_at
+from csp_jax.evaluation.samples import sample_at
 from csp_jax.candidates.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
 from csp_jax.geometry.crystal import Crystal, formula_key
 
