@@ -1,7 +1,9 @@
 """Shared test fixtures: the data directory and float64 switching.
 
 What the tests share besides fixtures (the repository path `REPO`, the SrTiO3
-and random crystal builders, the CSV writer) is in `helpers.py`.
+and random crystal builders, the CSV writer) is in `helpers.py`; the stand-in
+energy of the MALA and chain driver tests in `sampler_stand_ins.py`. Which
+files test which module: `README.md` here.
 
 The session keeps XLA compilations in `$CSP_JAX_CACHE/xla`, as the `csp-jax`
 command does, so tests that build the same programs compile them once.

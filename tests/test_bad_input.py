@@ -6,6 +6,9 @@ requires every case to end cleanly: a command exits with status 1 and writes
 exactly one line, starting `error:` and naming the input; a bad dataset row is
 skipped and counted (or named, with `on_bad_row="error"`). A Python traceback
 or a silently accepted bad value fails the test.
+
+Tests `csp_jax.cli` (every sub-command), `csp_jax.errors`, and `csp_jax.data.parse` /
+`csp_jax.data.datasets` (bad rows, bad CSV files).
 """
 import importlib
 import json

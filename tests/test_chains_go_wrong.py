@@ -9,6 +9,10 @@
   evaluation finishes.
 
 The energy is the `test` config's ContinuouSP model (random weights).
+
+Tests `csp_jax.sampling.driver` and `csp_jax.geometry.capacity` (overflow re-runs),
+`csp_jax.training.loop.run_step`, `csp_jax.sampling.mala` (NaN rejection),
+`csp_jax.evaluation.evaluate` and `csp_jax.candidates.matching` (time-outs).
 """
 import functools
 import importlib

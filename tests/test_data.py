@@ -1,4 +1,8 @@
-"""Tests of csp_jax.data's loading: finding, downloading, parsing, caching and bad rows."""
+"""Tests of csp_jax.data's loading: finding, downloading, parsing, caching and bad rows.
+
+Tests `csp_jax.data.sources`, `csp_jax.data.parse`, `csp_jax.data.cache`, `csp_jax.data.datasets`,
+`csp_jax.data.registry`.
+"""
 import csv
 import gzip
 import hashlib

@@ -1,4 +1,7 @@
-"""Energy against the displacement of one atom (SPEC §6)."""
+"""Energy against the displacement of one atom (SPEC §6).
+
+Tests `csp_jax.evaluation.displacement`.
+"""
 import csv
 
 import jax

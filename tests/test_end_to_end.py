@@ -1,4 +1,8 @@
-"""The run command end to end on the `test` config: train, resume, evaluate."""
+"""The run command end to end on the `test` config: train, resume, evaluate.
+
+Tests `csp_jax.cli` (the `run` and `evaluate` sub-commands), `experiments/run.py` and the `csp-jax`
+script.
+"""
 import json
 import subprocess
 import sys

@@ -1,4 +1,8 @@
-"""The energy H of SPEC §2: exact size, invariances, continuity, finite gradients."""
+"""The energy H of SPEC §2: exact size, invariances, continuity, finite gradients.
+
+Tests `csp_jax.energy.continuousp` and `csp_jax.energy.network` (spectral normalisation), with
+`csp_jax.geometry.niggli`.
+"""
 import functools
 
 import jax

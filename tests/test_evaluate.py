@@ -1,4 +1,9 @@
-"""Table 1 evaluation: stored samples, reports and recomputation agree with each other."""
+"""Table 1 evaluation: stored samples, reports and recomputation agree with each other.
+
+Tests `csp_jax.evaluation.evaluate` (evaluate, recompute, resume),
+`csp_jax.evaluation.metrics.add_splits`, `csp_jax.evaluation.samples`,
+`csp_jax.evaluation.figures`.
+"""
 import json
 
 import jax

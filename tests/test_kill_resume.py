@@ -8,6 +8,9 @@ parameters must equal, bit for bit, those of an uninterrupted run. Before the
 last resume the newest checkpoint gets a damaged copy one step ahead: it is
 skipped, named in the log, and never loaded. An evaluation killed after its
 first batch and resumed gives the same samples as one left alone.
+
+Tests `csp_jax.training.loop` and `csp_jax.models.checkpoint` (resume),
+`csp_jax.evaluation.evaluate` (resume) and `csp_jax.files` (atomic writes), through the command.
 """
 import json
 import os

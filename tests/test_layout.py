@@ -1,6 +1,9 @@
 """The package's layout rules, checked on its source: stages import only earlier stages (by any
 import form), and every default that the config holds is defined there and nowhere else, the
-experiments included."""
+experiments included.
+
+Tests the imports of every module of `csp_jax` and the defaults of `csp_jax.config`.
+"""
 import ast
 import dataclasses
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""Validity, pair matching against pymatgen, and the time-out / crash paths of the pool."""
+"""Validity, pair matching against pymatgen, and the time-out / crash paths of the pool.
+
+Tests `csp_jax.candidates.matching` and `csp_jax.geometry.validity`.
+"""
 import os
 import time
 

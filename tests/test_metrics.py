@@ -1,4 +1,8 @@
-"""Table 1 aggregation on a hand-computed case, the sample file round trip, and reports."""
+"""Table 1 aggregation on a hand-computed case, the sample file round trip, and reports.
+
+Tests `csp_jax.evaluation.metrics`, `csp_jax.evaluation.samples`, `csp_jax.evaluation.report` and
+`csp_jax.candidates.ranking`.
+"""
 import json
 
 import numpy as np

@@ -3,6 +3,8 @@
 The XLA version is itself checked against a dense transcription of SPEC §2 in
 float64 (`test_reference_energy.py`); the kernel is float32 only, so the two
 are compared at float32 tolerance, forward and every cotangent, under vmap.
+
+Tests `csp_jax.energy.native` and `csp_jax.energy.pair_conv`.
 """
 import json
 

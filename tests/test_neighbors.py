@@ -1,4 +1,7 @@
-"""The periodic neighbour list equals brute-force enumeration; overflow is flagged."""
+"""The periodic neighbour list equals brute-force enumeration; overflow is flagged.
+
+Tests `csp_jax.geometry.neighbors` (`NeighborCapacity.grow` and `fit` included).
+"""
 import zlib
 
 import jax

@@ -1,4 +1,7 @@
-"""Niggli reduction and R(X, L): agreement with pymatgen, invariances, gradients."""
+"""Niggli reduction and R(X, L): agreement with pymatgen, invariances, gradients.
+
+Tests `csp_jax.geometry.niggli`.
+"""
 import math
 from unittest import mock
 

@@ -1,4 +1,7 @@
-"""The demo notebook runs top to bottom on the CPU with the shipped model (no cell may fail)."""
+"""The demo notebook runs top to bottom on the CPU with the shipped model (no cell may fail).
+
+Tests `notebooks/demo.ipynb`.
+"""
 import shutil
 
 import nbformat

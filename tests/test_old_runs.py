@@ -2,6 +2,8 @@
 
 `fixtures/run_before_layout` is a `test`-config run of 2 steps written by
 csp_jax 0.1.0 as first released (flat modules).
+
+Tests `csp_jax.models` and `csp_jax.models.checkpoint` (loading), `csp_jax.training` (resume).
 """
 import shutil
 

@@ -1,4 +1,7 @@
-"""The other structures a dataset holds for a test crystal's composition, and the top-1 against them."""
+"""The other structures a dataset holds for a test crystal's composition, and the top-1 against them.
+
+Tests `csp_jax.evaluation.polymorphs` (and its paragraph of `csp_jax.evaluation.report`).
+"""
 import numpy as np
 import pytest
 

@@ -1,4 +1,8 @@
-"""Prediction for formulas: cell sizes, error messages, ranked CIFs, the command line."""
+"""Prediction for formulas: cell sizes, error messages, ranked CIFs, the command line.
+
+Tests `csp_jax.predict` and its sub-command in `csp_jax.cli`, `csp_jax.candidates.record` (the
+energy and consensus rankings), with `csp_jax.symmetry` and `csp_jax.pictures` through it.
+"""
 import argparse
 import dataclasses
 import csv

@@ -1,4 +1,7 @@
-"""The shipped models: they load, their format is guarded, and each predicts a test crystal."""
+"""The shipped models: they load, their format is guarded, and each predicts a test crystal.
+
+Tests `csp_jax.models` (by name or folder) and the models in `csp_jax/pretrained/`.
+"""
 import jax
 import numpy as np
 import pytest

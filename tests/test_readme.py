@@ -1,4 +1,7 @@
-"""The README's Python examples run as written (in order, in one namespace)."""
+"""The README's Python examples run as written (in order, in one namespace).
+
+Tests `README.md`.
+"""
 import re
 
 import pytest

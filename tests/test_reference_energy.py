@@ -6,6 +6,8 @@ and reads the same parameters from the Flax variables. Energies and gradients
 with respect to positions and lattice must agree in float64, so any speed-up
 of the library (neighbour search, edge selection, edge-feature sharing or
 tabulation, one-hot aggregation) has to keep SPEC §2's numbers.
+
+Tests `csp_jax.energy.continuousp` and `csp_jax.energy.network`.
 """
 import itertools
 

@@ -1,5 +1,8 @@
 """Relaxing candidates with an interatomic potential: a spring model whose minimum is known,
-CHGNet on rock salt, the potential's name resolution and its errors, failing potentials."""
+CHGNet on rock salt, the potential's name resolution and its errors, failing potentials.
+
+Tests `csp_jax.candidates.relax`.
+"""
 import math
 import sys
 

@@ -1,5 +1,9 @@
 """Relaxation as a stage after sampling: `predict` and `evaluate` with `relax.enabled`, through a
-test double of a potential whose minimum is known (`fake_potential.VolumeSpring`)."""
+test double of a potential whose minimum is known (`fake_potential.VolumeSpring`).
+
+Tests `csp_jax.candidates.record` (`with_relaxed`, the potential's ranking), `csp_jax.predict` and
+`csp_jax.evaluation.relaxed`.
+"""
 import csv
 import json
 import shutil

@@ -1,4 +1,7 @@
-"""Space groups of predicted structures at several tolerances, and their symmetrisation."""
+"""Space groups of predicted structures at several tolerances, and their symmetrisation.
+
+Tests `csp_jax.symmetry`.
+"""
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure

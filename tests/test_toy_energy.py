@@ -4,6 +4,10 @@ A toy pairwise energy on the same neighbour list (`PairSpringEnergy`, which
 implements `csp_jax.energy.Energy` and nothing more) is trained, sampled,
 evaluated and used for prediction through the public functions unchanged; `model.rho0` set in the
 config reaches the random starts of training, evaluation and prediction chains.
+
+Tests `csp_jax.energy.base` and `csp_jax.energy.registry` (an energy by import path) through
+`csp_jax.training`, `csp_jax.evaluation`, `csp_jax.predict` and `csp_jax.cli`; `rho0` in
+`csp_jax.sampling.mala.random_crystal`.
 """
 import csv
 import json

@@ -1,4 +1,9 @@
-"""Training: the loss of SPEC §4, batches, exact resume, non-finite steps, overflow."""
+"""Training: the loss of SPEC §4, batches, exact resume, non-finite steps, overflow.
+
+Tests `csp_jax.training.step` (the losses, the update step), `csp_jax.training.loop` (batches,
+resume, non-finite steps, overflow, capacities, `init_from`), `csp_jax.training.curves`,
+`csp_jax.data.species` (multipliers, swapped sites) and `csp_jax.geometry.crystal.bucket_sizes`.
+"""
 import functools
 import json
 
