@@ -1,7 +1,7 @@
-"""The fused CPU kernel of the pair convolution (`kernels/pair_conv.cc`), built on first use.
+"""The fused CPU pair convolution of the pair convolution (`fused/pair_conv.cc`), built on first use.
 
 XLA's CPU backend splits one convolution into about 20 loops over the edges,
-each a pass through memory; the kernel does the gathers, the gate and core
+each a pass through memory; the fused convolution does the gathers, the gate and core
 terms, the messages and their sum in one pass (and the gradient in another).
 It is compiled once per machine with the C++ compiler (`$CXX`, else `c++`)
 against the XLA FFI headers that jaxlib ships, cached in
@@ -12,7 +12,7 @@ cached library is loaded only when its record (`<library>.json`) says it was
 built from this source, by this compiler, for this jaxlib and CPU, and its
 bytes still have the recorded SHA-256: anything else is rebuilt.
 
-`available()` says whether the kernel can be used. Without a compiler, or
+`available()` says whether it can be used. Without a compiler, or
 with `CSP_JAX_NATIVE=0`, it is False (with one warning line in the first
 case) and `csp_jax.energy.pair_conv` runs its XLA version: same numbers, slower.
 """
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from csp_jax.files import cache_dir
 
-SOURCE = Path(__file__).parent / "kernels" / "pair_conv.cc"
+SOURCE = Path(__file__).parent / "fused" / "pair_conv.cc"
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-std=c++17",
          "-shared", "-fPIC")
 FORWARD_TARGET = "csp_jax_pair_conv_forward"
@@ -64,7 +64,7 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid != os.getuid():
-        raise RuntimeError(f"kernel cache {path} belongs to another user")
+        raise RuntimeError(f"fused-convolution cache {path} belongs to another user")
     if info.st_mode & 0o022:
         path.chmod(info.st_mode & 0o755)  # ours but group/world writable: make it private
     return path
@@ -85,7 +85,7 @@ def _trusted(library: Path, fingerprint: str) -> bool:
 
 
 def _build(compiler: str) -> Path:
-    """Compile the kernel (once per source, compiler, jaxlib and CPU) and return the library."""
+    """Compile the fused convolution (once per source, compiler, jaxlib and CPU) and return the library."""
     include = jax.ffi.include_dir()
     version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True).stdout
     fingerprint = hashlib.sha256("\0".join(
@@ -110,18 +110,18 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def available() -> bool:
-    """True when the kernel is built, loaded and registered (once per process)."""
+    """True when the fused convolution is built, loaded and registered (once per process)."""
     if os.environ.get("CSP_JAX_NATIVE", "1") == "0":
         return False
     compiler = _compiler()
     if compiler is None:
         warnings.warn("csp_jax: no C++ compiler found (set CXX): the pair convolution runs "
-                      "without its fused CPU kernel (slower, same results)", stacklevel=2)
+                      "without its fused CPU pair convolution (slower, same results)", stacklevel=2)
         return False
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
     except (OSError, RuntimeError) as error:
-        warnings.warn(f"csp_jax: the fused CPU kernel is unavailable ({error}); "
+        warnings.warn(f"csp_jax: the fused CPU pair convolution is unavailable ({error}); "
                       "the pair convolution runs without it (slower, same results)", stacklevel=2)
         return False
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.CspPairConvForward),
@@ -132,23 +132,26 @@ def available() -> bool:
 
 
 def active(dtype=jnp.float32) -> bool:
-    """Whether the kernel runs for arrays of `dtype` here: float32 on one CPU device, built.
+    """Whether the fused convolution runs for arrays of `dtype` here: float32 on the CPU, built,
+    and either one device or inside `jax.shard_map` (the chain driver's programs on several
+    devices: each device's program sees its own rows).
 
-    With several devices the XLA version runs: the kernel has no sharding rule,
-    so XLA's partitioner would gather a sharded batch onto every device.
+    Elsewhere with several devices the XLA version runs: the fused convolution has no
+    sharding rule, so XLA's partitioner would gather a sharded batch onto every device.
     """
-    return (jax.default_backend() == "cpu" and jax.device_count() == 1
-            and jnp.dtype(dtype) == jnp.float32 and available())
+    per_device = jax.device_count() == 1 or bool(jax.sharding.get_abstract_mesh().manual_axes)
+    return (jax.default_backend() == "cpu" and per_device and jnp.dtype(dtype) == jnp.float32
+            and available())
 
 
 def usable(*arrays) -> bool:
-    """Whether a call on these arrays runs the kernel (`active` for all their dtypes)."""
+    """Whether a call on these arrays runs the fused convolution (`active` for all their dtypes)."""
     return all(a.dtype == jnp.float32 for a in arrays) and active()
 
 
 def _require():
     if not available():
-        raise RuntimeError("csp_jax: the fused CPU kernel is not available (see the warning above)")
+        raise RuntimeError("csp_jax: the fused CPU pair convolution is not available (see the warning above)")
 
 
 def aggregate(p, q, u, b3, w, mask, receivers, senders):

@@ -12,7 +12,7 @@ i <- j and j <- i, which share their length d and hence the edge term
 Two implementations of the per-edge part (gathers, gate and core, messages,
 their sum, and the gradient of all that), with the same inputs and numbers:
 
-- on CPU in float32, the fused kernel of `csp_jax.energy.native` (one pass over the
+- on CPU in float32, the fused pair convolution of `csp_jax.energy.native` (one pass over the
   edges forward, one backward; about 1.5-2x faster for a whole MALA step);
 - otherwise (GPU, float64, no C++ compiler) XLA ops, with the gradient written
   out (`jax.custom_vjp`): XLA's CPU fusion of the derived one recomputes
@@ -75,10 +75,10 @@ def _input_cotangents(nodes, w1, w2, w3, edge_features, grad_pre, grad_p, grad_q
             edge_features.T @ grad_f, grad_f.sum(0), grad_f @ w3.T, grad_weight, None, None, None)
 
 
-# The fused CPU kernel.
+# The fused CPU pair convolution.
 
 def _native_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders):
-    p, q, u = _terms(nodes, w1, b1, w2, b2, w3, edge_features)  # b3 is added in the kernel
+    p, q, u = _terms(nodes, w1, b1, w2, b2, w3, edge_features)  # b3 is added in the fused convolution
     aggregated = native.aggregate(p, q, u, b3, edge_weight, edge_mask, receivers, senders)
     out, (update, pre) = _node_update(nodes, aggregated)
     return out, (nodes, w1, w2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders,
@@ -116,7 +116,7 @@ def _node_terms(p, q, receivers, senders):
 def _xla_forward(nodes, w1, b1, w2, b2, w3, b3, edge_features, edge_weight, edge_mask, receivers, senders):
     """The layer and what its gradient keeps (the per-edge node terms are gathered again there:
     cheaper than keeping them on a memory-bound CPU). Padding edges have weight 0, hence no
-    message; their weight cotangent is 0 as in the kernel."""
+    message; their weight cotangent is 0 as in the fused convolution."""
     num_nodes, d = nodes.shape
     p, q, u = _terms(nodes, w1, b1, w2, b2, w3, edge_features)
     f = u + b3

@@ -40,6 +40,7 @@ from csp_jax.geometry.capacity import at_least, grow_until_no_overflow, largest_
 from csp_jax.geometry.crystal import Crystal, bucket_for
 from csp_jax.geometry.niggli import reduce_crystal
 from csp_jax.progress import Progress
+from csp_jax.sampling.devices import padded_rows, split_over_devices
 from csp_jax.sampling.kernel import Kernel, KernelInfo, KernelState, kernel_from
 from csp_jax.sampling.mala import annealing_schedule, random_crystal, run_chain
 
@@ -117,7 +118,8 @@ PROGRAMS_KEPT = 32
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
 def compiled_init(energy: Energy, kernel: Kernel, reduce_fn: Callable, capacity, chunk: int | None = None):
     """jit((variables, keys [B], species [B, N]) -> KernelState [B]): random starts, reduced and
-    evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap)."""
+    evaluated, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`; 0: one vmap), the
+    chains split over the local devices (`devices.split_over_devices`; B a multiple of their count)."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
     def chain_init(variables, keys, species):
@@ -125,7 +127,7 @@ def compiled_init(energy: Energy, kernel: Kernel, reduce_fn: Callable, capacity,
         start = lambda key, s: init_fn(random_crystal(key, s, energy.rho0))  # noqa: E731
         return chunked_vmap(start, chunk)(keys, species)
 
-    return jax.jit(chain_init)
+    return jax.jit(split_over_devices(chain_init, (False, True, True), True))
 
 
 @functools.lru_cache(maxsize=PROGRAMS_KEPT)
@@ -133,7 +135,8 @@ def compiled_segment(energy: Energy, kernel: Kernel, reduce_fn: Callable, capaci
                      chunk: int | None = None):
     """jit((variables, keys [B], states [B], step_sizes [S], betas [S], first_step) ->
     (states [B], KernelInfo [B, S])): S steps of every chain, starting at schedule step
-    `first_step`, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`)."""
+    `first_step`, in vmapped chunks of `chunk` chains (None: `chains_per_chunk`), the chains split
+    over the local devices."""
     chunk = chains_per_chunk(energy, capacity) if chunk is None else chunk
 
     def chain_segment(variables, keys, states, step_sizes, betas, first_step):
@@ -145,7 +148,7 @@ def compiled_segment(energy: Energy, kernel: Kernel, reduce_fn: Callable, capaci
 
         return chunked_vmap(chain, chunk)(keys, states)
 
-    return jax.jit(chain_segment)
+    return jax.jit(split_over_devices(chain_segment, (False, True, True, False, False, False), (True, True)))
 
 
 _COMPILED = {"chain_init": 0, "chain_segment": 0}  # XLA compilations of the two programs above
@@ -210,7 +213,9 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
     segment and compile nothing new. reduce_fn: None for Niggli + wrap. chunk:
     chains vmapped together (None: `chains_per_chunk`, the CPU-tuned choice).
 
-    The chains run in segments of `segment_length` steps; a segment (or the
+    The chains are split over the local devices (`csp_jax.sampling.devices`: the
+    states come back sharded along the chain axis, each device holding its rows).
+    They run in segments of `segment_length` steps; a segment (or the
     initialisation) that overflowed is run again from its saved start states
     and keys with a grown capacity, so the result equals a run that had the
     final capacity from the start.
@@ -219,6 +224,11 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
     step_sizes, betas = (jnp.asarray(a) for a in annealing)
     kernel = kernel_from() if kernel is None else kernel
     reduce_fn = reduce_crystal if reduce_fn is None else reduce_fn
+    num_chains = species.shape[0]
+    extra = padded_rows(num_chains) - num_chains  # copies of chain 0 so every device gets as many
+    if extra:
+        keys = jnp.concatenate([keys, jnp.repeat(keys[:1], extra, axis=0)])
+        species = jnp.concatenate([species, jnp.repeat(species[:1], extra, axis=0)])
     split = jax.vmap(jax.random.split)(keys)
     init_keys, run_keys = split[:, 0], split[:, 1]
 
@@ -247,7 +257,9 @@ def sample(keys, species, energy: Energy, variables, capacity, annealing: Schedu
         reruns += more
         capacities.append(capacity)
         infos.append(jax.device_get(info))
-    info = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *infos)
+    info = jax.tree.map(lambda *a: np.concatenate(a, axis=1)[:num_chains], *infos)
+    if extra:
+        states = jax.tree.map(lambda a: a[:num_chains], states)
     return SampleResult(states, info, tuple(capacities), reruns)
 
 
