@@ -85,6 +85,25 @@ def _built(potential: str):
                           f"{POTENTIALS[potential][1]}") from None
 
 
+# Cells a relaxation stops at, as failed: a potential's neighbour lists (and its memory) grow
+# without bound as a cell collapses or flattens, and no crystal is that dense or that thin.
+VOLUME_PER_ATOM = (1.0, 1000.0)  # A^3 per atom
+MIN_HEIGHT = 0.5  # A, the smallest distance between opposite faces of the cell
+
+
+def cell_problem(atoms) -> str:
+    """Why `atoms` (an ASE Atoms) is no cell to relax further ("" when it is one)."""
+    import numpy as np
+
+    cell = np.asarray(atoms.cell)
+    volume = abs(float(np.linalg.det(cell)))
+    per_atom = volume / len(atoms)
+    if not VOLUME_PER_ATOM[0] <= per_atom <= VOLUME_PER_ATOM[1]:
+        return f"the cell has {per_atom:.3g} A^3 per atom, outside {VOLUME_PER_ATOM}"
+    height = volume / float(np.max(np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)))
+    return f"the cell is {height:.3g} A thin" if height < MIN_HEIGHT else ""
+
+
 class Relaxed(NamedTuple):
     """One relaxation.
 
@@ -110,7 +129,8 @@ def relax(structure, calc, *, fmax: float = RelaxConfig.fmax,
     """Relax positions and cell of `structure` (pymatgen Structure, n atoms) with the ASE
     calculator `calc`, by FIRE on a FrechetCellFilter, for at most `max_steps` steps or
     until the largest force is below `fmax` (eV/A). Never raises for a structure the
-    calculator fails on: see `Relaxed`."""
+    calculator fails on: see `Relaxed`; a cell that collapses or flattens (`cell_problem`)
+    stops the relaxation as failed."""
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -120,14 +140,19 @@ def relax(structure, calc, *, fmax: float = RelaxConfig.fmax,
     atoms.calc = calc
     optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
     try:
-        converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
-        energy = float(atoms.get_potential_energy()) / len(atoms)
-        message = "" if math.isfinite(energy) else f"the energy is {energy}"
+        converged, message = False, cell_problem(atoms)
+        if not message:
+            for converged in optimizer.irun(fmax=fmax, steps=max_steps):
+                message = cell_problem(atoms)
+                if message:
+                    break
+        energy = float(atoms.get_potential_energy()) / len(atoms) if not message else math.nan
+        message = message or ("" if math.isfinite(energy) else f"the energy is {energy}")
     except Exception as error:  # noqa: BLE001 -- any failure of the potential is an outcome
         message = f"{type(error).__name__}: {error}".splitlines()[0]
     seconds = time.perf_counter() - start
     if message:
         return Relaxed(structure, math.nan, optimizer.nsteps, False, seconds, message)
     atoms.calc = None  # else the structure would carry the calculator (`Structure.calc`)
-    return Relaxed(AseAtomsAdaptor.get_structure(atoms), energy, optimizer.nsteps, converged,
+    return Relaxed(AseAtomsAdaptor.get_structure(atoms), energy, optimizer.nsteps, bool(converged),
                    seconds)
