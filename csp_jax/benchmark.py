@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csp_jax import models
-from csp_jax.config import get_config
+from csp_jax.config import get_config, with_sets
 from csp_jax.energy.registry import build_energy
 from csp_jax.geometry.capacity import grow_until_no_overflow, largest_needs
 from csp_jax.geometry.neighbors import NeighborCapacity
@@ -86,7 +86,7 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
     re-runs, acceptance rate of the timed steps, XLA's memory estimate of the
     compiled segment and the process's peak RSS.
     """
-    cfg = get_config(config)
+    cfg = workload_config(config)
     model = build_energy(cfg.model)
     capacity = NeighborCapacity.for_atoms(
         atoms, cfg.neighbors.max_images if max_images is None else max_images,
@@ -160,7 +160,7 @@ def profile(config: str = "perov5", batch: int = 128, atoms: int = 5, max_images
     """
     from csp_jax.geometry.neighbors import neighbor_list
 
-    model = build_energy(get_config(config).model)
+    model = build_energy(workload_config(config).model)
     capacity = NeighborCapacity(max_images, max_edges)
     variables = model.init(jax.random.key(seed))
     keys = jax.random.split(jax.random.key(seed + 1), batch)
@@ -211,7 +211,7 @@ def whole_chain(config: str = "perov5", batch: int = 128, atoms: int = 5, seed: 
     driver; programs found in the persistent cache `$CSP_JAX_CACHE/xla` count
     too, but load in well under a second) and the capacities it ran with.
     """
-    cfg = get_config(config)
+    cfg = workload_config(config)
     model = build_energy(cfg.model)
     variables = model.init(jax.random.key(seed))
     steps = schedule(cfg.sampler)
@@ -253,7 +253,7 @@ def train_throughput(config: str = "perov5", steps: int = 3, num_steps: int | No
     from csp_jax.training.loop import Capacities, compiled_training_programs, make_batch, negatives, run_step
     from csp_jax.training.step import init_train_state, optimizer, update_step
 
-    cfg = get_config(config)
+    cfg = workload_config(config)
     if num_steps:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, num_steps=num_steps))
     train_set, _ = training_splits(cfg.data, data_dir)
@@ -413,6 +413,14 @@ def scaling(args) -> list[dict]:
     return results
 
 
+SETS: list[str] = []  # the command line's --set values, applied to every config a workload loads
+
+
+def workload_config(name: str):
+    """The named config with the command line's `--set section.key=value` applied (`SETS`)."""
+    return with_sets(get_config(name), SETS)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", choices=sorted(BASELINE), action="append",
@@ -454,7 +462,10 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=16, help="test crystals for --evaluation")
     p.add_argument("--num-samples", type=int, default=8, help="chains per crystal for --evaluation")
     p.add_argument("--json", help="write the results and the machine description here")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="set a value of the workloads' configs, e.g. sampler.segment_length=50 (repeatable)")
     args = p.parse_args(argv)
+    SETS[:] = args.set
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_avg']}, "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from csp_jax.errors import one_line
-from csp_jax.config import CHOICES, Config, available_configs, check_range, get_config, override
+from csp_jax.config import CHOICES, Config, available_configs, check_range, get_config, override, with_sets
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "displacement", "bench")
 
@@ -85,11 +85,7 @@ def configured(config: Config, args) -> Config:
     for name, value in vars(args).items():
         if name.startswith("set:") and value is not None:
             config = override(config, name.removeprefix("set:"), value)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        config = override(config, key, value)
+    config = with_sets(config, args.set)
     build_energy(config.model)
     kernel_from(config.sampler.kernel)
     return config

@@ -292,6 +292,16 @@ def _parse(text: str, kind: type):
     return kind(text)
 
 
+def with_sets(config: Config, items) -> Config:
+    """`config` with command-line items "section.key=value" applied in order (`override`)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        config = override(config, key, value)
+    return config
+
+
 def updated(config: Config, values: dict) -> Config:
     """A copy of `config` with `{"section.field": value}` set (typed values, checked as
     `override` checks text): how library callers choose options."""
