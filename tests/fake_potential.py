@@ -12,10 +12,14 @@ class VolumeSpring(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
+    def __init__(self, volume_per_atom: float = VOLUME_PER_ATOM):
+        super().__init__()
+        self.v0 = volume_per_atom
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         n, volume = len(self.atoms), self.atoms.get_volume()
-        x = volume / n - VOLUME_PER_ATOM
+        x = volume / n - self.v0
         # The stress is dE/d(strain) / V: an isotropic strain e changes V by V tr(e).
         self.results = {"energy": n * x**2, "free_energy": n * x**2, "forces": np.zeros((n, 3)),
                         "stress": np.array([2 * x, 2 * x, 2 * x, 0.0, 0.0, 0.0])}

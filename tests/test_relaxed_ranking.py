@@ -6,6 +6,7 @@ Tests `csp_jax.candidates.record` (`with_relaxed`, the potential's ranking), `cs
 """
 import csv
 import json
+import math
 import shutil
 
 import numpy as np
@@ -60,6 +61,18 @@ def test_predict_relaxes_one_sample_per_group_and_ranks_by_the_potential(tmp_pat
     with open(tmp_path / "summary.csv") as f:
         assert "potential_energy" in next(csv.reader(f))
     assert "Ranked by the energy per atom of fake_potential:calculator" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_cell_that_collapses_stops_its_relaxation_as_failed():
+    """A potential whose minimum is a cell of 0.3 A^3 per atom: FIRE shrinks the cell until it
+    leaves `relax.VOLUME_PER_ATOM`, and the relaxation stops there, failed, instead of going on."""
+    from csp_jax.candidates.relax import VOLUME_PER_ATOM as ALLOWED
+    from csp_jax.candidates.relax import relax
+    from fake_potential import VolumeSpring
+
+    result = relax(perovskite_structure(3.9), VolumeSpring(0.3), fmax=1e-4, max_steps=500)
+    assert math.isnan(result.energy_per_atom) and not result.converged and 0 < result.steps < 500
+    assert "A^3 per atom" in result.message and str(ALLOWED) in result.message
 
 
 @pytest.mark.slow  # an evaluation's chains and three scorings: about 40 s
