@@ -105,6 +105,11 @@ def add_train(subparsers) -> None:
 def run_train(args) -> None:
     from csp_jax.training.loop import train
 
+    from csp_jax.distributed import launched_as_several
+
+    if launched_as_several():
+        raise ValueError("training in several processes is not supported yet: start one process "
+                         "(its chains and update step use every device of the machine)")
     config = configured(get_config(args.config), args)
     out = Path(args.out or f"runs/{config.name}")
     if args.resume and not out.is_dir():
@@ -185,14 +190,19 @@ def add_evaluate(subparsers) -> None:
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted evaluation from the samples saved in <out>/<split>_parts")
+    p.add_argument("--distributed", action="store_true",
+                   help="one of several processes (jax.distributed; automatic under SLURM or Open MPI): "
+                        "each samples, matches and relaxes its share, the first writes the report")
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args) -> None:
     from csp_jax.evaluation.evaluate import evaluate, recompute
+    from csp_jax.distributed import initialize
     from csp_jax.evaluation.selection import (reference_crystals, test_crystals, tested_dataset,
                                               training_crystals)
 
+    initialize(args.distributed)
     _relax_values(args)
     config, energy, variables = _load(args)
     out = _out_dir(args, "eval")

@@ -13,7 +13,7 @@ from csp_jax import config as config_module
 PACKAGE = Path(config_module.__file__).parent
 EXPERIMENTS = PACKAGE.parent / "experiments"
 # The pipeline, earliest first: a module may import its own stage and earlier ones only.
-STAGES = ["config", "files", "errors", "progress", "geometry", "energy", "models", "sampling", "data",
+STAGES = ["config", "files", "errors", "progress", "distributed", "geometry", "energy", "models", "sampling", "data",
           "candidates", "training", "evaluation", "pictures", "symmetry", "predict", "pretrained", "benchmark", "cli"]
 
 

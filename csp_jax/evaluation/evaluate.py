@@ -26,11 +26,12 @@ import jax
 import numpy as np
 
 from csp_jax.config import Config
+from csp_jax.distributed import barrier, is_main, share
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.datasets import subset_indices
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation.figures import evaluation_pngs
-from csp_jax.evaluation.metrics import add_splits, evaluate_samples
+from csp_jax.evaluation.metrics import add_splits, concatenated, evaluate_samples, match_crystals, summarize
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
 from csp_jax.evaluation.relaxed import relax_and_score
 from csp_jax.evaluation.report import write_report
@@ -46,6 +47,17 @@ from csp_jax.sampling.kernel import kernel_from
 SETTINGS_FILE = "settings.json"
 
 
+def _runs(begins: list[int], step: int) -> list[list[int]]:
+    """`begins` (sorted) in runs of consecutive batches (each `step` after the previous)."""
+    runs = []
+    for begin in begins:
+        if runs and begin == runs[-1][-1] + step:
+            runs[-1].append(begin)
+        else:
+            runs.append([begin])
+    return runs
+
+
 def sample_chains(config: Config, energy: Energy, variables, species, key, *,
                   parts_dir: Path | None = None, log: Callable[[str], None] = print):
     """Annealed chains (the config's evaluation schedule and kernel) from random starts, one
@@ -54,44 +66,59 @@ def sample_chains(config: Config, energy: Energy, variables, species, key, *,
     species: [M, N] int (0 = padding); row r uses the key `fold_in(key, r)`.
     With `parts_dir`, every batch of rows is saved there as it finishes
     (`rows_<first row>.npz`, with the capacity the next batch starts from) and
-    batches already there are loaded instead of sampled again. Returns
-    (crystals: Crystal [M, N] numpy, energies [M], overflow re-runs, non-finite
-    proposals rejected).
+    batches already there are loaded instead of sampled again. With several
+    processes (`csp_jax.distributed`), each samples its share of the batches
+    (`distributed.share`) and saves them in `parts_dir` (required then, on a
+    filesystem every process sees); after a barrier every process reads every
+    batch. Returns (crystals: Crystal [M, N] numpy, energies [M], overflow
+    re-runs, non-finite proposals rejected).
     """
     species = np.asarray(species, np.int32)
     num_rows = species.shape[0]
     batch_size = min(config.eval.batch_size, num_rows)
     steps = schedule(config.sampler, config.eval.num_steps)
-    capacity = NeighborCapacity.from_config(config.neighbors, species.shape[1])
-    done = []
+    start_capacity = NeighborCapacity.from_config(config.neighbors, species.shape[1])
+    begins = list(range(0, num_rows, batch_size))
+    if jax.process_count() > 1 and parts_dir is None:
+        raise ValueError("several processes share their chains through a parts folder: give parts_dir")
+    path = lambda begin: parts_dir / f"rows_{begin:08d}.npz"  # noqa: E731
+
+    def load(begin: int) -> dict:
+        with np.load(path(begin)) as part:
+            return {k: part[k] for k in part.files}
+
+    parts = {}
     if parts_dir is not None:
         parts_dir.mkdir(parents=True, exist_ok=True)
-        for begin in range(0, num_rows, batch_size):
-            path = parts_dir / f"rows_{begin:08d}.npz"
-            if not path.is_file():
-                break
-            with np.load(path) as part:
-                done.append({k: part[k] for k in part.files})
-            capacity = NeighborCapacity(*(int(c) for c in done[-1]["capacity"]))
-        if done:
-            log(f"resuming: {len(done)} batches of {batch_size} chains already in {parts_dir}")
+        parts = {begin: load(begin) for begin in begins if path(begin).is_file()}
+        if parts:
+            log(f"resuming: {len(parts)} batches of {batch_size} chains already in {parts_dir}")
 
     def save_part(begin, crystals, energies, capacity, reruns, non_finite):
         part = {"positions": crystals.positions, "lattice": crystals.lattice, "energies": energies,
                 "capacity": np.array(capacity), "reruns": np.array(reruns),
                 "non_finite": np.array(non_finite)}
-        done.append(part)
+        parts[begin] = part
         if parts_dir is not None:
             buffer = io.BytesIO()
             np.savez(buffer, **part)
-            write_atomic(parts_dir / f"rows_{begin:08d}.npz", buffer.getvalue())
+            write_atomic(path(begin), buffer.getvalue())
 
-    first = len(done) * batch_size
-    if first < num_rows:
-        sample_rows(key, species[first:], energy, variables, capacity, steps, batch_size=batch_size,
-                    segment_length=config.sampler.segment_length,
-                    kernel=kernel_from(config.sampler.kernel), first_row=first,
-                    log=log, on_batch=save_part)
+    todo = [begins[i] for i in share(len(begins)) if begins[i] not in parts]
+    if jax.process_count() > 1:
+        log(f"process {jax.process_index()} of {jax.process_count()}: sampling the batches from rows "
+            f"{', '.join(map(str, todo)) or '(none left)'}")
+    for run in _runs(todo, batch_size):
+        earlier = [begin for begin in parts if begin < run[0]]  # its capacity carries over
+        capacity = NeighborCapacity(*(int(c) for c in parts[max(earlier)]["capacity"])) if earlier \
+            else start_capacity
+        sample_rows(key, species[run[0]:run[-1] + batch_size], energy, variables, capacity, steps,
+                    batch_size=batch_size, segment_length=config.sampler.segment_length,
+                    kernel=kernel_from(config.sampler.kernel), first_row=run[0], log=log, on_batch=save_part)
+    if jax.process_count() > 1:
+        barrier("sampled")
+        parts = {begin: load(begin) for begin in begins}
+    done = [parts[begin] for begin in begins]
     crystals = Crystal(species, np.concatenate([p["positions"] for p in done]),
                        np.concatenate([p["lattice"] for p in done]))
     return (crystals, np.concatenate([p["energies"] for p in done]),
@@ -204,8 +231,10 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"--resume: {settings_path} was written with other settings "
                          f"({settings_path.read_text().strip()}); use the same options or delete it")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(settings_path, json.dumps(settings))
+    barrier("evaluation checked")  # every process checked the folder before the main one writes
+    if is_main():
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(settings_path, json.dumps(settings))
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
     start, programs = time.perf_counter(), compiled_chain_programs()
@@ -218,10 +247,12 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     unsort = np.argsort(by_size)
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
     energies = energies.reshape(num_test, num_samples)[unsort]
-    save_samples(samples_path, samples, energies, test.material_ids)
-    write_atomic(sampled_settings, json.dumps(settings))
-    shutil.rmtree(parts_dir)
-    _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
+    barrier("samples read")  # every process read every part before the main one removes them
+    if is_main():
+        save_samples(samples_path, samples, energies, test.material_ids)
+        write_atomic(sampled_settings, json.dumps(settings))
+        shutil.rmtree(parts_dir)
+        _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
     sampling = {"chains": num_test * num_samples, "steps": num_steps, "batch_size": batch_size,
                 "seconds": seconds, "overflow_reruns": reruns, "non_finite_proposals": non_finite,
                 "compiled_programs": programs}
@@ -234,22 +265,34 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
            num_test_total: int, sampling: dict | None, *, resume: bool, workers, training, references,
            dataset_name, selection: str, log) -> dict:
     """Match the samples [T, K, N] of the T test crystals, relax them when `relax.enabled`, and write
-    the report (`sampling`: the sampling record, None when the samples were sampled before)."""
+    the report (`sampling`: the sampling record, None when the samples were sampled before).
+
+    With several processes, each matches and relaxes its share of the crystals; the main one
+    merges them and writes the report, and alone returns the results (the others: None).
+    """
     num_test, num_samples = energies.shape
     timeout_s = config.eval.match_timeout
     stem = _paths(out_dir, split)[1]
+    truths = [test.structure(i) for i in range(num_test)]
 
-    log(f"matching {num_test * num_samples} pairs, then the matched ones at strict tolerances "
+    mine = share(num_test)
+    log(f"matching {len(mine) * num_samples} pairs, then the matched ones at strict tolerances "
         f"and the samples of each crystal against each other")
-    results = evaluate_samples([test.structure(i) for i in range(num_test)], samples,
-                               timeout_s, workers, energies=energies)
-    add_splits(results, test.species, energies, training)
-    add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
+    matched = match_crystals([truths[t] for t in mine], jax.tree.map(lambda a: a[mine], samples),
+                             timeout_s, workers, energies=energies[mine])
+    if jax.process_count() > 1:
+        matched = _merged(matched, mine, out_dir / f"{split}_scored")
+    results = summarize(matched, energies)
     if config.relax.enabled:
         log(f"relaxing the samples of {num_test} crystals with {config.relax.potential}")
-        results["relaxed"] = relax_and_score(
-            config, [test.structure(i) for i in range(num_test)], samples, energies, results["labels"],
-            test.material_ids, out_dir, split, resume=resume, workers=workers, log=log)
+        relaxed = relax_and_score(config, truths, samples, energies, results["labels"], test.material_ids,
+                                  out_dir, split, resume=resume, workers=workers, log=log)
+        if relaxed is not None:
+            results["relaxed"] = relaxed
+    if not is_main():
+        return None
+    add_splits(results, test.species, energies, training)
+    add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     previous = Path(f"{stem}.json")
     if sampling is None and previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
         sampling = record["sampling"]
@@ -261,6 +304,20 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
     pngs = evaluation_pngs(results, out_dir, split)
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results
+
+
+def _merged(matched: dict, mine: list[int], folder: Path) -> dict:
+    """Every process's `match_crystals` records (this one's: `matched`, of the crystals `mine`),
+    exchanged through files in `folder`, as one in the crystals' order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / f"{jax.process_index()}.json", json.dumps({"crystals": mine, **matched}))
+    barrier("scored")
+    parts = [json.loads((folder / f"{p}.json").read_text()) for p in range(jax.process_count())]
+    barrier("scores read")
+    if is_main():
+        shutil.rmtree(folder)
+    crystals = [t for part in parts for t in part.pop("crystals")]
+    return concatenated(parts, np.argsort(crystals))
 
 
 def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,

@@ -84,29 +84,22 @@ def aggregate(outcome, rms, energies=None, labels=None, stol: float = MATCHER_KW
     return results
 
 
-def evaluate_samples(
-    gt_structures: Sequence,
-    samples: Crystal,
-    timeout_s: float,
-    workers: int | None = None,
-    match_fn=match_pair,
-    energies=None,
-) -> dict:
-    """Match every (test crystal, sample) pair and aggregate (see `aggregate`).
+def match_crystals(gt_structures: Sequence, samples: Crystal, timeout_s: float, workers: int | None = None,
+                   match_fn=match_pair, energies=None) -> dict:
+    """The per-crystal records of matching T test crystals' samples (what `summarize` aggregates).
 
     gt_structures: T pymatgen Structures; samples: `Crystal` [T, K, N];
     energies: [T, K] final energies (None: no energy or consensus ranking).
     Three rounds of matching in the worker pool: every pair at the usual
     tolerances (`match_fn`); the pairs that matched again at
     STRICT_MATCHER_KWARGS (a pair that does not match at the usual tolerances
-    does not at stricter ones), reported as `strict` (the same metrics); and,
-    with energies, the valid samples of each crystal against each other, whose
-    matches cluster them (`ranking.cluster_labels`: `labels` [T][K]).
-    Adds per-pair `outcome` [T][K] (codes, names in `outcome_names`), `rms`
-    [T][K] (None unless matched), their `_strict` twins, `volume_ratio`
-    (10th, 50th and 90th percentile of V_sample / V_true over matched samples:
-    the matcher scales volumes away) and `error_messages` (text: count), so
-    the metrics can be recomputed with `aggregate`.
+    does not at stricter ones); and, with energies, the valid samples of each
+    crystal against each other, whose matches cluster them
+    (`ranking.cluster_labels`). Returns lists of T rows: `outcome` [T][K]
+    (codes), `rms` [T][K] (None unless matched), their `_strict` twins,
+    `volume_ratio` [T][K] (V_sample / V_true of matched samples, else None),
+    `labels` [T][K] (with energies), and `error_messages` (text: count). The
+    rows of several calls on parts of the crystals concatenate (`concatenated`).
     """
     num_crystals, num_samples = np.shape(samples.species)[:2]
     if len(gt_structures) != num_crystals:
@@ -115,8 +108,8 @@ def evaluate_samples(
     index = [(t, k) for t in range(num_crystals) for k in range(num_samples)]
     results: list[PairResult] = match_pairs([(gt_structures[t], cells[t][k]) for t, k in index],
                                             timeout_s, workers, match_fn)
-    outcome = np.array([r.outcome for r in results]).reshape(num_crystals, num_samples)
-    rms = np.array([r.rms for r in results]).reshape(num_crystals, num_samples)
+    outcome = np.array([r.outcome for r in results], int).reshape(num_crystals, num_samples)
+    rms = np.array([r.rms for r in results], float).reshape(num_crystals, num_samples)
 
     again = [(t, k) for t, k in index if outcome[t, k] == MATCH]
     strict_outcome, strict_rms = outcome.copy(), rms.copy()
@@ -124,28 +117,59 @@ def evaluate_samples(
                                             timeout_s, workers, match_pair_strict)):
         strict_outcome[t, k], strict_rms[t, k] = r.outcome, r.rms
 
-    labels = None
+    volume_ratio = np.full((num_crystals, num_samples), math.nan)
+    for t, k in index:
+        if outcome[t, k] == MATCH:
+            volume_ratio[t, k] = abs(np.linalg.det(np.asarray(cells[t][k].lattice, np.float64))) / gt_structures[t].volume
+    nan_to_none = lambda a: [[None if math.isnan(x) else x for x in row] for row in a.tolist()]  # noqa: E731
+    record = {"outcome": outcome.tolist(), "rms": nan_to_none(rms), "outcome_strict": strict_outcome.tolist(),
+              "rms_strict": nan_to_none(strict_rms), "volume_ratio": nan_to_none(volume_ratio),
+              "error_messages": dict(collections.Counter(r.message for r in results if r.message))}
     if energies is not None:
         valid = (outcome != INVALID) & np.isfinite(np.asarray(energies))
-        labels = np.array(cluster_samples(cells, valid.tolist(), timeout_s, workers))
+        record["labels"] = np.array(cluster_samples(cells, valid.tolist(), timeout_s, workers)).tolist()
+    return record
 
-    volume_ratios = [abs(np.linalg.det(np.asarray(cells[t][k].lattice, np.float64))) / gt_structures[t].volume
-                     for t, k in index if outcome[t, k] == MATCH]
-    nan_to_none = lambda a: [[None if math.isnan(x) else x for x in row] for row in a.tolist()]  # noqa: E731
+
+def concatenated(parts: Sequence[dict], order) -> dict:
+    """The records of `match_crystals` on parts of the crystals as one, its rows in the crystals'
+    order: `order` [T] gives, for each crystal, its row in the parts' rows one after another."""
+    rows = {key: [row for part in parts for row in part[key]] for key in parts[0] if key != "error_messages"}
+    record = {key: [value[i] for i in order] for key, value in rows.items()}
+    record["error_messages"] = dict(sum((collections.Counter(p["error_messages"]) for p in parts),
+                                        collections.Counter()))
+    return record
+
+
+def summarize(matched: dict, energies=None) -> dict:
+    """Table 1 metrics (see `aggregate`) of `match_crystals`' records, with them: the usual and the
+    `strict` tolerances' metrics, `volume_ratio` (10th, 50th and 90th percentile of V_sample /
+    V_true over matched samples: the matcher scales volumes away), `outcome_names`, and the
+    per-pair records themselves, so the metrics can be recomputed with `aggregate`."""
+    outcome = np.asarray(matched["outcome"])
+    as_float = lambda a: np.array(a, dtype=np.float64)  # noqa: E731 (None -> nan)
+    labels = np.asarray(matched["labels"]) if "labels" in matched else None
+    ratios = as_float(matched["volume_ratio"])
+    ratios = ratios[np.isfinite(ratios)]
     record = {
-        **aggregate(outcome, rms, energies, labels),
+        **aggregate(outcome, as_float(matched["rms"]), energies, labels),
         "strict": {"tolerances": STRICT_MATCHER_KWARGS,
-                   **aggregate(strict_outcome, strict_rms, energies, labels, STRICT_MATCHER_KWARGS["stol"])},
+                   **aggregate(np.asarray(matched["outcome_strict"]), as_float(matched["rms_strict"]), energies,
+                               labels, STRICT_MATCHER_KWARGS["stol"])},
         "tolerances": MATCHER_KWARGS,
-        "volume_ratio": (np.percentile(volume_ratios, [10, 50, 90]).tolist() if volume_ratios else None),
+        "volume_ratio": np.percentile(ratios, [10, 50, 90]).tolist() if ratios.size else None,
         "outcome_names": list(OUTCOME_NAMES),
-        "outcome": outcome.tolist(), "rms": nan_to_none(rms),
-        "outcome_strict": strict_outcome.tolist(), "rms_strict": nan_to_none(strict_rms),
-        "error_messages": dict(collections.Counter(r.message for r in results if r.message)),
+        **{key: matched[key] for key in ("outcome", "rms", "outcome_strict", "rms_strict", "error_messages")},
     }
     if labels is not None:
-        record["labels"] = labels.tolist()
+        record["labels"] = matched["labels"]
     return record
+
+
+def evaluate_samples(gt_structures: Sequence, samples: Crystal, timeout_s: float, workers: int | None = None,
+                     match_fn=match_pair, energies=None) -> dict:
+    """Match every (test crystal, sample) pair and aggregate: `summarize(match_crystals(...))`."""
+    return summarize(match_crystals(gt_structures, samples, timeout_s, workers, match_fn, energies), energies)
 
 
 def split_by(results: dict, mask, energies=None) -> dict | None:

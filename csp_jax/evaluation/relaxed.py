@@ -27,6 +27,7 @@ from csp_jax.candidates.record import (by_size, from_samples, ranked, relaxed_cr
                                        with_relaxed)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
+from csp_jax.distributed import barrier, is_main, share
 from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.progress import Progress, format_duration
@@ -65,7 +66,10 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     """Relax the samples [T, K, N] of T test crystals (energies [T, K], group labels [T, K] of
     `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
 
-    Returns the `relaxed` record of the results (see the module's docstring).
+    Returns the `relaxed` record of the results (see the module's docstring). With several
+    processes each relaxes its share of the crystals (`distributed.share`); after a barrier the
+    main one reads every crystal's relaxations, scores them and returns the record (the others:
+    None).
     """
     r = config.relax
     parts = Path(out_dir) / f"{split}_relaxed"
@@ -80,25 +84,40 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"--resume: {settings_path} was written with other settings or samples "
                          f"({settings_path.read_text().strip()}); use the same options or delete it")
-    parts.mkdir(parents=True, exist_ok=True)
-    write_atomic(settings_path, json.dumps(settings))
+    barrier("relaxation checked")  # every process checked the folder before the main one writes
+    if is_main():
+        parts.mkdir(parents=True, exist_ok=True)
+        write_atomic(settings_path, json.dumps(settings))
     calc = calculator(r.potential)
     num_test, num_samples = np.shape(energies)
-    progress = Progress(num_test, f"relaxing with {r.potential}", unit="crystals", log=log)
-    records = []
-    for t in range(num_test):
-        part = parts / f"{t:06d}.json"
-        done = [_from_json(d) for d in json.loads(part.read_text())] if part.is_file() else []
+
+    def candidates_of(t: int, done=()):
         crystals = Crystal(samples.species[t], samples.positions[t], samples.lattice[t])
         candidates = from_samples(str(material_ids[t]), crystals, energies[t], np.ones(num_samples, int))
         candidates = candidates._replace(groups=by_size(np.where(candidates.valid, labels[t], -1)))
-        candidates = with_relaxed(candidates, r, calc, config.eval.match_timeout, workers,
-                                  log=lambda line: None, done=done)
+        return with_relaxed(candidates, r, calc, config.eval.match_timeout, workers,
+                            log=lambda line: None, done=done)
+
+    def saved(t: int) -> list:
+        part = parts / f"{t:06d}.json"
+        return [_from_json(d) for d in json.loads(part.read_text())] if part.is_file() else []
+
+    mine = share(num_test)
+    progress = Progress(len(mine), f"relaxing with {r.potential}", unit="crystals", log=log)
+    relaxed = 0
+    for t in mine:
+        done = saved(t)
         if not done:
-            write_atomic(part, json.dumps([_to_json(x) for x in candidates.relaxed]))
-        records.append(candidates)
-        progress.update(1, f"{sum(x is not None for c in records for x in c.relaxed)} relaxed")
+            candidates = candidates_of(t)
+            write_atomic(parts / f"{t:06d}.json", json.dumps([_to_json(x) for x in candidates.relaxed]))
+            done = candidates.relaxed
+        relaxed += sum(x is not None for x in done)
+        progress.update(1, f"{relaxed} relaxed")
     progress.close()
+    barrier("relaxed")
+    if not is_main():
+        return None
+    records = [candidates_of(t, saved(t)) for t in range(num_test)]
 
     index = [(t, k) for t, c in enumerate(records) for k, x in enumerate(c.relaxed)
              if x is not None and math.isfinite(x.energy_per_atom)]
