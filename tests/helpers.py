@@ -49,6 +49,24 @@ def perovskite_structure(a=3.9):
     return Structure(Lattice.cubic(a), SRTIO3_ELEMENTS, SRTIO3_FRAC)
 
 
+def srtio3_samples(energies):
+    """Four fixed SrTiO3 samples in place of the chains of `predict` (a `sampling.driver.Rows`):
+    two noisy copies of the cubic cell (11.9 A^3 per atom), a cell stretched 1.7 times along c
+    (20.2 A^3 per atom) and a collapsed one, with the learned energies `energies` [4]."""
+    from csp_jax.geometry.crystal import from_structure, stack
+    from csp_jax.sampling.driver import Rows
+
+    cubic = from_structure(perovskite_structure(3.9), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    noisy = [cubic.replace(positions=cubic.positions + 0.02 * rng.standard_normal((5, 3))) for _ in range(2)]
+    stretch = np.array([1.0, 1.0, 1.7])
+    stretched = cubic.replace(lattice=cubic.lattice * stretch, positions=cubic.positions * stretch)
+    collapsed = cubic.replace(lattice=cubic.lattice * np.array([1.0, 1.0, 1e-3]))
+    energies = np.asarray(energies, np.float64)
+    return Rows(stack([noisy[0], stretched, noisy[1], collapsed]), energies, 0, None,
+                np.tile(energies[:, None], (1, 3)), 0)
+
+
 def write_csv(path, cifs):
     """A CSV in the DiffCSP layout (pandas index column first) with ids m-0, m-1, ..."""
     buffer = io.StringIO(newline="")

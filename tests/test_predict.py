@@ -171,23 +171,11 @@ def test_consensus_ranks_the_largest_group_of_matching_samples_first(tmp_path, m
     """Sampling replaced by four fixed samples of SrTiO3: two noisy copies of the cubic cell,
     a stretched cell of the lowest energy, and a collapsed one. By energy the stretched cell
     ranks first; by consensus the pair of copies does, the lower of the two first."""
-    import numpy as np
-
     from csp_jax import predict as predict_module
-    from csp_jax.geometry.crystal import stack
-    from csp_jax.sampling.driver import Rows
-    from helpers import perovskite_structure
+    from helpers import srtio3_samples
 
-    cubic = from_structure(perovskite_structure(3.9), dtype=np.float64)
-    rng = np.random.default_rng(0)
-    noisy = [cubic.replace(positions=cubic.positions + 0.02 * rng.standard_normal((5, 3))) for _ in range(2)]
-    stretch = np.array([1.0, 1.0, 1.7])
-    stretched = cubic.replace(lattice=cubic.lattice * stretch, positions=cubic.positions * stretch)
-    collapsed = cubic.replace(lattice=cubic.lattice * np.array([1.0, 1.0, 1e-3]))
-    samples = stack([noisy[0], stretched, noisy[1], collapsed])
-    energies = np.array([0.3, -1.0, 0.1, -5.0])
-    monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: Rows(
-        samples, energies, 0, None, np.tile(energies[:, None], (1, 3)), 0))
+    sampled = srtio3_samples([0.3, -1.0, 0.1, -5.0])
+    monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: sampled)
     config = tiny_config()
     model = EnergyModel.from_config(config.model)
     orders = {}

@@ -95,8 +95,10 @@ def test_one_step_is_not_enough():
     assert math.isfinite(result.energy_per_atom) and result.energy_per_atom > 0
 
 
-@pytest.mark.parametrize("calc, reason", [(Raises(), "RuntimeError: the potential cannot evaluate this"),
-                                          (NotFinite(), "the energy is nan")])
+@pytest.mark.parametrize("calc, reason", [
+    (Raises(), "RuntimeError: the potential cannot evaluate this"),
+    (NotFinite(), "the energy is nan"),
+])
 def test_a_failing_potential_gives_a_nan_energy_not_an_exception(calc, reason):
     start = strained(fcc(FCC_A))
     result = relax(start, calc, fmax=0.01, max_steps=20)
@@ -112,7 +114,8 @@ def test_a_calculator_passes_through_and_an_import_path_is_built_once():
     assert isinstance(built, EMT) and calculator("ase.calculators.emt:EMT") is built
 
 
-@pytest.mark.parametrize("potential", ["mace", "ase.calculators.emt:NoSuchFactory", "no_such_package.x:f"])
+@pytest.mark.parametrize("potential",
+                         ["mace", "ase.calculators.emt:NoSuchFactory", "no_such_package.x:f"])
 def test_an_unknown_potential_is_one_line(potential):
     with pytest.raises(ValueError) as error:
         calculator(potential)
@@ -136,18 +139,20 @@ def test_a_missing_potential_names_what_to_install(monkeypatch, potential, modul
     assert message.endswith(install)
 
 
+@pytest.mark.slow  # CHGNet loaded (torch) and a relaxation: about 10 s
 def test_chgnet_relaxes_stretched_rock_salt_back():
     pytest.importorskip("chgnet", reason="chgnet is not installed (pip install \"csp_jax[relax]\")")
     chgnet = calculator("chgnet")
-    rock_salt = Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                          [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
     stretched = rock_salt.copy()
     stretched.scale_lattice(1.1 * rock_salt.volume)
     reference = relax(rock_salt, chgnet, fmax=0.01, max_steps=150)
     result = relax(stretched, chgnet, fmax=0.01, max_steps=150)
     assert reference.converged and result.converged and result.steps > 0
     assert StructureMatcher().fit(result.structure, rock_salt)
-    assert result.structure.volume ** (1 / 3) == pytest.approx(reference.structure.volume ** (1 / 3),
-                                                               rel=0.02)
+    # the cube root of the primitive cell's volume is proportional to the lattice constant
+    assert result.structure.volume ** (1 / 3) == pytest.approx(
+        reference.structure.volume ** (1 / 3), rel=0.02)
     start = relax(stretched, chgnet, fmax=0.01, max_steps=0)
     assert result.energy_per_atom < start.energy_per_atom

@@ -15,33 +15,20 @@ from pymatgen.core import Structure
 
 from csp_jax.config import get_config, updated
 from csp_jax.energy.continuousp import EnergyModel
-from csp_jax.geometry.crystal import from_structure, stack
 from csp_jax.predict import predict
 from fake_potential import VOLUME_PER_ATOM
-from helpers import perovskite_structure
+from helpers import perovskite_structure, srtio3_samples
 
 FAKE = "fake_potential:calculator"
 
 
-def fixed_samples():
-    """Four SrTiO3 samples: two noisy copies of the cubic cell (11.9 A^3 per atom), a cell
-    stretched to 20.2 A^3 per atom, and a collapsed one; learned energies that put a copy first."""
-    cubic = from_structure(perovskite_structure(3.9), dtype=np.float64)
-    rng = np.random.default_rng(0)
-    noisy = [cubic.replace(positions=cubic.positions + 0.02 * rng.standard_normal((5, 3))) for _ in range(2)]
-    stretch = np.array([1.0, 1.0, 1.7])
-    stretched = cubic.replace(lattice=cubic.lattice * stretch, positions=cubic.positions * stretch)
-    collapsed = cubic.replace(lattice=cubic.lattice * np.array([1.0, 1.0, 1e-3]))
-    return stack([noisy[0], stretched, noisy[1], collapsed]), np.array([0.3, 0.5, 0.1, -5.0])
-
-
+@pytest.mark.slow  # grouping, relaxations and symmetrised CIFs: about 20 s
 def test_predict_relaxes_one_sample_per_group_and_ranks_by_the_potential(tmp_path, monkeypatch):
     from csp_jax import predict as predict_module
-    from csp_jax.sampling.driver import Rows
 
-    samples, energies = fixed_samples()
-    monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: Rows(
-        samples, energies, 0, None, np.tile(energies[:, None], (1, 3)), 0))
+    # Learned energies that put a noisy copy first.
+    sampled = srtio3_samples([0.3, 0.5, 0.1, -5.0])
+    monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: sampled)
     config = updated(get_config("test"), {"eval.num_samples": 4, "relax.enabled": True,
                                           "relax.potential": FAKE, "relax.max_steps": 2})
     lines = []

@@ -31,6 +31,7 @@ from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.datasets import subset_indices
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation.figures import evaluation_pngs
+from csp_jax.evaluation.parts import SETTINGS_FILE, open_parts
 from csp_jax.evaluation.metrics import add_splits, concatenated, evaluate_samples, match_crystals, summarize
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
 from csp_jax.evaluation.relaxed import relax_and_score
@@ -44,7 +45,6 @@ from csp_jax.progress import format_duration
 from csp_jax.sampling.driver import compiled_chain_programs, sample_rows, schedule
 from csp_jax.sampling.kernel import kernel_from
 
-SETTINGS_FILE = "settings.json"
 
 
 def _runs(begins: list[int], step: int) -> list[list[int]]:
@@ -215,7 +215,6 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                 "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
                 "order": "by_size", "selection": selection,  # the chains' row order (parts of another order do not resume)
                 "model": _fingerprint(variables)}
-    settings_path = parts_dir / SETTINGS_FILE
     if resume and not parts_dir.is_dir() and samples_path.is_file() and sampled_settings.is_file():
         if json.loads(sampled_settings.read_text()) != settings:
             raise ValueError(f"--resume: {samples_path} was sampled with other settings "
@@ -225,16 +224,7 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         return _score(config, test, samples, energies, out_dir, split, len(dataset), None, resume=True,
                       workers=workers, training=training, references=references,
                       dataset_name=dataset_name, selection=selection, log=log)
-    if parts_dir.is_dir() and not resume:
-        raise FileExistsError(f"{parts_dir} holds an interrupted evaluation: add --resume to "
-                              f"continue it, or delete it to start again")
-    if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"--resume: {settings_path} was written with other settings "
-                         f"({settings_path.read_text().strip()}); use the same options or delete it")
-    barrier("evaluation checked")  # every process checked the folder before the main one writes
-    if is_main():
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(settings_path, json.dumps(settings))
+    open_parts(parts_dir, settings, resume, "an interrupted evaluation")
     log(f"sampling {num_test} of {len(dataset)} {split} crystals x {num_samples} chains, "
         f"{num_steps} steps, batch {batch_size}")
     start, programs = time.perf_counter(), compiled_chain_programs()

@@ -28,12 +28,10 @@ from csp_jax.candidates.record import (by_size, from_samples, ranked, relaxed_cr
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
+from csp_jax.evaluation.parts import open_parts
 from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.progress import Progress, format_duration
-
-SETTINGS_FILE = "settings.json"
-
 
 def _to_json(r: Relaxed | None):
     return None if r is None else {"cif": r.structure.to(fmt="cif"), "energy_per_atom": r.energy_per_atom
@@ -77,17 +75,7 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
                             + np.ascontiguousarray(samples.lattice).tobytes()).hexdigest()
     settings = {"potential": r.potential, "candidates": r.candidates, "fmax": r.fmax,
                 "max_steps": r.max_steps, "samples": digest}
-    if parts.is_dir() and not resume:
-        raise FileExistsError(f"{parts} holds relaxations of an interrupted evaluation: add --resume to "
-                              f"continue it, or delete it to start again")
-    settings_path = parts / SETTINGS_FILE
-    if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"--resume: {settings_path} was written with other settings or samples "
-                         f"({settings_path.read_text().strip()}); use the same options or delete it")
-    barrier("relaxation checked")  # every process checked the folder before the main one writes
-    if is_main():
-        parts.mkdir(parents=True, exist_ok=True)
-        write_atomic(settings_path, json.dumps(settings))
+    open_parts(parts, settings, resume, "relaxations of an interrupted evaluation")
     calc = calculator(r.potential)
     num_test, num_samples = np.shape(energies)
 
