@@ -100,12 +100,11 @@ def to_relax(candidates: Candidates, which: str) -> list[int]:
     return sorted(chosen.values())
 
 
-def with_relaxed(candidates: Candidates, relax_config: RelaxConfig, calc, timeout_s: float,
-                 workers: int | None = None, log: Callable[[str], None] = print,
-                 done: Sequence[Relaxed | None] = ()) -> Candidates:
-    """`candidates` with the chosen samples (`to_relax`, `relax_config.candidates`) relaxed by
-    the ASE calculator `calc` (`relax_config.fmax`, `max_steps`), and the relaxed structures
-    grouped again (two samples often relax into one minimum).
+def relaxations(candidates: Candidates, relax_config: RelaxConfig, calc, log: Callable[[str], None] = print,
+                done: Sequence[Relaxed | None] = ()) -> tuple:
+    """K `Relaxed` or None: the chosen samples (`to_relax`, `relax_config.candidates`) relaxed by
+    the ASE calculator `calc` (`relax_config.fmax`, `max_steps`; built only when needed: a
+    function returning it).
 
     done: relaxations already made, by sample (a resumed evaluation's); those samples are
     not relaxed again. Logs one line per relaxation: steps, energy per atom, time.
@@ -114,14 +113,27 @@ def with_relaxed(candidates: Candidates, relax_config: RelaxConfig, calc, timeou
     chosen = to_relax(candidates, relax_config.candidates)
     for n, k in enumerate(chosen, start=1):
         if relaxed[k] is None:
-            relaxed[k] = relax(candidates.structures[k], calc, fmax=relax_config.fmax,
+            relaxed[k] = relax(candidates.structures[k], calc(), fmax=relax_config.fmax,
                                max_steps=relax_config.max_steps)
             r = relaxed[k]
             log(f"{candidates.name}: relaxed {n}/{len(chosen)} (sample {k}): {r.steps} steps, "
                 + (f"{r.energy_per_atom:.4f} eV/atom" if not r.message else f"failed ({r.message})")
                 + ("" if r.converged or r.message else ", not converged") + f", {r.seconds:.1f} s")
-    return candidates._replace(relaxed=tuple(relaxed),
-                               relaxed_groups=_relaxed_groups(relaxed, timeout_s, workers))
+    return tuple(relaxed)
+
+
+def with_relaxations(candidates: Candidates, relaxed: Sequence[Relaxed | None], timeout_s: float,
+                     workers: int | None = None) -> Candidates:
+    """`candidates` with `relaxed` (K, `relaxations`) and the relaxed structures grouped again
+    (two samples often relax into one minimum)."""
+    return candidates._replace(relaxed=tuple(relaxed), relaxed_groups=_relaxed_groups(relaxed, timeout_s, workers))
+
+
+def with_relaxed(candidates: Candidates, relax_config: RelaxConfig, calc, timeout_s: float,
+                 workers: int | None = None, log: Callable[[str], None] = print) -> Candidates:
+    """`candidates` with its `relaxations` by the ASE calculator `calc`, grouped again."""
+    return with_relaxations(candidates, relaxations(candidates, relax_config, lambda: calc, log),
+                            timeout_s, workers)
 
 
 def relaxed_crystal(r: Relaxed) -> Crystal:

@@ -14,6 +14,9 @@ relaxations' count, convergence and time.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 import json
 import math
 from pathlib import Path
@@ -23,8 +26,8 @@ import numpy as np
 
 from csp_jax.candidates.matching import INVALID, MATCH, match_pair, match_pairs
 from csp_jax.candidates.ranking import wilson_interval
-from csp_jax.candidates.record import (by_size, from_samples, ranked, relaxed_crystal, relaxed_energies,
-                                       with_relaxed)
+from csp_jax.candidates.record import (Candidates, by_size, from_samples, ranked, relaxations, relaxed_crystal,
+                                       relaxed_energies, with_relaxations)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
@@ -58,13 +61,39 @@ def _top_rate(outcome, rms, top) -> dict:
             "rmse": float(matched.mean()) if hit.any() else None}
 
 
+def _candidates(name: str, crystals: Crystal, energies, labels) -> Candidates:
+    """The record of one test crystal's K samples (crystals [K, N], energies [K]) with the groups
+    the evaluation found among them (labels [K])."""
+    candidates = from_samples(name, crystals, energies, np.ones(len(energies), int))
+    return candidates._replace(groups=by_size(np.where(candidates.valid, labels, -1)))
+
+
+def _one_thread() -> None:
+    """A relaxation worker's torch on one thread: the workers share the cores instead."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+def _relax_crystal(config: Config, name: str, crystals: Crystal, energies, labels, path: Path) -> int:
+    """Relax one test crystal's chosen samples and save them as `path`; how many were relaxed."""
+    relaxed = relaxations(_candidates(name, crystals, energies, labels), config.relax,
+                          lambda: calculator(config.relax.potential), log=lambda line: None)
+    write_atomic(path, json.dumps([_to_json(x) for x in relaxed]))
+    return sum(x is not None for x in relaxed)
+
+
 def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, labels, material_ids,
                     out_dir: Path, split: str, *, resume: bool, workers: int | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """Relax the samples [T, K, N] of T test crystals (energies [T, K], group labels [T, K] of
     `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
 
-    Returns the `relaxed` record of the results (see the module's docstring). With several
+    The crystals relax in `workers` processes (None: one per core), each with its own potential
+    and torch on one thread. Returns the `relaxed` record of the results (see the module's
+    docstring). With several
     processes each relaxes its share of the crystals (`distributed.share`); after a barrier the
     main one reads every crystal's relaxations, scores them and returns the record (the others:
     None).
@@ -76,36 +105,31 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     settings = {"potential": r.potential, "candidates": r.candidates, "fmax": r.fmax,
                 "max_steps": r.max_steps, "samples": digest}
     open_parts(parts, settings, resume, "relaxations of an interrupted evaluation")
-    calc = calculator(r.potential)
     num_test, num_samples = np.shape(energies)
-
-    def candidates_of(t: int, done=()):
-        crystals = Crystal(samples.species[t], samples.positions[t], samples.lattice[t])
-        candidates = from_samples(str(material_ids[t]), crystals, energies[t], np.ones(num_samples, int))
-        candidates = candidates._replace(groups=by_size(np.where(candidates.valid, labels[t], -1)))
-        return with_relaxed(candidates, r, calc, config.eval.match_timeout, workers,
-                            log=lambda line: None, done=done)
+    path = lambda t: parts / f"{t:06d}.json"  # noqa: E731
+    crystal = lambda t: Crystal(samples.species[t], samples.positions[t], samples.lattice[t])  # noqa: E731
 
     def saved(t: int) -> list:
-        part = parts / f"{t:06d}.json"
-        return [_from_json(d) for d in json.loads(part.read_text())] if part.is_file() else []
+        return [_from_json(d) for d in json.loads(path(t).read_text())]
 
     mine = share(num_test)
-    progress = Progress(len(mine), f"relaxing with {r.potential}", unit="crystals", log=log)
+    todo = [t for t in mine if not path(t).is_file()]
+    progress = Progress(len(mine), f"relaxing with {r.potential}", unit="crystals", log=log,
+                        initial=len(mine) - len(todo))
     relaxed = 0
-    for t in mine:
-        done = saved(t)
-        if not done:
-            candidates = candidates_of(t)
-            write_atomic(parts / f"{t:06d}.json", json.dumps([_to_json(x) for x in candidates.relaxed]))
-            done = candidates.relaxed
-        relaxed += sum(x is not None for x in done)
-        progress.update(1, f"{relaxed} relaxed")
+    with ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, max(1, len(todo))),
+                             mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        jobs = [pool.submit(_relax_crystal, config, str(material_ids[t]), crystal(t), energies[t], labels[t],
+                            path(t)) for t in todo]
+        for job in as_completed(jobs):
+            relaxed += job.result()
+            progress.update(1, f"{relaxed} relaxed")
     progress.close()
     barrier("relaxed")
     if not is_main():
         return None
-    records = [candidates_of(t, saved(t)) for t in range(num_test)]
+    records = [with_relaxations(_candidates(str(material_ids[t]), crystal(t), energies[t], labels[t]), saved(t),
+                                config.eval.match_timeout, workers) for t in range(num_test)]
 
     index = [(t, k) for t, c in enumerate(records) for k, x in enumerate(c.relaxed)
              if x is not None and math.isfinite(x.energy_per_atom)]
