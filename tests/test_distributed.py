@@ -17,8 +17,6 @@ from csp_jax.models import checkpoint
 from helpers import REPO, checkout_env
 from toy_energy import IMPORT_PATH
 
-pytestmark = pytest.mark.slow  # three evaluations in subprocesses: about 60 s
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -40,6 +38,7 @@ def evaluate_command(model: Path, out: Path, data_dir, *extra) -> list[str]:
             "--data-dir", str(data_dir), "--out", str(out), *extra]
 
 
+@pytest.mark.slow  # three evaluations in subprocesses: about 60 s alone, 3 minutes on a busy machine
 def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     model = toy_model(tmp_path / "model")
     tests = str(Path(__file__).parent)
@@ -68,3 +67,19 @@ def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     np.testing.assert_allclose(samples[1]["energies"], samples[0]["energies"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(samples[1]["lattice"], samples[0]["lattice"], rtol=1e-5, atol=1e-5)
     assert not (tmp_path / "two" / "test_parts").exists() and not (tmp_path / "two" / "test_scored").exists()
+
+
+@pytest.mark.parametrize("variable", ["SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"])
+def test_a_launch_of_several_tasks_starts_the_runtime_and_refuses_training(variable, monkeypatch, capsys):
+    from csp_jax import cli, distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert distributed.initialize() is False and not calls  # one process: nothing to start
+    monkeypatch.setenv(variable, "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    assert distributed.initialize() is True
+    assert calls == [{"num_processes": None, "process_id": 1}]  # the rest from the environment
+    assert cli.main(["train", "--config", "test", "--out", "never"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: training in several processes is not supported yet") and error.count("\n") == 1
