@@ -9,6 +9,10 @@ cell matrix scaled by up to 5%, relaxed at the config's fmax and max_steps
 the counts alternating candidate by candidate so that other load on the
 machine falls on each alike.
 Also times `import chgnet` and building the calculator.
+
+OpenBLAS's threads slow the cell filter's 3x3 matrix functions (scipy) down
+by more than the potential costs once torch is loaded; compare a run with
+`OPENBLAS_NUM_THREADS=1` set before Python starts (the table's header shows it).
 """
 from __future__ import annotations
 
@@ -80,23 +84,25 @@ def main() -> None:
     first_s = time.perf_counter() - start
     print(f"import chgnet: {import_s:.2f} s; build the calculator: {build_s:.2f} s; "
           f"first evaluation: {first_s:.2f} s; fmax {RelaxConfig.fmax} eV/A, "
-          f"max_steps {RelaxConfig.max_steps}; {args.num} candidates per size\n")
-    results = {}  # (size, threads) -> [Relaxed]; thread counts alternate per candidate
-    for size, group in groups.items():
-        for candidate in group:
-            for threads in args.threads:
-                torch.set_num_threads(threads)
-                results.setdefault((size, threads), []).append(
-                    relax(candidate, calc, fmax=RelaxConfig.fmax, max_steps=RelaxConfig.max_steps))
+          f"max_steps {RelaxConfig.max_steps}; {args.num} candidates per size; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}\n")
     print("| atoms | threads | candidates | s/candidate | s/step | steps | converged | failed |")
     print("|---|---|---|---|---|---|---|---|")
-    for ((low, high), threads), group in results.items():
-        row = summary(group)
-        print(f"| {low}-{high} | {threads} | {len(group)} | {row['s/candidate']:.2f} | "
-              f"{row['s/step']:.3f} | {row['steps']:.0f} | {row['converged']}/{len(group)} | "
-              f"{row['failed']} |")
+    for (low, high), group in groups.items():
+        results = {threads: [] for threads in args.threads}  # alternating per candidate
+        for candidate in group:
+            for threads, done in results.items():
+                torch.set_num_threads(threads)
+                done.append(relax(candidate, calc, fmax=RelaxConfig.fmax,
+                                  max_steps=RelaxConfig.max_steps))
+        for threads, done in results.items():
+            row = summary(done)
+            print(f"| {low}-{high} | {threads} | {len(done)} | {row['s/candidate']:.2f} | "
+                  f"{row['s/step']:.3f} | {row['steps']:.0f} | {row['converged']}/{len(done)} | "
+                  f"{row['failed']} |", flush=True)
     print(f"\nload average (1 min) before / after: {load:.1f} / {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
+
 
 if __name__ == "__main__":
     main()

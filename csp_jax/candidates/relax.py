@@ -11,7 +11,11 @@ energy and the reason, so one bad candidate ranks last instead of stopping the
 others.
 
 Benchmark the time per candidate on this machine with
-`python experiments/bench_relax.py --data ../shared/data --num 4`.
+`python experiments/bench_relax.py --data ../shared/data --num 4`. Run with
+`OPENBLAS_NUM_THREADS=1` set before Python starts: with torch loaded, OpenBLAS's
+threads make the filter's 3x3 matrix functions (scipy) cost more than CHGNet's
+evaluation (0.03 instead of 0.07 s per FIRE step for 2 atoms, 0.16 instead of
+0.55 s for 16-20 atoms on a busy 2-core CPU).
 """
 from __future__ import annotations
 
