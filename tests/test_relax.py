@@ -139,8 +139,7 @@ def test_a_missing_potential_names_what_to_install(monkeypatch, potential, modul
     assert message.endswith(install)
 
 
-@pytest.mark.slow  # CHGNet loaded (torch) and a relaxation: about 10 s
-@pytest.mark.slow  # 4 s on a quiet 2-core CPU, 40 s on a busy one (see relax's docstring)
+@pytest.mark.slow  # CHGNet loaded (torch) and a relaxation: 4 s on a quiet 2-core CPU, 40 s on a busy one
 def test_chgnet_relaxes_stretched_rock_salt_back():
     pytest.importorskip("chgnet", reason="chgnet is not installed (pip install \"csp_jax[relax]\")")
     chgnet = calculator("chgnet")
