@@ -10,12 +10,14 @@ cannot evaluate (it raises, or its energy is not finite) comes back with a NaN
 energy and the reason, so one bad candidate ranks last instead of stopping the
 others.
 
-Benchmark the time per candidate on this machine with
-`python experiments/bench_relax.py --data ../shared/data --num 4`. Run with
-`OPENBLAS_NUM_THREADS=1` set before Python starts: with torch loaded, OpenBLAS's
-threads make the filter's 3x3 matrix functions (scipy) cost more than CHGNet's
-evaluation (0.03 instead of 0.07 s per FIRE step for 2 atoms, 0.16 instead of
-0.55 s for 16-20 atoms on a busy 2-core CPU).
+A relaxation runs with the BLAS and OpenMP thread pools (OpenBLAS, torch's) on
+one thread (threadpoolctl): for the few atoms of a candidate their threads cost
+more than they give. On the 2-core CPU, busy, CHGNet took 0.08 s per FIRE step
+for rock salt so limited, 0.4-0.5 s without (OpenBLAS's threads slow the
+filter's 3x3 matrix functions, scipy's `expm_frechet`, and torch's a
+two-atom graph); several candidates then relax in parallel processes
+(`csp_jax.evaluation.relaxed`). Benchmark the time per candidate on this
+machine with `python experiments/bench_relax.py --data ../shared/data --num 4`.
 """
 from __future__ import annotations
 
@@ -138,19 +140,21 @@ def relax(structure, calc, *, fmax: float = RelaxConfig.fmax,
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
+    from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = calc
     optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
     try:
-        converged, message = False, cell_problem(atoms)
-        if not message:
-            for converged in optimizer.irun(fmax=fmax, steps=max_steps):
-                message = cell_problem(atoms)
-                if message:
-                    break
-        energy = float(atoms.get_potential_energy()) / len(atoms) if not message else math.nan
+        with threadpool_limits(limits=1):
+            converged, message = False, cell_problem(atoms)
+            if not message:
+                for converged in optimizer.irun(fmax=fmax, steps=max_steps):
+                    message = cell_problem(atoms)
+                    if message:
+                        break
+            energy = float(atoms.get_potential_energy()) / len(atoms) if not message else math.nan
         message = message or ("" if math.isfinite(energy) else f"the energy is {energy}")
     except Exception as error:  # noqa: BLE001 -- any failure of the potential is an outcome
         message = f"{type(error).__name__}: {error}".splitlines()[0]

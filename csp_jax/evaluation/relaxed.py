@@ -68,15 +68,6 @@ def _candidates(name: str, crystals: Crystal, energies, labels) -> Candidates:
     return candidates._replace(groups=by_size(np.where(candidates.valid, labels, -1)))
 
 
-def _one_thread() -> None:
-    """A relaxation worker's torch on one thread: the workers share the cores instead."""
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(1)
-
-
 def _relax_crystal(config: Config, name: str, crystals: Crystal, energies, labels, path: Path) -> int:
     """Relax one test crystal's chosen samples and save them as `path`; how many were relaxed."""
     relaxed = relaxations(_candidates(name, crystals, energies, labels), config.relax,
@@ -92,7 +83,7 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
 
     The crystals relax in `workers` processes (None: one per core), each with its own potential
-    and torch on one thread. Returns the `relaxed` record of the results (see the module's
+    (and its thread pools on one thread, `relax.relax`). Returns the `relaxed` record of the results (see the module's
     docstring). With several
     processes each relaxes its share of the crystals (`distributed.share`); after a barrier the
     main one reads every crystal's relaxations, scores them and returns the record (the others:
@@ -118,7 +109,7 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
                         initial=len(mine) - len(todo))
     relaxed = 0
     with ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, max(1, len(todo))),
-                             mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(_relax_crystal, config, str(material_ids[t]), crystal(t), energies[t], labels[t],
                             path(t)) for t in todo]
         for job in as_completed(jobs):
