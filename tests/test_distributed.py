@@ -1,11 +1,13 @@
 """Several processes under `jax.distributed` (csp_jax.distributed, the evaluation's share of work):
-two local processes evaluate as one does, each sampling its own batches, the first writing the report."""
+two local processes evaluate as one does, each sampling its own batches, the first writing the report;
+killed part way, they resume in any number of processes to the same result."""
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -38,7 +40,7 @@ def evaluate_command(model: Path, out: Path, data_dir, *extra) -> list[str]:
             "--data-dir", str(data_dir), "--out", str(out), *extra]
 
 
-@pytest.mark.slow  # three evaluations in subprocesses: about 60 s alone, 3 minutes on a busy machine
+@pytest.mark.slow  # five evaluation processes: about 90 s alone, several minutes on a busy machine
 def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     model = toy_model(tmp_path / "model")
     tests = str(Path(__file__).parent)
@@ -67,6 +69,29 @@ def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     np.testing.assert_allclose(samples[1]["energies"], samples[0]["energies"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(samples[1]["lattice"], samples[0]["lattice"], rtol=1e-5, atol=1e-5)
     assert not (tmp_path / "two" / "test_parts").exists() and not (tmp_path / "two" / "test_scored").exists()
+
+    # Two processes killed once the first batch is saved, then resumed by one: the same result.
+    address = f"localhost:{free_port()}"
+    cut = tmp_path / "cut"
+    processes = [subprocess.Popen(evaluate_command(model, cut, data_dir, "--distributed"),
+                                  env={**env, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+                                       "JAX_PROCESS_ID": str(i)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    while not list((cut / "test_parts").glob("rows_*.npz")) and all(p.poll() is None for p in processes):
+        time.sleep(0.05)
+    for p in processes:
+        p.kill()
+        p.wait()
+    saved = sorted(path.name for path in (cut / "test_parts").glob("rows_*.npz"))
+    assert 1 <= len(saved) < 3, saved  # stopped part way
+    resumed = subprocess.run(evaluate_command(model, cut, data_dir, "--resume"), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming: {len(saved)} batches" in resumed.stdout
+    third = json.loads((cut / "test_metrics.json").read_text())
+    assert third["outcome"] == first["outcome"] and third["labels"] == first["labels"]
+    np.testing.assert_allclose(np.load(cut / "test_samples.npz")["energies"], samples[0]["energies"],
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variable", ["SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"])
