@@ -150,12 +150,14 @@ def _add_data_dir(p) -> None:
 
 
 def _add_relax(p) -> None:
+    from csp_jax.candidates.relax import POTENTIALS
     from csp_jax.config import RelaxConfig
 
     p.add_argument("--relax", nargs="?", const=RelaxConfig.potential, metavar="POTENTIAL",
-                   help="relax every candidate with a universal interatomic potential and rank by its "
-                        f"energy per atom (= --set relax.enabled=true relax.potential=...; default "
-                        f"{RelaxConfig.potential}; or an import path package.module:factory)")
+                   help="relax the candidates with a universal interatomic potential and rank them by its "
+                        f"energy per atom (= --set relax.enabled=true --set relax.potential=...): one of "
+                        f"{', '.join(POTENTIALS)} (default {RelaxConfig.potential}), or an import path "
+                        "package.module:factory of an ASE calculator")
 
 
 def _relax_values(args) -> None:
