@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from csp_jax.candidates.matching import INVALID, MATCH
+from csp_jax.config import EvalConfig
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", required=True, type=Path, help="the output folder of evaluate --relax")
-    parser.add_argument("--split", default="test", help="the evaluated split")
+    parser.add_argument("--split", default=EvalConfig.split, help=f"the evaluated split (default {EvalConfig.split})")
     args = parser.parse_args()
     results = json.loads((args.eval / f"{args.split}_metrics.json").read_text())
     raw, labels = np.array(results["outcome"]), np.array(results["labels"])
