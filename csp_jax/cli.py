@@ -281,7 +281,13 @@ def add_bench(subparsers) -> None:
     p = subparsers.add_parser("bench", help="speed of the MALA step against the authors' code",
                               add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of experiments/bench.py")
-    p.set_defaults(func=lambda args: __import__("csp_jax.benchmark").benchmark.main(args.bench_args))
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> None:
+    from csp_jax.benchmark import main as bench
+
+    bench(args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -297,6 +303,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["train"] + argv
+    if argv and argv[0] == "bench" and argv[1:2] not in (["-h"], ["--help"]):
+        argv = ["bench", "--", *argv[1:]]  # its options are the benchmark's own, passed on whole
     try:
         args = parser().parse_args(argv)
         if args.command is None:
