@@ -109,7 +109,8 @@ def bench(config: str = "perov5", batch: int = 128, atoms: int = 5, steps: int =
         args = (variables, run_keys, states, step_sizes[warmup:warmup + steps],
                 betas[warmup:warmup + steps], warmup)
         t0 = time.perf_counter()
-        compiled = compiled_segment(model, kernel_from(cfg.sampler.kernel), reduce_crystal, capacity, chunk).lower(*args).compile()
+        segment = compiled_segment(model, kernel_from(cfg.sampler.kernel), reduce_crystal, capacity, chunk)
+        compiled = segment.lower(*args).compile()
         compile_s[capacity] = time.perf_counter() - t0
         out = compiled(*args)
         return (compiled, args, out[1]), out[1].overflow, largest_needs(out[1].needs)

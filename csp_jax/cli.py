@@ -51,8 +51,6 @@ def _number(kind: type, low, low_ok: bool):
 
 
 POSITIVE_INT = _number(int, 1, True)
-NON_NEGATIVE_INT = _number(int, 0, True)
-POSITIVE_FLOAT = _number(float, 0.0, False)
 
 
 def FORMULA_UNITS(text: str):
@@ -85,6 +83,8 @@ def configured(config: Config, args) -> Config:
     for name, value in vars(args).items():
         if name.startswith("set:") and value is not None:
             config = override(config, name.removeprefix("set:"), value)
+    if getattr(args, "relax", None) is not None:  # --relax [POTENTIAL]: two keys at once
+        config = with_sets(config, ["relax.enabled=true", f"relax.potential={args.relax}"])
     config = with_sets(config, args.set)
     build_energy(config.model)
     kernel_from(config.sampler.kernel)
@@ -160,12 +160,6 @@ def _add_relax(p) -> None:
                         "package.module:factory of an ASE calculator")
 
 
-def _relax_values(args) -> None:
-    """--relax [POTENTIAL] as the config values it stands for."""
-    if getattr(args, "relax", None) is not None:
-        args.set = ["relax.enabled=true", f"relax.potential={args.relax}", *args.set]
-
-
 def add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="Table 1: sample test crystals, match, report")
     _add_checkpoint(p)
@@ -205,7 +199,6 @@ def run_evaluate(args) -> None:
                                               training_crystals)
 
     initialize(args.distributed)
-    _relax_values(args)
     config, energy, variables = _load(args)
     out = _out_dir(args, "eval")
     test, selection = test_crystals(config, args.data_dir)
@@ -247,7 +240,6 @@ def add_predict(subparsers) -> None:
 def run_predict(args) -> None:
     from csp_jax.predict import predict
 
-    _relax_values(args)
     config, energy, variables = _load(args)
     predict(config, energy, variables, args.formula, _out_dir(args, "predictions"),
             num_atoms=args.num_atoms, formula_units=args.formula_units)

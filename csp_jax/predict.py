@@ -190,10 +190,9 @@ def _write_candidates(candidates: Candidates, keep: np.ndarray, cell_dir: Path, 
     rows = []
     for rank, k in enumerate(order, start=1):
         relaxed, energy = candidates.relaxed[k], float(candidates.energies[k])
-        sample = candidates.structures[k] or to_structure(candidates.crystal(k))
         valid = candidates.structures[k] is not None
+        sample = candidates.structures[k] if valid else to_structure(candidates.crystal(k))
         file_name = f"rank{rank:0{digits}d}_E{energy:.4f}.cif"
-        row_extra = {}
         if relaxed is not None:
             raw_cif, raw_sym, _ = _write_cif(sample, cell_dir / "unrelaxed" / file_name, out_dir, True)
             structure = relaxed.structure

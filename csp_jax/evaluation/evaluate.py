@@ -175,8 +175,8 @@ def _paths(out_dir, split: str) -> tuple[Path, Path]:
 
 
 def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset, out_dir, *,
-             workers: int | None = None, resume: bool = False, training: CrystalDataset | None = None, references: Sequence[CrystalDataset] = (),
-             dataset_name: str | None = None, selection: str = "",
+             workers: int | None = None, resume: bool = False, training: CrystalDataset | None = None,
+             references: Sequence[CrystalDataset] = (), dataset_name: str | None = None, selection: str = "",
              log: Callable[[str], None] = print) -> dict:
     """Sample, store and score one split (SPEC §5); returns the results of `metrics.evaluate_samples`.
 

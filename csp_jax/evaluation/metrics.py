@@ -26,7 +26,9 @@ CELL_SIZES = ((1, 20), (21, 52), (53, None))  # bins of the report's match rate 
 ELEMENT_COUNTS = ((1, 1), (2, 2), (3, 3), (4, None))  # ... and by the number of elements
 
 
-def _match_rate_and_rmse(outcome: np.ndarray, rms: np.ndarray) -> tuple[float, float | None]:
+def match_rate_and_rmse(outcome: np.ndarray, rms: np.ndarray) -> tuple[float, float | None]:
+    """(% of the T crystals with a MATCH among their samples, mean over those of their smallest
+    RMS or None) of outcome codes and RMS [T, K]."""
     matched = outcome == MATCH
     found = matched.any(axis=1)
     best = np.where(matched, rms, np.inf).min(axis=1)
@@ -34,7 +36,8 @@ def _match_rate_and_rmse(outcome: np.ndarray, rms: np.ndarray) -> tuple[float, f
     return 100.0 * float(found.mean()), rmse
 
 
-def _interval(outcome: np.ndarray) -> list[float]:
+def match_interval(outcome: np.ndarray) -> list[float]:
+    """The Wilson 95% interval (%) of `match_rate_and_rmse`'s rate."""
     found = (outcome == MATCH).any(axis=1)
     return list(wilson_interval(int(found.sum()), len(found)))
 
@@ -57,15 +60,15 @@ def aggregate(outcome, rms, energies=None, labels=None, stol: float = MATCHER_KW
     rms = np.asarray(rms, dtype=np.float64)
     if outcome.ndim != 2 or outcome.size == 0 or rms.shape != outcome.shape:
         raise ValueError(f"need non-empty outcome and rms of equal shape [T, K], got {outcome.shape}, {rms.shape}")
-    match_rate, rmse = _match_rate_and_rmse(outcome, rms)
-    match_rate_k1, rmse_k1 = _match_rate_and_rmse(outcome[:, :1], rms[:, :1])
+    match_rate, rmse = match_rate_and_rmse(outcome, rms)
+    match_rate_k1, rmse_k1 = match_rate_and_rmse(outcome[:, :1], rms[:, :1])
     best = np.where(outcome == MATCH, rms, np.inf).min(axis=1)
     results = {
         "num_crystals": outcome.shape[0],
         "samples_per_crystal": outcome.shape[1],
         "match_rate": match_rate, "rmse": rmse,
         "match_rate_k1": match_rate_k1, "rmse_k1": rmse_k1,
-        "match_rate_interval": _interval(outcome), "match_rate_k1_interval": _interval(outcome[:, :1]),
+        "match_rate_interval": match_interval(outcome), "match_rate_k1_interval": match_interval(outcome[:, :1]),
         "crmse": float(np.minimum(best, stol).mean()),
         "sample_match_rate": 100.0 * float(np.mean(outcome == MATCH)),
         "pair_counts": {name: int((outcome == code).sum()) for code, name in enumerate(OUTCOME_NAMES)},
@@ -77,8 +80,8 @@ def aggregate(outcome, rms, energies=None, labels=None, stol: float = MATCHER_KW
     results["top1"] = {}
     for ranking in RANKINGS:
         top = np.array([ranked_order(e, lab, ranking)[0] for e, lab in zip(np.asarray(energies), labels)])
-        rate, top_rmse = _match_rate_and_rmse(outcome[rows, top][:, None], rms[rows, top][:, None])
-        results["top1"][ranking] = {"match_rate": rate, "interval": _interval(outcome[rows, top][:, None]),
+        rate, top_rmse = match_rate_and_rmse(outcome[rows, top][:, None], rms[rows, top][:, None])
+        results["top1"][ranking] = {"match_rate": rate, "interval": match_interval(outcome[rows, top][:, None]),
                                     "rmse": top_rmse}
     results["distinct_structures"] = float(np.mean(labels.max(axis=1) + 1))
     return results
@@ -120,7 +123,8 @@ def match_crystals(gt_structures: Sequence, samples: Crystal, timeout_s: float, 
     volume_ratio = np.full((num_crystals, num_samples), math.nan)
     for t, k in index:
         if outcome[t, k] == MATCH:
-            volume_ratio[t, k] = abs(np.linalg.det(np.asarray(cells[t][k].lattice, np.float64))) / gt_structures[t].volume
+            volume = abs(np.linalg.det(np.asarray(cells[t][k].lattice, np.float64)))
+            volume_ratio[t, k] = volume / gt_structures[t].volume
     nan_to_none = lambda a: [[None if math.isnan(x) else x for x in row] for row in a.tolist()]  # noqa: E731
     record = {"outcome": outcome.tolist(), "rms": nan_to_none(rms), "outcome_strict": strict_outcome.tolist(),
               "rms_strict": nan_to_none(strict_rms), "volume_ratio": nan_to_none(volume_ratio),

@@ -14,27 +14,28 @@ relaxations' count, convergence and time.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-import json
-import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from csp_jax.candidates.matching import INVALID, MATCH, match_pair, match_pairs
-from csp_jax.candidates.ranking import wilson_interval
+from csp_jax.candidates.matching import INVALID, match_pair, match_pairs
 from csp_jax.candidates.record import (Candidates, by_size, from_samples, ranked, relaxations, relaxed_crystal,
                                        relaxed_energies, with_relaxations)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
+from csp_jax.evaluation.metrics import match_interval, match_rate_and_rmse
 from csp_jax.evaluation.parts import open_parts
 from csp_jax.files import write_atomic
 from csp_jax.geometry.crystal import Crystal
 from csp_jax.progress import Progress, format_duration
+
 
 def _to_json(r: Relaxed | None):
     return None if r is None else {"cif": r.structure.to(fmt="cif"), "energy_per_atom": r.energy_per_atom
@@ -52,13 +53,16 @@ def _from_json(d) -> Relaxed | None:
                    d["seconds"], d["message"])
 
 
-def _top_rate(outcome, rms, top) -> dict:
-    """Match rate (%), Wilson interval and RMSE of the samples `top` [T] (-1: none)."""
-    rows = np.arange(len(top))
-    hit = (top >= 0) & (outcome[rows, np.maximum(top, 0)] == MATCH)
-    matched = rms[rows, np.maximum(top, 0)][hit]
-    return {"match_rate": 100.0 * float(hit.mean()), "interval": list(wilson_interval(int(hit.sum()), len(hit))),
-            "rmse": float(matched.mean()) if hit.any() else None}
+def _rates(outcome, rms) -> dict:
+    """Match rate (%), Wilson interval and RMSE of outcome codes and RMS [T, K]."""
+    rate, rmse = match_rate_and_rmse(outcome, rms)
+    return {"match_rate": rate, "interval": match_interval(outcome), "rmse": rmse}
+
+
+def _top_rates(outcome, rms, top) -> dict:
+    """`_rates` of the samples `top` [T] (-1: none) alone."""
+    rows, column = np.arange(len(top)), np.maximum(top, 0)
+    return _rates(np.where(top >= 0, outcome[rows, column], INVALID)[:, None], rms[rows, column][:, None])
 
 
 def _candidates(name: str, crystals: Crystal, energies, labels) -> Candidates:
@@ -83,11 +87,10 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
 
     The crystals relax in `workers` processes (None: one per core), each with its own potential
-    (and its thread pools on one thread, `relax.relax`). Returns the `relaxed` record of the results (see the module's
-    docstring). With several
-    processes each relaxes its share of the crystals (`distributed.share`); after a barrier the
-    main one reads every crystal's relaxations, scores them and returns the record (the others:
-    None).
+    (and its thread pools on one thread, `relax.relax`). Returns the `relaxed` record of the
+    results (see the module's docstring). With several processes each relaxes its share of the
+    crystals (`distributed.share`); after a barrier the main one reads every crystal's
+    relaxations, scores them and returns the record (the others: None).
     """
     r = config.relax
     parts = Path(out_dir) / f"{split}_relaxed"
@@ -130,32 +133,33 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     rms = np.full((num_test, num_samples), math.nan)
     for (t, k), result in zip(index, results):
         outcome[t, k], rms[t, k] = result.outcome, result.rms
-    by_potential = np.array([int(ranked(c, config.eval.ranking)[0]) if index else -1 for c in records])
-    by_potential = np.where([c.relaxed[k] is not None for c, k in zip(records, by_potential)], by_potential, -1)
+    def by_potential(c: Candidates) -> int:
+        """`ranked`'s first (the relaxed samples come first there), -1 when none was relaxed."""
+        first = int(ranked(c, config.eval.ranking)[0])
+        return first if c.relaxed[first] is not None else -1
 
-    def lowest_learned(c):
+    def by_learned(c: Candidates) -> int:
+        """The relaxed sample of lowest learned energy, -1 when none was relaxed."""
         tried = [k for k, x in enumerate(c.relaxed) if x is not None]
         return min(tried, key=lambda k: c.energies[k]) if tried else -1
 
-    by_learned = np.array([lowest_learned(c) for c in records])
-    any_hit = (outcome == MATCH).any(axis=1)
-    best = np.where(outcome == MATCH, rms, np.inf).min(axis=1)
-    relaxations = [x for c in records for x in c.relaxed if x is not None]
-    seconds = float(sum(x.seconds for x in relaxations))
-    log(f"relaxed {len(relaxations)} candidates in {format_duration(seconds)} of relaxation")
+    tops = {name: np.array([pick(c) for c in records]) for name, pick in
+            (("potential", by_potential), ("energy", by_learned))}
+    made = [x for c in records for x in c.relaxed if x is not None]
+    seconds = float(sum(x.seconds for x in made))
+    log(f"relaxed {len(made)} candidates in {format_duration(seconds)} of relaxation")
+    rates = _rates(outcome, rms)
     return {
         "potential": r.potential, "candidates": r.candidates, "fmax": r.fmax, "max_steps": r.max_steps,
-        "match_rate": 100.0 * float(any_hit.mean()),
-        "match_rate_interval": list(wilson_interval(int(any_hit.sum()), num_test)),
-        "rmse": float(best[any_hit].mean()) if any_hit.any() else None,
-        "top1": {"potential": _top_rate(outcome, rms, by_potential), "energy": _top_rate(outcome, rms, by_learned)},
-        "relaxations": len(relaxations),
-        "per_crystal": len(relaxations) / num_test,
-        "converged": int(sum(x.converged for x in relaxations)),
-        "failed": int(sum(not math.isfinite(x.energy_per_atom) for x in relaxations)),
-        "seconds": seconds, "seconds_per_candidate": seconds / max(1, len(relaxations)),
+        "match_rate": rates["match_rate"], "match_rate_interval": rates["interval"], "rmse": rates["rmse"],
+        "top1": {name: _top_rates(outcome, rms, top) for name, top in tops.items()},
+        "relaxations": len(made),
+        "per_crystal": len(made) / num_test,
+        "converged": int(sum(x.converged for x in made)),
+        "failed": int(sum(not math.isfinite(x.energy_per_atom) for x in made)),
+        "seconds": seconds, "seconds_per_candidate": seconds / max(1, len(made)),
         "distinct_relaxed": float(np.mean([c.relaxed_groups.max() + 1 for c in records])),
-        "outcome": outcome.tolist(), "top_by_potential": by_potential.tolist(),
+        "outcome": outcome.tolist(), "top_by_potential": tops["potential"].tolist(),
         "potential_energies": [[None if math.isnan(e) else e for e in relaxed_energies(c)] for c in records],
     }
 
@@ -169,8 +173,9 @@ def relaxed_lines(relaxed: dict, k: int) -> list[str]:
 
     any_cell = cell({"match_rate": relaxed["match_rate"], "interval": relaxed["match_rate_interval"],
                      "rmse": relaxed["rmse"]})
+    which = "every valid sample" if relaxed["candidates"] == "all" else "one sample per group of matching samples"
     return [f"Relaxed by {relaxed['potential']} (FIRE on cell and positions, fmax {relaxed['fmax']} eV/A, "
-            f"at most {relaxed['max_steps']} steps; {'every valid sample' if relaxed['candidates'] == 'all' else 'one sample per group of matching samples'}): "
+            f"at most {relaxed['max_steps']} steps; {which}): "
             "match rate (%) [95% interval], RMSE.", "",
             "| relaxed samples | match rate |", "|---|---|",
             f"| any relaxed sample of {k} | {any_cell} |",
