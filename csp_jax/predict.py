@@ -142,8 +142,9 @@ def _write_summary(rows: list[dict], out_dir: Path, config: Config) -> tuple[Pat
 
     lines = ["| " + " | ".join(fields) + " |", "|---" * len(fields) + "|"]
     lines += ["| " + " | ".join(text(row[k]) for k in fields) + " |" for row in rows]
-    ranking = (f"Ranked by the energy per atom of {config.relax.potential} after relaxing "
-               f"{'every valid sample' if config.relax.candidates == 'all' else 'one sample per group'} "
+    relaxed = ("every valid sample" if config.relax.candidates == "all"
+               else "a representative of each group of matching samples")
+    ranking = (f"Ranked by the energy per atom of {config.relax.potential} after relaxing {relaxed} "
                f"(FIRE on cell and positions, fmax {config.relax.fmax} eV/A, at most "
                f"{config.relax.max_steps} steps); potential_energy in eV/atom, above_best_mev: meV/atom "
                "above the formula's best relaxed candidate; relaxed_group: relaxed structures of one "
@@ -229,9 +230,9 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     checked, and the potential built, before anything is sampled. Samples with
     a non-finite energy or crystal are left out (and logged). The chains run in
     batches of `eval.batch_size` with the key PRNGKey(`eval.seed`) and the kernel
-    `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, one
-    sample per group of matching samples (or every valid one, `relax.candidates`)
-    is relaxed by `relax.potential` and the relaxed structures come first, by the
+    `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, a
+    representative of each group of matching samples (or every valid one,
+    `relax.candidates`) is relaxed by `relax.potential` and the relaxed structures come first, by the
     potential's energy per atom; otherwise `eval.ranking` orders the samples.
     Invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
     criterion, `geometry.validity.valid_structure`) come after the valid ones,

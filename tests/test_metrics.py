@@ -10,7 +10,7 @@ import pytest
 
 from csp_jax.geometry.crystal import from_structure, stack, to_structure
 from csp_jax.candidates.matching import ERROR, INVALID, MATCH, NO_MATCH, TIMEOUT, match_pair
-from csp_jax.candidates.ranking import cluster_labels, ranked_order, wilson_interval
+from csp_jax.candidates.ranking import cluster_labels, ranked_order, representatives, wilson_interval
 from csp_jax.evaluation.metrics import aggregate, evaluate_samples, split_by
 from csp_jax.evaluation.report import markdown_report, paper_table, write_report
 from csp_jax.evaluation.samples import load_samples, sample_at, save_samples
@@ -92,6 +92,32 @@ def test_rankings_pick_energy_and_the_largest_cluster():
     with pytest.raises(ValueError, match="unknown ranking"):
         ranked_order(energies, labels, "vote")
 
+
+
+def test_every_sample_matches_its_representative():
+    """A chain of matches a-b-c (a and c differ) is one connected component, but two
+    representatives: the lowest-energy sample a, and c, which matches b but not a."""
+    energies = np.array([0.3, 0.1, 0.2, 0.0, -1.0])  # samples 1 (a), 2 (b), 0 (c), 3 alone, 4 invalid
+    valid = np.array([True, True, True, True, False])
+    chain = [(1, 2), (2, 0)]
+    assert cluster_labels(valid, chain).tolist() == [0, 0, 0, 1, -1]
+    assert representatives(energies, valid, chain).tolist() == [0, 1, 1, 3, -1]
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        num = 12
+        pairs = [(i, j) for i in range(num) for j in range(i + 1, num) if rng.random() < 0.3]
+        valid, energies = rng.random(num) < 0.9, rng.normal(size=num)
+        chosen = representatives(energies, valid, pairs)
+        heads = set(chosen[chosen >= 0].tolist())
+        matched = set(pairs) | {(j, i) for i, j in pairs}
+        assert all(chosen[k] == k or (k, chosen[k]) in matched for k in np.flatnonzero(valid))
+        assert all((i, j) not in matched for i in heads for j in heads if i != j)  # representatives differ
+        assert (chosen[~valid] == -1).all()
+        # Each sample's representative is the lowest-energy one it matches.
+        for k in np.flatnonzero(valid):
+            options = [h for h in heads if h == k or (k, h) in matched]
+            assert chosen[k] == min(options, key=lambda h: energies[h])
 
 def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     gts, samples = make_samples()

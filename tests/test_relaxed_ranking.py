@@ -23,7 +23,7 @@ FAKE = "fake_potential:calculator"
 
 
 @pytest.mark.slow  # grouping, relaxations and symmetrised CIFs: about 20 s
-def test_predict_relaxes_one_sample_per_group_and_ranks_by_the_potential(tmp_path, monkeypatch):
+def test_predict_relaxes_a_representative_of_each_group_and_ranks_by_the_potential(tmp_path, monkeypatch):
     from csp_jax import predict as predict_module
 
     # Learned energies that put a noisy copy first.
@@ -33,7 +33,8 @@ def test_predict_relaxes_one_sample_per_group_and_ranks_by_the_potential(tmp_pat
                                           "relax.potential": FAKE, "relax.max_steps": 2})
     lines = []
     rows = predict(config, EnergyModel.from_config(config.model), None, ["SrTiO3"], tmp_path, log=lines.append)
-    # The copies are one group: its lower-energy member (sample 2) and the stretched cell relax.
+    # The copies match each other: their lowest-energy member (sample 2) represents them, and it
+    # and the stretched cell relax.
     assert sum("relaxed" in line and "steps" in line for line in lines) == 2
     assert [r["energy"] for r in rows] == [0.5, 0.1, 0.3, -5.0]  # nearest the potential's minimum first
     first, second = rows[0], rows[1]
@@ -64,8 +65,10 @@ def test_a_cell_that_collapses_stops_its_relaxation_as_failed():
 
 @pytest.mark.slow  # an evaluation's chains and three scorings: about 40 s
 def test_evaluation_with_relaxation_resumes_to_the_same_result(data_dir, tmp_path):
+    from csp_jax.candidates.ranking import representatives
     from csp_jax.data.datasets import load_split
     from csp_jax.evaluation.evaluate import evaluate
+    from csp_jax.evaluation.samples import load_samples
 
     config = updated(get_config("test"), {"eval.num_samples": 3, "eval.limit": 2, "eval.batch_size": 6,
                                           "eval.num_steps": 20, "relax.enabled": True, "relax.potential": FAKE,
@@ -96,3 +99,18 @@ def test_evaluation_with_relaxation_resumes_to_the_same_result(data_dir, tmp_pat
     stored = json.loads((tmp_path / "cut" / "test_metrics.json").read_text())
     assert stored["relaxed"]["potential_energies"] == relaxed["potential_energies"]
     assert stored["sampling"] == whole["sampling"]
+
+    # The saved relaxations serve another choice of candidates: the representatives are scored
+    # from them, and nothing is relaxed again.
+    parts = sorted((tmp_path / "cut" / "test_relaxed").glob("0*.json"))  # the crystals' parts
+    before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in parts]
+    fewer = evaluate(updated(config, {"relax.candidates": "representatives"}), model, variables, dataset,
+                     tmp_path / "cut", resume=True, workers=1, log=lambda _: None)["relaxed"]
+    assert [(f.read_bytes(), f.stat().st_mtime_ns) for f in parts] == before
+    _, energies, _ = load_samples(tmp_path / "cut" / "test_samples.npz")
+    valid = np.array(whole["outcome"]) != 2
+    heads = [set(representatives(e, v, m).tolist()) - {-1} for e, v, m in zip(energies, valid, whole["matches"])]
+    assert fewer["relaxations"] == sum(map(len, heads)) and fewer["candidates"] == "representatives"
+    for t, chosen in enumerate(heads):
+        assert [fewer["outcome"][t][k] for k in chosen] == [relaxed["outcome"][t][k] for k in chosen]
+        assert all(fewer["outcome"][t][k] == 2 for k in range(3) if k not in chosen)

@@ -84,9 +84,10 @@ def ranked_order(energies, labels, ranking: str) -> np.ndarray:
     return np.lexsort((energy, cluster_lowest, -cluster_size, invalid))
 
 
-def cluster_samples(groups, valid, timeout_s: float, workers: int | None = None) -> list[np.ndarray]:
-    """`cluster_labels` of every group of samples, from matching the valid samples of a group
-    against each other (`match_samples`, K(K-1)/2 pairs per group, all in one worker pool).
+def sample_matches(groups, valid, timeout_s: float, workers: int | None = None) -> list[list[tuple[int, int]]]:
+    """The pairs (i, j), i < j, of matching samples in every group of samples, from matching the
+    valid samples of a group against each other (`match_samples`, K(K-1)/2 pairs per group, all
+    in one worker pool).
 
     groups: G lists of unbatched `Crystal`s; valid: G lists of bools of the same lengths.
     """
@@ -98,4 +99,36 @@ def cluster_samples(groups, valid, timeout_s: float, workers: int | None = None)
     for (g, i, j), r in zip(pairs, results):
         if r.outcome == MATCH:
             matched[g].append((i, j))
-    return [cluster_labels(flags, found) for flags, found in zip(valid, matched)]
+    return matched
+
+
+def cluster_samples(groups, valid, timeout_s: float, workers: int | None = None) -> list[np.ndarray]:
+    """`cluster_labels` of every group of samples (`sample_matches`' arguments)."""
+    return [cluster_labels(flags, found) for flags, found in
+            zip(valid, sample_matches(groups, valid, timeout_s, workers))]
+
+
+def representatives(energies, valid, matched_pairs) -> np.ndarray:
+    """Each sample's representative [K] (a sample index; -1 for invalid samples): a star cover of
+    the match graph, so that every sample matches its representative.
+
+    The valid samples are taken in order of learned energy (`energies` [K], lowest first); one
+    that matches no representative yet becomes one, and each sample is represented by the
+    lowest-energy representative it matches. Unlike the connected components of
+    `cluster_labels`, whose matches can chain different structures, a representative's group
+    holds only structures that match it. matched_pairs: (i, j) pairs of matching samples.
+    """
+    valid = np.asarray(valid, bool)
+    neighbours = {k: set() for k in range(len(valid))}
+    for i, j in matched_pairs:
+        neighbours[int(i)].add(int(j))
+        neighbours[int(j)].add(int(i))
+    energy = np.where(np.isfinite(energies), energies, np.inf)
+    chosen = np.full(len(valid), -1)
+    heads: list[int] = []
+    for k in np.flatnonzero(valid)[np.argsort(energy[valid], kind="stable")]:
+        head = next((h for h in heads if h in neighbours[int(k)]), None)
+        if head is None:
+            heads.append(int(k))
+        chosen[k] = int(k) if head is None else head
+    return chosen

@@ -1,7 +1,7 @@
 """The samples of one formula or test crystal as one record, made once after sampling.
 
     candidates = from_samples(name, crystals, energies, units)      # validity
-    candidates = with_groups(candidates, timeout_s)                 # groups of matching samples
+    candidates = with_groups(candidates, timeout_s)                 # which samples match
     candidates = with_relaxed(candidates, config.relax, calc, ...)  # a potential's relaxation
     order = ranked(candidates, config.eval.ranking)                 # the one ranking
 
@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from csp_jax.candidates.matching import MATCH, match_pairs, match_samples
-from csp_jax.candidates.ranking import cluster_labels, cluster_samples, ranked_order
+from csp_jax.candidates.ranking import cluster_labels, ranked_order, representatives, sample_matches
 from csp_jax.candidates.relax import Relaxed, relax
 from csp_jax.config import RelaxConfig
 from csp_jax.geometry.crystal import Crystal, from_structure
@@ -34,8 +34,10 @@ class Candidates(NamedTuple):
     units:          [K] int, formula units Z of each sample's cell.
     structures:     K pymatgen Structures, None where a sample is not finite or
                     not a physical crystal (`geometry.validity.valid_structure`).
-    groups:         [K] int, groups of mutually matching samples numbered by size
-                    (0 the largest), -1 for invalid samples or samples not compared.
+    groups:         [K] int, groups of mutually matching samples (connected components
+                    of the match graph) numbered by size (0 the largest), -1 for invalid
+                    samples or samples not compared.
+    matches:        (i, j) pairs of matching samples, i < j (empty: not compared).
     relaxed:        K `relax.Relaxed` or None (not relaxed).
     relaxed_groups: [K] int, groups of matching relaxed structures by size, -1
                     where not relaxed or the relaxation failed.
@@ -47,6 +49,7 @@ class Candidates(NamedTuple):
     units: np.ndarray
     structures: tuple
     groups: np.ndarray
+    matches: tuple
     relaxed: tuple
     relaxed_groups: np.ndarray
 
@@ -65,7 +68,7 @@ def from_samples(name: str, crystals: Crystal, energies, units) -> Candidates:
     energies = np.asarray(energies, np.float64)
     num = len(energies)
     candidates = Candidates(name, crystals, energies, np.asarray(units, int), (None,) * num,
-                            np.full(num, -1), (None,) * num, np.full(num, -1))
+                            np.full(num, -1), (), (None,) * num, np.full(num, -1))
     structures = tuple(valid_structure(candidates.crystal(k)) if math.isfinite(energies[k]) else None
                        for k in range(num))
     return candidates._replace(structures=structures)
@@ -80,24 +83,34 @@ def by_size(labels) -> np.ndarray:
     return np.array([rank[int(c)] if c >= 0 else -1 for c in labels], int)
 
 
+def with_matches(candidates: Candidates, matches) -> Candidates:
+    """`candidates` with the pairs (i, j) of its samples that match (`matches`) and their `groups`."""
+    matches = tuple((int(i), int(j)) for i, j in matches)
+    return candidates._replace(matches=matches, groups=by_size(cluster_labels(candidates.valid, matches)))
+
+
 def with_groups(candidates: Candidates, timeout_s: float, workers: int | None = None) -> Candidates:
-    """`candidates` with `groups`, from matching its valid samples against each other."""
-    [labels] = cluster_samples([[candidates.crystal(k) for k in range(len(candidates.energies))]],
+    """`candidates` with `matches` and `groups`, from matching its valid samples against each other."""
+    [matches] = sample_matches([[candidates.crystal(k) for k in range(len(candidates.energies))]],
                                [candidates.valid.tolist()], timeout_s, workers)
-    return candidates._replace(groups=by_size(labels))
+    return with_matches(candidates, matches)
 
 
 def to_relax(candidates: Candidates, which: str) -> list[int]:
-    """The samples to relax: every valid one ("all"), or of each group the one of lowest
-    learned energy ("groups"; a valid sample outside any group counts as a group of one)."""
-    valid = np.flatnonzero(candidates.valid)
+    """The samples to relax: every valid one ("all"), or the `ranking.representatives` of the
+    matching samples ("representatives": in order of learned energy, each sample that matches
+    no representative yet; every valid sample then matches a relaxed one)."""
     if which == "all":
-        return valid.tolist()
-    chosen = {}
-    for k in valid[np.argsort(candidates.energies[valid], kind="stable")]:
-        group = int(candidates.groups[k])
-        chosen.setdefault(group if group >= 0 else -1 - int(k), int(k))
-    return sorted(chosen.values())
+        return np.flatnonzero(candidates.valid).tolist()
+    chosen = representatives(candidates.energies, candidates.valid, candidates.matches)
+    return sorted({int(k) for k in chosen if k >= 0})
+
+
+def kept(candidates: Candidates, which: str, done: Sequence[Relaxed | None] = ()) -> list:
+    """The relaxations `done` ([K] `Relaxed` or None; empty: none) of the samples `to_relax`
+    chooses under `which`, None for the others."""
+    chosen = set(to_relax(candidates, which)) if done else set()
+    return [done[k] if k in chosen else None for k in range(len(candidates.energies))]
 
 
 def relaxations(candidates: Candidates, relax_config: RelaxConfig, calc, log: Callable[[str], None] = print,
@@ -106,11 +119,12 @@ def relaxations(candidates: Candidates, relax_config: RelaxConfig, calc, log: Ca
     the ASE calculator `calc` (`relax_config.fmax`, `max_steps`; built only when needed: a
     function returning it).
 
-    done: relaxations already made, by sample (a resumed evaluation's); those samples are
-    not relaxed again. Logs one line per relaxation: steps, energy per atom, time.
+    done: relaxations already made, by sample (a resumed evaluation's, perhaps of another
+    choice of candidates); the chosen samples among them are not relaxed again, the others
+    are left out. Logs one line per relaxation: steps, energy per atom, time.
     """
-    relaxed = list(done) if done else [None] * len(candidates.energies)
     chosen = to_relax(candidates, relax_config.candidates)
+    relaxed = kept(candidates, relax_config.candidates, done)
     for n, k in enumerate(chosen, start=1):
         if relaxed[k] is None:
             relaxed[k] = relax(candidates.structures[k], calc(), fmax=relax_config.fmax,

@@ -275,7 +275,7 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
     results = summarize(matched, energies)
     if config.relax.enabled:
         log(f"relaxing the samples of {num_test} crystals with {config.relax.potential}")
-        relaxed = relax_and_score(config, truths, samples, energies, results["labels"], test.material_ids,
+        relaxed = relax_and_score(config, truths, samples, energies, results["matches"], test.material_ids,
                                   out_dir, split, resume=resume, workers=workers, log=log)
         if relaxed is not None:
             results["relaxed"] = relaxed

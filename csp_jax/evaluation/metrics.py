@@ -17,7 +17,7 @@ import numpy as np
 from csp_jax.candidates.matching import (INVALID, MATCH, MATCHER_KWARGS, OUTCOME_NAMES,
                                          STRICT_MATCHER_KWARGS, PairResult,
                                          match_pair, match_pair_strict, match_pairs)
-from csp_jax.candidates.ranking import RANKINGS, cluster_samples, ranked_order, wilson_interval
+from csp_jax.candidates.ranking import RANKINGS, cluster_labels, ranked_order, sample_matches, wilson_interval
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.evaluation.samples import sample_at
 from csp_jax.geometry.crystal import Crystal, formula_key
@@ -101,7 +101,8 @@ def match_crystals(gt_structures: Sequence, samples: Crystal, timeout_s: float, 
     (`ranking.cluster_labels`). Returns lists of T rows: `outcome` [T][K]
     (codes), `rms` [T][K] (None unless matched), their `_strict` twins,
     `volume_ratio` [T][K] (V_sample / V_true of matched samples, else None),
-    `labels` [T][K] (with energies), and `error_messages` (text: count). The
+    `labels` [T][K] and `matches` [T] (lists of matching sample pairs [i, j]; both with
+    energies), and `error_messages` (text: count). The
     rows of several calls on parts of the crystals concatenate (`concatenated`).
     """
     num_crystals, num_samples = np.shape(samples.species)[:2]
@@ -131,7 +132,9 @@ def match_crystals(gt_structures: Sequence, samples: Crystal, timeout_s: float, 
               "error_messages": dict(collections.Counter(r.message for r in results if r.message))}
     if energies is not None:
         valid = (outcome != INVALID) & np.isfinite(np.asarray(energies))
-        record["labels"] = np.array(cluster_samples(cells, valid.tolist(), timeout_s, workers)).tolist()
+        matches = sample_matches(cells, valid.tolist(), timeout_s, workers)
+        record["labels"] = [cluster_labels(flags, found).tolist() for flags, found in zip(valid, matches)]
+        record["matches"] = [[list(pair) for pair in found] for found in matches]
     return record
 
 
@@ -166,7 +169,7 @@ def summarize(matched: dict, energies=None) -> dict:
         **{key: matched[key] for key in ("outcome", "rms", "outcome_strict", "rms_strict", "error_messages")},
     }
     if labels is not None:
-        record["labels"] = matched["labels"]
+        record["labels"], record["matches"] = matched["labels"], matched["matches"]
     return record
 
 

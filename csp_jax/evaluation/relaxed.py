@@ -1,11 +1,14 @@
 """Table 1 with relaxed samples beside the raw ones (`evaluate` with `relax.enabled`).
 
 For every test crystal, its K samples become a `Candidates` record with the
-groups the evaluation found among them; one sample per group (or every valid
-one, `relax.candidates`) is relaxed by `relax.potential`
-(`csp_jax.candidates.record.with_relaxed`), each crystal's relaxations saved in
-`<split>_relaxed/<t>.json` as they finish, so that `--resume` continues where
-it stopped with the same result. The relaxed structures are matched to the
+matches the evaluation found among them; a representative of each group of
+matching samples (or every valid one, `relax.candidates`) is relaxed by
+`relax.potential` (`csp_jax.candidates.record.relaxations`), each crystal's
+relaxations saved in `<split>_relaxed/<t>.json` as they finish, so that
+`--resume` continues where it stopped with the same result. The saved
+relaxations serve any choice of candidates: a resumed evaluation with
+`relax.candidates=representatives` after one with `all` relaxes nothing more
+and scores the representatives alone. The relaxed structures are matched to the
 truth: `relaxed` in the results holds the match rate of any relaxed sample, of
 the top-ranked one by the potential's energy per atom (the answer `predict
 --relax` gives) and by the learned energy, RMSEs, Wilson intervals, and the
@@ -25,8 +28,8 @@ from typing import Callable
 import numpy as np
 
 from csp_jax.candidates.matching import INVALID, match_pair, match_pairs
-from csp_jax.candidates.record import (Candidates, by_size, from_samples, ranked, relaxations, relaxed_crystal,
-                                       relaxed_energies, with_relaxations)
+from csp_jax.candidates.record import (Candidates, from_samples, ranked, kept, relaxations, relaxed_crystal,
+                                       relaxed_energies, to_relax, with_matches, with_relaxations)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
@@ -65,26 +68,33 @@ def _top_rates(outcome, rms, top) -> dict:
     return _rates(np.where(top >= 0, outcome[rows, column], INVALID)[:, None], rms[rows, column][:, None])
 
 
-def _candidates(name: str, crystals: Crystal, energies, labels) -> Candidates:
-    """The record of one test crystal's K samples (crystals [K, N], energies [K]) with the groups
-    the evaluation found among them (labels [K])."""
-    candidates = from_samples(name, crystals, energies, np.ones(len(energies), int))
-    return candidates._replace(groups=by_size(np.where(candidates.valid, labels, -1)))
+def _candidates(name: str, crystals: Crystal, energies, matches) -> Candidates:
+    """The record of one test crystal's K samples (crystals [K, N], energies [K]) with the pairs
+    of them the evaluation found to match (`matches`, [i, j] lists)."""
+    return with_matches(from_samples(name, crystals, energies, np.ones(len(energies), int)), matches)
 
 
-def _relax_crystal(config: Config, name: str, crystals: Crystal, energies, labels, path: Path) -> int:
-    """Relax one test crystal's chosen samples and save them as `path`; how many were relaxed."""
-    relaxed = relaxations(_candidates(name, crystals, energies, labels), config.relax,
-                          lambda: calculator(config.relax.potential), log=lambda line: None)
-    write_atomic(path, json.dumps([_to_json(x) for x in relaxed]))
-    return sum(x is not None for x in relaxed)
+def _saved(path: Path) -> list:
+    """The relaxations [K] (`Relaxed` or None) saved as `path` (empty when there is none)."""
+    return [_from_json(d) for d in json.loads(path.read_text())] if path.is_file() else []
 
 
-def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, labels, material_ids,
+def _relax_crystal(config: Config, candidates: Candidates, path: Path) -> int:
+    """Relax one test crystal's chosen samples not relaxed yet, and save them with those saved
+    before as `path`; how many were relaxed now."""
+    saved = _saved(path) or [None] * len(candidates.energies)
+    relaxed = relaxations(candidates, config.relax, lambda: calculator(config.relax.potential),
+                          log=lambda line: None, done=saved)
+    write_atomic(path, json.dumps([_to_json(old or new) for old, new in zip(saved, relaxed)]))
+    return sum(old is None and new is not None for old, new in zip(saved, relaxed))
+
+
+def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, matches, material_ids,
                     out_dir: Path, split: str, *, resume: bool, workers: int | None = None,
                     log: Callable[[str], None] = print) -> dict:
-    """Relax the samples [T, K, N] of T test crystals (energies [T, K], group labels [T, K] of
-    `ranking.cluster_labels`) and score the relaxed structures against `gt_structures`.
+    """Relax the samples [T, K, N] of T test crystals (energies [T, K]; matches: [T] lists of the
+    pairs [i, j] of a crystal's samples that match) and score the relaxed structures against
+    `gt_structures`.
 
     The crystals relax in `workers` processes (None: one per core), each with its own potential
     (and its thread pools on one thread, `relax.relax`). Returns the `relaxed` record of the
@@ -96,25 +106,27 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     parts = Path(out_dir) / f"{split}_relaxed"
     digest = hashlib.sha256(np.ascontiguousarray(samples.positions).tobytes()
                             + np.ascontiguousarray(samples.lattice).tobytes()).hexdigest()
-    settings = {"potential": r.potential, "candidates": r.candidates, "fmax": r.fmax,
-                "max_steps": r.max_steps, "samples": digest}
+    settings = {"potential": r.potential, "fmax": r.fmax, "max_steps": r.max_steps, "samples": digest}
     open_parts(parts, settings, resume, "relaxations of an interrupted evaluation")
     num_test, num_samples = np.shape(energies)
     path = lambda t: parts / f"{t:06d}.json"  # noqa: E731
-    crystal = lambda t: Crystal(samples.species[t], samples.positions[t], samples.lattice[t])  # noqa: E731
+    candidates = [_candidates(str(material_ids[t]), Crystal(samples.species[t], samples.positions[t],
+                                                            samples.lattice[t]), energies[t], matches[t])
+                  for t in range(num_test)]
 
-    def saved(t: int) -> list:
-        return [_from_json(d) for d in json.loads(path(t).read_text())]
+    def missing(t: int) -> bool:
+        """Whether a sample of crystal t that `relax.candidates` chooses has no saved relaxation."""
+        saved = _saved(path(t))
+        return any(not saved or saved[k] is None for k in to_relax(candidates[t], r.candidates))
 
     mine = share(num_test)
-    todo = [t for t in mine if not path(t).is_file()]
+    todo = [t for t in mine if missing(t)]
     progress = Progress(len(mine), f"relaxing with {r.potential}", unit="crystals", log=log,
                         initial=len(mine) - len(todo))
     relaxed = 0
     with ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, max(1, len(todo))),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_relax_crystal, config, str(material_ids[t]), crystal(t), energies[t], labels[t],
-                            path(t)) for t in todo]
+        jobs = [pool.submit(_relax_crystal, config, candidates[t], path(t)) for t in todo]
         for job in as_completed(jobs):
             relaxed += job.result()
             progress.update(1, f"{relaxed} relaxed")
@@ -122,8 +134,8 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, l
     barrier("relaxed")
     if not is_main():
         return None
-    records = [with_relaxations(_candidates(str(material_ids[t]), crystal(t), energies[t], labels[t]), saved(t),
-                                config.eval.match_timeout, workers) for t in range(num_test)]
+    records = [with_relaxations(c, kept(c, r.candidates, _saved(path(t))), config.eval.match_timeout, workers)
+               for t, c in enumerate(candidates)]
 
     index = [(t, k) for t, c in enumerate(records) for k, x in enumerate(c.relaxed)
              if x is not None and math.isfinite(x.energy_per_atom)]
@@ -173,7 +185,8 @@ def relaxed_lines(relaxed: dict, k: int) -> list[str]:
 
     any_cell = cell({"match_rate": relaxed["match_rate"], "interval": relaxed["match_rate_interval"],
                      "rmse": relaxed["rmse"]})
-    which = "every valid sample" if relaxed["candidates"] == "all" else "one sample per group of matching samples"
+    which = ("every valid sample" if relaxed["candidates"] == "all"
+             else "a representative of each group of matching samples")
     return [f"Relaxed by {relaxed['potential']} (FIRE on cell and positions, fmax {relaxed['fmax']} eV/A, "
             f"at most {relaxed['max_steps']} steps; {which}): "
             "match rate (%) [95% interval], RMSE.", "",
