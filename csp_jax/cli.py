@@ -99,23 +99,28 @@ def add_train(subparsers) -> None:
     _add_set(p)
     _add_data_dir(p)
     p.add_argument("--max-steps", type=POSITIVE_INT, help="stop after this many steps (checkpointed)")
+    _add_distributed(p, "each runs its share of every batch's chains, the update step runs over the "
+                        "devices of all, the first writes the metrics")
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> None:
+    from csp_jax.distributed import initialize, is_main
     from csp_jax.training.loop import train
 
-    from csp_jax.distributed import launched_as_several
-
-    if launched_as_several():
-        raise ValueError("training in several processes is not supported yet: start one process "
-                         "(its chains and update step use every device of the machine)")
+    initialize(args.distributed)
     config = configured(get_config(args.config), args)
     out = Path(args.out or f"runs/{config.name}")
     if args.resume and not out.is_dir():
         raise FileNotFoundError(f"--resume: run directory {out} does not exist")
     train(config, out, args.data_dir, resume=args.resume, max_steps=args.max_steps)
-    print(f"done: checkpoints, metrics.jsonl and training_curve.png in {out}")
+    if is_main():
+        print(f"done: checkpoints, metrics.jsonl and training_curve.png in {out}")
+
+
+def _add_distributed(p, what: str) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help=f"one of several processes (jax.distributed; automatic under SLURM or Open MPI): {what}")
 
 
 def _add_checkpoint(p) -> None:
@@ -186,9 +191,7 @@ def add_evaluate(subparsers) -> None:
                    help="score the stored <out>/<split>_samples.npz again, without sampling")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted evaluation from the samples saved in <out>/<split>_parts")
-    p.add_argument("--distributed", action="store_true",
-                   help="one of several processes (jax.distributed; automatic under SLURM or Open MPI): "
-                        "each samples, matches and relaxes its share, the first writes the report")
+    _add_distributed(p, "each samples, matches and relaxes its share, the first writes the report")
     p.set_defaults(func=run_evaluate)
 
 

@@ -7,16 +7,18 @@ environment is a SLURM job of several tasks or an Open MPI launch of several
 processes; JAX then finds the coordinator, the number of processes and this
 process's index in that environment, or in `JAX_COORDINATOR_ADDRESS`,
 `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (a launch by hand). The processes
-share work by index (`share`), wait for each other at `barrier`s, and only the
-main process (index 0) writes what all of them would write alike. Files
-written by one process and read by another (parts of an evaluation) must lie on
-a filesystem every process sees.
+share work by index (`share`), wait for each other at `barrier`s, exchange
+small host arrays (`gathered`), and only the main process (index 0) writes
+what all of them would write alike. Files written by one process and read by
+another (parts of an evaluation, a training run's checkpoints) must lie on a
+filesystem every process sees.
 """
 from __future__ import annotations
 
 import os
 
 import jax
+import numpy as np
 
 
 def launched_as_several() -> bool:
@@ -49,3 +51,20 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def gathered(tree):
+    """Every process's `tree` (numpy arrays of the same shapes and dtypes in every process),
+    stacked: each leaf [P, ...] in process order, the same in every process ([1, ...] with one)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree)
+
+
+def process_local(tree):
+    """`tree` with every array that spans other processes' devices (under `jax.distributed`, a
+    replicated global array such as the parameters) as a numpy copy, which a program on this
+    process's devices alone can take; other leaves as they are."""
+    return jax.tree.map(lambda x: x if getattr(x, "is_fully_addressable", True) else np.asarray(x), tree)

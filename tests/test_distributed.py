@@ -1,6 +1,7 @@
-"""Several processes under `jax.distributed` (csp_jax.distributed, the evaluation's share of work):
-two local processes evaluate as one does, each sampling its own batches, the first writing the report;
-killed part way, they resume in any number of processes to the same result."""
+"""Several processes under `jax.distributed` (csp_jax.distributed): two local processes evaluate as
+one does, each sampling its own batches, the first writing the report; killed part way, they resume
+in any number of processes to the same result. Two processes train as one does, the first alone
+writing the metrics, and a checkpoint of either resumes in the other number of processes."""
 import json
 import os
 import re
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from csp_jax.config import get_config, updated
+from csp_jax import models
 from csp_jax.models import checkpoint
+from csp_jax.training.curves import read_metrics
 from helpers import REPO, checkout_env
 from toy_energy import IMPORT_PATH
 
@@ -24,6 +27,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def two_processes(command: list[str], env: dict, output=subprocess.PIPE) -> list[subprocess.Popen]:
+    """`command --distributed` started as processes 0 and 1 of one local `jax.distributed` job
+    (stdout and stderr together to `output`)."""
+    address = f"localhost:{free_port()}"
+    return [subprocess.Popen(command + ["--distributed"], stdout=output, stderr=subprocess.STDOUT, text=True,
+                             env={**env, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+                                  "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+
+
+def finished(processes: list[subprocess.Popen]) -> list[str]:
+    """The outputs of `processes`, once every one has exited with status 0."""
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * len(processes), "".join(o[-2000:] for o in outputs)
+    return outputs
+
+
+def toy_env() -> dict:
+    """The environment of a command that finds the toy energy (tests/ on the path), on the CPU."""
+    return checkout_env(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO)]))
 
 
 def toy_model(folder: Path) -> Path:
@@ -43,19 +67,12 @@ def evaluate_command(model: Path, out: Path, data_dir, *extra) -> list[str]:
 @pytest.mark.slow  # five evaluation processes: about 90 s alone, several minutes on a busy machine
 def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     model = toy_model(tmp_path / "model")
-    tests = str(Path(__file__).parent)
-    env = checkout_env(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([tests, str(REPO)]))
+    env = toy_env()
     one = subprocess.run(evaluate_command(model, tmp_path / "one", data_dir), env=env, capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
 
-    address = f"localhost:{free_port()}"
-    processes = [subprocess.Popen(evaluate_command(model, tmp_path / "two", data_dir, "--distributed"),
-                                  env={**env, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
-                                       "JAX_PROCESS_ID": str(i)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    outputs = finished(two_processes(evaluate_command(model, tmp_path / "two", data_dir), env))
 
     # Three batches of two chains: the first process samples the rows from 0 and 4, the second from 2.
     shares = [re.search(r"process (\d) of 2: sampling the batches from rows (.*)", out).groups() for out in outputs]
@@ -71,12 +88,8 @@ def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     assert not (tmp_path / "two" / "test_parts").exists() and not (tmp_path / "two" / "test_scored").exists()
 
     # Two processes killed once the first batch is saved, then resumed by one: the same result.
-    address = f"localhost:{free_port()}"
     cut = tmp_path / "cut"
-    processes = [subprocess.Popen(evaluate_command(model, cut, data_dir, "--distributed"),
-                                  env={**env, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
-                                       "JAX_PROCESS_ID": str(i)},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    processes = two_processes(evaluate_command(model, cut, data_dir), env, output=subprocess.DEVNULL)
     while not list((cut / "test_parts").glob("rows_*.npz")) and all(p.poll() is None for p in processes):
         time.sleep(0.05)
     for p in processes:
@@ -94,9 +107,46 @@ def test_two_processes_evaluate_as_one(data_dir, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def train_command(out: Path, data_dir, steps: int, *extra) -> list[str]:
+    """`steps` training steps of the toy energy (config `test`: batches of 2, 10 MALA steps) into `out`."""
+    return [sys.executable, str(REPO / "experiments" / "run.py"), "train", "--config", "test",
+            "--set", f"model.energy={IMPORT_PATH}", "--data-dir", str(data_dir), "--out", str(out),
+            "--max-steps", str(steps), *extra]
+
+
+def assert_same_training(first: Path, second: Path) -> None:
+    """Two runs' metrics per step (those of the chains' samples included) and parameters agree."""
+    records = [read_metrics(run / "metrics.jsonl") for run in (first, second)]
+    assert [r["step"] for r in records[1]] == [r["step"] for r in records[0]]
+    for a, b in zip(*records):
+        for key in ("loss", "e_data", "e_sample", "acceptance"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {key}")
+    params = [models.load(run).variables["params"] for run in (first, second)]
+    np.testing.assert_allclose(params[1]["r0"], params[0]["r0"], rtol=1e-6)
+
+
+@pytest.mark.slow  # a run in one process and one in two, each resumed in the other: about 70 s
+def test_two_processes_train_as_one_and_resume_in_either_number(data_dir, tmp_path):
+    env = toy_env()
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.Popen(train_command(one, data_dir, 2), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    outputs = finished([single, *two_processes(train_command(two, data_dir, 2), env)])
+    assert [r["step"] for r in read_metrics(two / "metrics.jsonl")] == [1, 2]  # one line per step
+    assert "trained steps 0..2" in outputs[1] and "training" not in outputs[2]  # the first process logs
+    assert_same_training(one, two)
+
+    # Each checkpoint resumes in the other number of processes for one step more: again the same.
+    finished([*two_processes(train_command(one, data_dir, 1, "--resume"), env),
+              subprocess.Popen(train_command(two, data_dir, 1, "--resume"), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)])
+    assert [r["step"] for r in read_metrics(one / "metrics.jsonl")] == [1, 2, 3]
+    assert_same_training(one, two)
+
+
 @pytest.mark.parametrize("variable", ["SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"])
-def test_a_launch_of_several_tasks_starts_the_runtime_and_refuses_training(variable, monkeypatch, capsys):
-    from csp_jax import cli, distributed
+def test_a_launch_of_several_tasks_starts_the_runtime(variable, monkeypatch):
+    from csp_jax import distributed
 
     calls = []
     monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -105,6 +155,14 @@ def test_a_launch_of_several_tasks_starts_the_runtime_and_refuses_training(varia
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     assert distributed.initialize() is True
     assert calls == [{"num_processes": None, "process_id": 1}]  # the rest from the environment
-    assert cli.main(["train", "--config", "test", "--out", "never"]) == 1
-    error = capsys.readouterr().err
-    assert error.startswith("error: training in several processes is not supported yet") and error.count("\n") == 1
+
+
+def test_train_distributed_starts_the_runtime_before_training(monkeypatch, tmp_path):
+    from csp_jax import cli, distributed
+    from csp_jax.training import loop
+
+    events = []
+    monkeypatch.setattr(distributed, "initialize", lambda asked=False: events.append(("initialize", asked)))
+    monkeypatch.setattr(loop, "train", lambda config, out, *args, **kwargs: events.append(("train", out)))
+    assert cli.main(["train", "--config", "test", "--out", str(tmp_path / "run"), "--distributed"]) == 0
+    assert events == [("initialize", True), ("train", tmp_path / "run")]

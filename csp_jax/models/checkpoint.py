@@ -63,9 +63,8 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
-    """ValueError when checkpoint `step` holds arrays of other shapes than `template`
-    (a model of another size): checked from its metadata, before any array is read."""
+def _stored(mngr: ocp.CheckpointManager, step: int):
+    """The metadata (shape, dtype) of every array of checkpoint `step`'s state, as its pytree."""
     from absl import logging as absl_logging
 
     level = absl_logging.get_verbosity()
@@ -74,14 +73,27 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, template) -> None:
         stored = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(step) / "state")
     finally:
         absl_logging.set_verbosity(level)
-    stored = {_path_name(path): tuple(leaf.shape) for path, leaf in
-              jax.tree_util.tree_leaves_with_path(getattr(stored, "item_metadata", stored))}
+    return getattr(stored, "item_metadata", stored)
+
+
+def _whole_here(tree):
+    """Restore targets of the shapes and dtypes of `tree`'s arrays (a template, or a
+    checkpoint's metadata), each whole on this process's first device, whatever devices (of
+    however many processes) wrote them."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), tree)
+
+
+def _check_shapes(stored, step: int, directory, template) -> None:
+    """ValueError when checkpoint `step` (its metadata `stored`) holds arrays of other shapes
+    than `template` (a model of another size): checked before any array is read."""
+    stored = {_path_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(stored)}
     for path, leaf in jax.tree_util.tree_leaves_with_path(template):
         name = _path_name(path)
         if name not in stored:
             raise OSError(f"checkpoint {step} is incomplete: {name} missing")
         if stored[name] != tuple(np.shape(leaf)):
-            raise OtherModelError(f"checkpoint {step} in {mngr.directory} holds another model: "
+            raise OtherModelError(f"checkpoint {step} in {directory} holds another model: "
                              f"{name} has shape {stored[name]}, this config's "
                              f"model needs {tuple(np.shape(leaf))}")
 
@@ -95,16 +107,19 @@ def restore(mngr: ocp.CheckpointManager, template, step: int | None = None, log=
     field alone (what loading a model needs). A newer checkpoint that cannot be
     read (half written when the process died, damaged) is skipped and named
     through `log`; a run with none readable raises ValueError, and so does a
-    checkpoint of another model size.
+    checkpoint of another model size. Every array is read whole into this
+    process (whatever number of processes wrote it); under `jax.distributed`
+    every process calls this alike.
     """
     steps = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-    abstract = None if only else jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     reasons = []
     for s in steps:
         try:
-            _check_shapes(mngr, s, {only: template} if only else template)
+            stored = _stored(mngr, s)
+            _check_shapes(stored, s, mngr.directory, {only: template} if only else template)
+            abstract = _whole_here(stored if only else template)
             out = mngr.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             state = jax.tree.map(lambda a, t: np.asarray(a, np.asarray(t).dtype), out.state[only],

@@ -6,6 +6,16 @@ applies the loss. Everything random is derived from the config's seed and the st
 (batch order from (seed, epoch), expansions j from (seed, step), chain keys
 from fold_in(key, step)), so `resume=True` continues exactly where the newest
 checkpoint left off.
+
+Under `jax.distributed` (several processes, `csp_jax.distributed`) every
+process draws the same batches; each runs its share of every group of chains
+on its own devices with the keys one process would give those rows, the
+processes exchange the samples and take the largest of their capacities, and
+the update step is one program over the devices of all of them
+(`csp_jax.training.parallel`). Every decision on the host (a re-run on
+overflow, a skipped non-finite step, a stop) is then taken from the same
+numbers in every process. Every process takes part in the checkpoints; the
+main one alone writes the config, the metrics, the plots and the log.
 """
 from __future__ import annotations
 
@@ -17,13 +27,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from csp_jax.config import Config, NeighborConfig
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.datasets import training_splits
 from csp_jax.data.species import chain_groups, draw_multipliers, expanded_species, swapped_sites
+from csp_jax.distributed import barrier, gathered, is_main, process_local, share
 from csp_jax.energy.base import Energy
 from csp_jax.files import write_atomic
 from csp_jax.geometry.capacity import at_least, grow_exceeded, grow_until_no_overflow
@@ -86,6 +96,19 @@ class Capacities:
         the default for `width` atoms, for the first segment)."""
         return self.chains.setdefault(width, (self._default(width),))
 
+    def agree(self) -> None:
+        """Take, for every capacity of the chains and of the update step, the largest of
+        any process's (each grew its own to what its chains needed), so that every process
+        compiles the same update step and checkpoints the same capacities. Every process
+        holds the same widths, with the same number of segments each."""
+        widths = sorted(self.chains)
+        flat = [self.update, *(c for n in widths for c in self.chains[n])]
+        largest = gathered(np.array(flat, np.int32)).max(axis=0).tolist()  # [1 + segments, 2]
+        self.update, rest = NeighborCapacity(*largest[0]), largest[1:]
+        for n in widths:
+            count = len(self.chains[n])
+            self.chains[n], rest = tuple(NeighborCapacity(*c) for c in rest[:count]), rest[count:]
+
     def to_json(self) -> dict:
         saved = {"data": list(self.data),
                  "samples": {str(n): [list(c) for c in caps] for n, caps in self.chains.items()}}
@@ -99,7 +122,7 @@ def _per_segment(saved: list) -> list:
 
 
 def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[Batch, int]:
-    """(Batch, number of capped expansions) for the crystals at `indices`."""
+    """(Batch of numpy arrays, number of capped expansions) for the crystals at `indices`."""
     d = config.data
     multipliers = draw_multipliers(rng, len(indices), d.geometric_q)
     species = expanded_species(dataset.species[indices], multipliers, d.max_atoms, d.expand_from)
@@ -107,7 +130,7 @@ def make_batch(config: Config, dataset: CrystalDataset, indices, rng) -> tuple[B
     copies = jax.tree.map(lambda x: x[np.repeat(np.arange(len(indices)), config.train.swap_negatives)], data)
     swapped = copies.replace(species=swapped_sites(copies.species, rng, config.train.swap_pairs))
     batch = Batch(data, species.species, swapped)
-    return shard_batch(jax.tree.map(jnp.asarray, batch)), species.num_capped
+    return batch, species.num_capped
 
 
 class Negatives(NamedTuple):
@@ -122,52 +145,64 @@ class Negatives(NamedTuple):
 
 def negatives(config: Config, energy: Energy, variables, species, key, capacities: Capacities) -> Negatives:
     """The chains of one training batch (the config's `sampler.kernel`), in groups of similar
-    size (`chain_groups`).
+    size (`chain_groups`), each process running its share of every group.
 
-    species: [B, N]; chain b uses the key `split(key, B)[b]`. A group of fewer
-    than `train.chains_per_group` chains is filled up with copies of its first
-    chain (results dropped), so every group has one of a few shapes. Each
-    group's segments run at least at the capacities kept for its width, which
-    grow to what they ran with; `capacities.update` grows to hold every sample.
+    species: [B, N]; chain b uses the key `split(key, B)[b]` in whichever
+    process runs it. Of a group of up to G = `train.chains_per_group` rows,
+    each of the P processes runs its share (`distributed.share`) on its own
+    devices, filled up to ceil(G / P) chains with copies of the group's first
+    row (results dropped), so every group has one of a few shapes. Each group's
+    segments run at least at the capacities kept for its width, which grow to
+    what they ran with; `capacities.update` grows to hold every sample; then the
+    processes agree on them (`Capacities.agree`) and exchange their rows, so the
+    result is the same in every process.
     """
-    species = np.asarray(jax.device_get(species))
-    keys = jax.random.split(key, species.shape[0])
+    species = np.asarray(species)
+    keys = np.asarray(jax.random.split(key, species.shape[0]))
     group = min(config.train.chains_per_group, species.shape[0])
+    per_process = -(-group // jax.process_count())
     annealing = schedule(config.sampler)
     kernel = kernel_from(config.sampler.kernel)
-    positions = np.zeros(species.shape + (3,), np.float32)
+    positions = np.zeros(species.shape + (3,), np.float32)  # zero in the rows of other processes
     lattices = np.zeros((species.shape[0], 3, 3), np.float32)
-    acceptance, reruns, non_finite = 0.0, 0, 0
+    acceptance, counts = np.zeros(1, np.float32), np.zeros(2, np.int32)  # counts: re-runs, non-finite
     for width, rows in chain_groups(species, config.data.max_atoms, group):
-        filled = np.concatenate([rows, np.repeat(rows[:1], group - len(rows))])
+        mine = rows[share(len(rows))]
+        filled = np.concatenate([mine, np.repeat(rows[:1], per_process - len(mine))])
         floors = capacities.for_chains(width)
         chains = sample(keys[filled], species[filled, :width], energy, variables, floors[0], annealing,
                         segment_length=config.sampler.segment_length, kernel=kernel, floors=floors)
         capacities.chains[width] = chains.capacities  # each at least its floor
         capacities.update = at_least(capacities.update, chains.capacity)
         crystal = jax.device_get(chains.states.crystal)
-        positions[rows, :width] = crystal.positions[:len(rows)]
-        lattices[rows] = crystal.lattice[:len(rows)]
-        acceptance += float(np.sum(np.mean(chains.info.acceptance_probability[:len(rows)], axis=1)))
-        reruns += chains.num_overflow_reruns
-        non_finite += int(np.sum(~chains.info.finite[:len(rows)]))
-    return Negatives(Crystal(species, positions, lattices), acceptance / species.shape[0], reruns, non_finite)
+        positions[mine, :width] = crystal.positions[:len(mine)]
+        lattices[mine] = crystal.lattice[:len(mine)]
+        acceptance += np.sum(np.mean(chains.info.acceptance_probability[:len(mine)], axis=1))
+        counts += (chains.num_overflow_reruns, np.sum(~chains.info.finite[:len(mine)]))
+    capacities.agree()
+    every = gathered((positions, lattices, acceptance, counts))
+    positions, lattices, acceptance, (reruns, non_finite) = (x.sum(axis=0) for x in every)
+    return Negatives(Crystal(species, positions, lattices), float(acceptance[0]) / species.shape[0],
+                     int(reruns), int(non_finite))
 
 
 def run_step(step_fn, energy: Energy, config: Config, state, batch: Batch, key, capacities: Capacities):
-    """Negatives for `batch` by the chain driver (`negatives`), then `step_fn`.
+    """Negatives for `batch` (numpy) by the chain driver (`negatives`), then `step_fn`.
 
     step_fn: `update_step` (with its optimizer bound) or `validation_step`,
     called as `step_fn(state, data, samples, regularization, swapped=,
-    swap_margin=, energy=, data_capacity=, sample_capacity=)`; its capacities grow until nothing
-    overflows. Returns (output of step_fn, metrics as numpy with the chains'
-    mean acceptance and their rejected non-finite proposals, overflow re-runs).
+    swap_margin=, energy=, data_capacity=, sample_capacity=)` on the batch split
+    over every device (`shard_batch`); its capacities grow until nothing
+    overflows (its metrics come from one program: every process sees the same
+    overflow and needs). Returns (output of step_fn, metrics as numpy with the
+    chains' mean acceptance and their rejected non-finite proposals, overflow
+    re-runs).
     """
-    chains = negatives(config, energy, state.variables, batch.sample_species, key, capacities)
-    samples = shard_batch(jax.tree.map(jnp.asarray, chains.samples))
+    chains = negatives(config, energy, process_local(state.variables), batch.sample_species, key, capacities)
+    data, swapped, samples = shard_batch((batch.data, batch.swapped, chains.samples))
 
     def step_at(caps):
-        out = step_fn(state, batch.data, samples, config.train.regularization, swapped=batch.swapped,
+        out = step_fn(state, data, samples, config.train.regularization, swapped=swapped,
                       swap_margin=config.train.swap_margin, energy=energy,
                       data_capacity=caps[0], sample_capacity=caps[1])
         metrics = jax.device_get(out[-1] if isinstance(out, tuple) else out)
@@ -188,17 +223,26 @@ def compiled_training_programs() -> int:
 
 
 class MetricsLog:
-    """Append-only JSON-lines metrics; on resume, records past the checkpoint are dropped."""
+    """Append-only JSON-lines metrics, written by the main process alone; on resume, records
+    past the checkpoint are dropped. Every process reads which steps were validated."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.validated = {r["step"] for r in kept if r.get("kind") == "val"}
+        barrier("metrics read")  # by every process, before the main one rewrites them
+        if is_main():
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if is_main():
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self, png_path: Path) -> None:
+        """The training curve of the records so far (`plot_training_curve`), by the main process."""
+        if is_main():
+            plot_training_curve(self.path, png_path)
 
 
 def validation_loss(energy: Energy, config: Config, state, val_set, capacities) -> float:
@@ -231,8 +275,10 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
 
     max_steps: stop (with a checkpoint) after this many steps in this call.
     Raises TrainingDiverged after `train.max_bad_steps` non-finite losses in a row.
+    Under `jax.distributed`, every process calls it alike; `log` is the main process's.
     """
     run_dir = Path(run_dir)
+    log = log if is_main() else (lambda line: None)
     t = config.train
     energy = build_energy(config.model)
     started = time.perf_counter()
@@ -263,7 +309,8 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
             state = _start_from(state, config, t.init_from)
             log(f"starting from the variables of {t.init_from}")
     state = replicate(state)
-    checkpoint.write_config(run_dir, config)
+    if is_main():
+        checkpoint.write_config(run_dir, config)
     metrics_log = MetricsLog(run_dir / METRICS_FILE, int(state.step))
 
     def save():
@@ -273,7 +320,7 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         val = validation_loss(energy, config, state, val_set, capacities)
         metrics_log.write({"kind": "val", "step": step, "epoch": step // steps_per_epoch, "loss": val})
         progress.write(f"epoch {step // steps_per_epoch}: validation loss {val:.4f}")
-        plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+        metrics_log.plot(run_dir / CURVE_FILE)
 
     start = int(state.step)
     stop = total_steps if max_steps is None else min(total_steps, start + max_steps)
@@ -326,6 +373,6 @@ def train(config: Config, run_dir, data_dir=None, *, resume: bool = False,
         if end_of_epoch:
             validate(step + 1)
     progress.close()
-    plot_training_curve(run_dir / METRICS_FILE, run_dir / CURVE_FILE)
+    metrics_log.plot(run_dir / CURVE_FILE)
     log(f"trained steps {start}..{stop} in {format_duration(time.perf_counter() - started)} (wall time)")
     return state
