@@ -60,12 +60,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class Batch(NamedTuple):
-    """data: Crystal [B, N_data]; sample_species: [B, max_atoms] int32 for the chains;
-    swapped: Crystal [k B, N_data], `train.swap_negatives` = k copies of each data
-    crystal in turn with two sites' species exchanged (`swapped_sites`)."""
+    """A training batch of numpy arrays (the same in every process). data: Crystal
+    [B, N_data]; sample_species: [B, max_atoms] int32 for the chains; swapped: Crystal
+    [k B, N_data], `train.swap_negatives` = k copies of each data crystal in turn with
+    two sites' species exchanged (`swapped_sites`)."""
 
     data: Crystal
-    sample_species: jax.Array
+    sample_species: np.ndarray
     swapped: Crystal
 
 
