@@ -5,6 +5,7 @@ writing the metrics, and a checkpoint of either resumes in the other number of p
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def evaluate_command(model: Path, out: Path, data_dir, *extra) -> list[str]:
             "--data-dir", str(data_dir), "--out", str(out), *extra]
 
 
-@pytest.mark.slow  # five evaluation processes: about 90 s alone, several minutes on a busy machine
+@pytest.mark.slow  # eight evaluation processes: about 2 minutes alone, several on a busy machine
 def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     model = toy_model(tmp_path / "model")
     env = toy_env()
@@ -87,25 +88,28 @@ def test_two_processes_evaluate_as_one(data_dir, tmp_path):
     np.testing.assert_allclose(samples[1]["lattice"], samples[0]["lattice"], rtol=1e-5, atol=1e-5)
     assert not (tmp_path / "two" / "test_parts").exists() and not (tmp_path / "two" / "test_scored").exists()
 
-    # Two processes killed once the first batch is saved, then resumed by one: the same result.
+    # One process killed once the first batch is saved, the other then stopped (as a launcher stops
+    # a job whose task died); resumed by both, and (a copy) by one alone: the same result.
     cut = tmp_path / "cut"
     processes = two_processes(evaluate_command(model, cut, data_dir), env, output=subprocess.DEVNULL)
     while not list((cut / "test_parts").glob("rows_*.npz")) and all(p.poll() is None for p in processes):
         time.sleep(0.05)
-    for p in processes:
+    for p in processes[::-1]:
         p.kill()
         p.wait()
     saved = sorted(path.name for path in (cut / "test_parts").glob("rows_*.npz"))
     assert 1 <= len(saved) < 3, saved  # stopped part way
-    resumed = subprocess.run(evaluate_command(model, cut, data_dir, "--resume"), env=env, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming: {len(saved)} batches" in resumed.stdout
-    third = json.loads((cut / "test_metrics.json").read_text())
-    assert third["outcome"] == first["outcome"] and third["labels"] == first["labels"]
-    np.testing.assert_allclose(np.load(cut / "test_samples.npz")["energies"], samples[0]["energies"],
-                               rtol=1e-5, atol=1e-6)
-
+    shutil.copytree(cut, tmp_path / "cut_alone")
+    both = finished(two_processes(evaluate_command(model, cut, data_dir, "--resume"), env))
+    alone = subprocess.run(evaluate_command(model, tmp_path / "cut_alone", data_dir, "--resume"), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for output, run in ((both[0], cut), (alone.stdout, tmp_path / "cut_alone")):
+        assert f"resuming: {len(saved)} batches" in output
+        third = json.loads((run / "test_metrics.json").read_text())
+        assert third["outcome"] == first["outcome"] and third["labels"] == first["labels"]
+        np.testing.assert_allclose(np.load(run / "test_samples.npz")["energies"], samples[0]["energies"],
+                                   rtol=1e-5, atol=1e-6)
 
 def train_command(out: Path, data_dir, steps: int, *extra) -> list[str]:
     """`steps` training steps of the toy energy (config `test`: batches of 2, 10 MALA steps) into `out`."""
