@@ -5,8 +5,10 @@
 Prints: crystals matched by a raw sample, by a relaxed one, by both; of the
 relaxed samples that matched the truth before relaxing, how many still match;
 of the crystals matched before relaxing but not after, for how many a matching
-sample was relaxed at all; and the size of each crystal's largest group of
-matching samples (the groups one sample of which is relaxed).
+sample was relaxed at all; the size of each crystal's largest connected
+component of matching samples; and, where a relaxed sample matches the truth
+but another ranks first, how far (meV/atom) the potential puts the best
+matching one above the first.
 """
 from __future__ import annotations
 
@@ -39,8 +41,14 @@ def main() -> None:
           f"{(kept & (relaxed == MATCH)).sum()}")
     print(f"crystals matched only before relaxing with a matching sample relaxed: "
           f"{sum(bool((tried[t] & (raw[t] == MATCH)).any()) for t in lost)} of {len(lost)}")
-    print(f"largest group of matching samples per crystal: median {np.median(largest):.0f}, "
+    print(f"largest connected component of matching samples per crystal: median {np.median(largest):.0f}, "
           f"{(largest >= 14).sum()} crystals with 14 or more of {raw.shape[1]}")
+    energy = np.array(results["relaxed"]["potential_energies"], dtype=np.float64)  # None -> nan
+    top = np.array(results["relaxed"]["top_by_potential"])
+    missed = [t for t in np.flatnonzero(relaxed_hit) if relaxed[t, top[t]] != MATCH]
+    gaps = sorted(1000 * (np.nanmin(energy[t][relaxed[t] == MATCH]) - energy[t, top[t]]) for t in missed)
+    print(f"crystals with a matching relaxed sample ranked below the first: {len(missed)}; the best matching "
+          f"one above the first by (meV/atom): {', '.join(f'{g:.1f}' for g in gaps)}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def _candidates(name: str, crystals: Crystal, energies, matches) -> Candidates:
     return with_matches(from_samples(name, crystals, energies, np.ones(len(energies), int)), matches)
 
 
-def _saved(path: Path) -> list:
+def saved_relaxations(path: Path) -> list:
     """The relaxations [K] (`Relaxed` or None) saved as `path` (empty when there is none)."""
     return [_from_json(d) for d in json.loads(path.read_text())] if path.is_file() else []
 
@@ -82,7 +82,7 @@ def _saved(path: Path) -> list:
 def _relax_crystal(config: Config, candidates: Candidates, path: Path) -> int:
     """Relax one test crystal's chosen samples not relaxed yet, and save them with those saved
     before as `path`; how many were relaxed now."""
-    saved = _saved(path) or [None] * len(candidates.energies)
+    saved = saved_relaxations(path) or [None] * len(candidates.energies)
     relaxed = relaxations(candidates, config.relax, lambda: calculator(config.relax.potential),
                           log=lambda line: None, done=saved)
     write_atomic(path, json.dumps([_to_json(old or new) for old, new in zip(saved, relaxed)]))
@@ -116,7 +116,7 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, m
 
     def missing(t: int) -> bool:
         """Whether a sample of crystal t that `relax.candidates` chooses has no saved relaxation."""
-        saved = _saved(path(t))
+        saved = saved_relaxations(path(t))
         return any(not saved or saved[k] is None for k in to_relax(candidates[t], r.candidates))
 
     mine = share(num_test)
@@ -134,8 +134,8 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, m
     barrier("relaxed")
     if not is_main():
         return None
-    records = [with_relaxations(c, kept(c, r.candidates, _saved(path(t))), config.eval.match_timeout, workers)
-               for t, c in enumerate(candidates)]
+    records = [with_relaxations(c, kept(c, r.candidates, saved_relaxations(path(t))), config.eval.match_timeout,
+                                workers) for t, c in enumerate(candidates)]
 
     index = [(t, k) for t, c in enumerate(records) for k, x in enumerate(c.relaxed)
              if x is not None and math.isfinite(x.energy_per_atom)]
