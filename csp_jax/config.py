@@ -123,7 +123,9 @@ class RelaxConfig:
     # An ASE calculator: a name of `csp_jax.candidates.relax.POTENTIALS` (chgnet, sevennet) or an
     # import path "package.module:factory" of a function returning one.
     potential: str = "chgnet"
-    candidates: str = "representatives"  # which valid samples relax: one of each group of matching samples | all
+    # Which valid samples relax: all, or a representative of each group of matching samples
+    # (half the relaxations, a lower top-1: docs/relaxation.md).
+    candidates: str = "all"
     fmax: float = 0.1  # eV/A: converged when every force and the cell's stress are below it
     max_steps: int = 150  # FIRE steps per candidate
 
@@ -218,7 +220,7 @@ RANGES = {
 CHOICES = {"data.expand_from": ("formula", "cell"),
            "eval.ranking": ("energy", "consensus"),  # csp_jax.candidates.ranking
            "train.swap_pairs": ("any", "cations"),  # csp_jax.data.species.swapped_sites
-           "relax.candidates": ("representatives", "all")}
+           "relax.candidates": ("all", "representatives")}
 
 
 def check_range(name: str, value, low, high=None, low_ok: bool = True) -> None:

@@ -230,8 +230,8 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     checked, and the potential built, before anything is sampled. Samples with
     a non-finite energy or crystal are left out (and logged). The chains run in
     batches of `eval.batch_size` with the key PRNGKey(`eval.seed`) and the kernel
-    `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, a
-    representative of each group of matching samples (or every valid one,
+    `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, every
+    valid sample (or a representative of each group of matching samples,
     `relax.candidates`) is relaxed by `relax.potential` and the relaxed structures come first, by the
     potential's energy per atom; otherwise `eval.ranking` orders the samples.
     Invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's

@@ -30,7 +30,8 @@ def test_predict_relaxes_a_representative_of_each_group_and_ranks_by_the_potenti
     sampled = srtio3_samples([0.3, 0.5, 0.1, -5.0])
     monkeypatch.setattr(predict_module, "sample_rows", lambda *a, **k: sampled)
     config = updated(get_config("test"), {"eval.num_samples": 4, "relax.enabled": True,
-                                          "relax.potential": FAKE, "relax.max_steps": 2})
+                                          "relax.potential": FAKE, "relax.candidates": "representatives",
+                                          "relax.max_steps": 2})
     lines = []
     rows = predict(config, EnergyModel.from_config(config.model), None, ["SrTiO3"], tmp_path, log=lines.append)
     # The copies match each other: their lowest-energy member (sample 2) represents them, and it

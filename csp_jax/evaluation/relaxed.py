@@ -1,8 +1,8 @@
 """Table 1 with relaxed samples beside the raw ones (`evaluate` with `relax.enabled`).
 
 For every test crystal, its K samples become a `Candidates` record with the
-matches the evaluation found among them; a representative of each group of
-matching samples (or every valid one, `relax.candidates`) is relaxed by
+matches the evaluation found among them; every valid sample (or a
+representative of each group of matching samples, `relax.candidates`) is relaxed by
 `relax.potential` (`csp_jax.candidates.record.relaxations`), each crystal's
 relaxations saved in `<split>_relaxed/<t>.json` as they finish, so that
 `--resume` continues where it stopped with the same result. The saved
