@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from csp_jax.candidates.matching import INVALID, match_pair, match_pairs
-from csp_jax.candidates.record import (Candidates, from_samples, ranked, kept, relaxations, relaxed_crystal,
+from csp_jax.candidates.record import (Candidates, from_samples, kept, ranked, relaxations, relaxed_crystal,
                                        relaxed_energies, to_relax, with_matches, with_relaxations)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
@@ -115,8 +115,9 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, m
                   for t in range(num_test)]
 
     def missing(t: int) -> bool:
-        """Whether a sample of crystal t that `relax.candidates` chooses has no saved relaxation."""
-        saved = saved_relaxations(path(t))
+        """Whether a sample of crystal t that `relax.candidates` chooses has no saved relaxation
+        (read from the part's JSON alone: its structures are not parsed)."""
+        saved = json.loads(path(t).read_text()) if path(t).is_file() else []
         return any(not saved or saved[k] is None for k in to_relax(candidates[t], r.candidates))
 
     mine = share(num_test)
