@@ -173,6 +173,8 @@ def add_evaluate(subparsers) -> None:
     _shortcut(p, "--split", "eval.split", "split to evaluate")
     _shortcut(p, "--num-samples", "eval.num_samples", "chains per crystal", "K")
     _shortcut(p, "--limit", "eval.limit", "evaluate the first N crystals of a fixed shuffle (0: all)", "N")
+    _shortcut(p, "--skip", "eval.skip", "leave out the first N crystals of that shuffle (with --limit L: "
+                                        "crystals N+1 to L)", "N")
     _shortcut(p, "--batch-size", "eval.batch_size", "chains per jitted batch", "B")
     _shortcut(p, "--max-cell-atoms", "eval.max_cell_atoms", "test only the crystals of at most this "
                                                             "many atoms (0: all)", "N")

@@ -101,6 +101,7 @@ class EvalConfig:
     num_samples: int = 20
     batch_size: int = 128
     limit: int = 0  # evaluate the first N test crystals of a fixed shuffle (0 = all)
+    skip: int = 0  # leave out the first N of that shuffle (with limit L: crystals N+1 to L)
     match_timeout: float = 60.0  # seconds per structure pair
     num_steps: int = 0  # MALA steps of evaluation and prediction chains (0 = sampler.num_steps)
     max_atoms: int = 100  # largest cell `predict` samples
@@ -209,7 +210,7 @@ RANGES = {
     "train.seed": (0, None, True), "train.chains_per_group": (1, None, True),
     "train.swap_negatives": (0, None, True), "train.swap_margin": (0, None, True),
     "eval.num_samples": (1, None, True), "eval.batch_size": (1, None, True),
-    "eval.limit": (0, None, True), "eval.match_timeout": (0, None, False),
+    "eval.limit": (0, None, True), "eval.skip": (0, None, True), "eval.match_timeout": (0, None, False),
     "eval.num_steps": (0, None, True), "eval.max_atoms": (1, None, True),
     "eval.seed": (0, None, True), "eval.max_cell_atoms": (0, None, True),
     "displacement.sigma": (0, None, False), "displacement.num_crystals": (1, None, True),

@@ -196,7 +196,7 @@ BAD_OPTIONS = {
                 ["--num-atoms", "7"], ["--num-atoms", "500"], ["--formula-units", "-1"], ["--seed", "-1"],
                 ["--num-atoms", "5", "--formula-units", "1"], ["--set", "eval.ranking=vote"],
                 ["--set", "relax.fmax=0"], ["--set", "relax.candidates=some"]],
-    "evaluate": [["--limit", "-1"], ["--timeout", "nan"], ["--timeout", "0"], ["--timeout", "-1"],
+    "evaluate": [["--limit", "-1"], ["--skip", "-1"], ["--limit", "3", "--skip", "3"], ["--timeout", "nan"], ["--timeout", "0"], ["--timeout", "-1"],
                  ["--workers", "0"], ["--num-samples", "0"], ["--batch-size", "-2"],
                  ["--data-dir", "/nonexistent/data"], ["--split", "nope"], ["--dataset", "nope"],
                  ["--max-cell-atoms", "-1"], ["--exclude", "mp_20_biternary"], ["--exclude", "nope/val"],

@@ -77,6 +77,14 @@ def test_subset_indices_are_fixed_nested_and_sorted():
     assert not np.array_equal(first, np.arange(10))  # a shuffle, not the head of the file
     assert np.array_equal(data.subset_indices(7, 0), np.arange(7))
     assert np.array_equal(data.subset_indices(7, 50), np.arange(7))
+    # skip: the crystals that limit=10 adds to limit=3, disjoint from those, together all 10
+    rest = data.subset_indices(1000, 10, skip=3)
+    assert len(rest) == 7 and not set(rest) & set(data.subset_indices(1000, 3))
+    assert np.array_equal(np.sort(np.concatenate([data.subset_indices(1000, 3), rest])), first)
+    assert np.array_equal(data.subset_indices(7, 0, skip=2), np.sort(
+        np.random.default_rng(data.SUBSET_SEED).permutation(7)[2:]))
+    with pytest.raises(ValueError, match="eval.skip=10 leaves none"):
+        data.subset_indices(1000, 10, skip=10)
 
 
 def test_load_reduces_cell_and_keeps_pymatgen_positions(tmp_path):

@@ -162,3 +162,5 @@ def test_evaluate_samples_matches_per_pair_protocol(tmp_path):
     assert all(method in table for method in paper_table())
     assert "| 99.16, 0.0893 | 44.21, 0.1757 | 11.77, 0.2647 |" in table
     assert "Only" not in markdown_report(results, "perov_5", num_test_total=2)
+    assert ("(--skip 5 --limit 7: crystals 6 to 7 of the fixed shuffle)"
+            in markdown_report({**results, "skip": 5}, "perov_5", num_test_total=3785))

@@ -135,8 +135,17 @@ def training_splits(data: DataConfig, data_dir: str | os.PathLike | None = None)
 SUBSET_SEED = 0  # the fixed shuffle that an evaluation's `limit` takes the first N of
 
 
-def subset_indices(num_crystals: int, limit: int) -> np.ndarray:
-    """The first `limit` of a fixed-seed permutation of range(num_crystals), sorted; all when limit <= 0."""
-    if limit <= 0 or limit >= num_crystals:
+def subset_indices(num_crystals: int, limit: int, skip: int = 0) -> np.ndarray:
+    """The first `limit` of a fixed-seed permutation of range(num_crystals) less its first `skip`,
+    sorted; all (less the first `skip`) when limit <= 0.
+
+    So `skip=100, limit=200` gives the crystals that `limit=200` adds to `limit=100`.
+    ValueError (one line) when skip leaves none.
+    """
+    end = num_crystals if limit <= 0 else min(limit, num_crystals)
+    if skip >= end:
+        raise ValueError(f"eval.skip={skip} leaves none of the first {end} crystals of the shuffle "
+                         f"(eval.limit={limit})")
+    if skip == 0 and end == num_crystals:
         return np.arange(num_crystals)
-    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(num_crystals)[:limit])
+    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(num_crystals)[skip:end])

@@ -192,22 +192,22 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     references: the dataset's splits at hand; the results then gain
     `polymorphs` (`polymorphs.polymorph_metrics`: the top-ranked sample
     against the other structures of the test crystal's composition).
-    limit > 0 evaluates `subset_indices(len(dataset), limit)` only (the report
-    says so). Samples are saved batch by batch in `<split>_parts/`; `resume`
-    continues from them (with the same settings and model variables, checked), otherwise an
-    existing `<split>_parts/` is an error. The results gain `sampling`:
+    limit > 0 evaluates `subset_indices(len(dataset), limit, eval.skip)` only (the report
+    says so; `eval.skip` leaves out the first crystals of that shuffle). Samples are saved
+    batch by batch in `<split>_parts/`; `resume` continues from them (with the same settings
+    and model variables, checked), otherwise an existing `<split>_parts/` is an error. The results gain `sampling`:
     chains, steps, seconds, overflow re-runs, chain programs compiled. Writes `<split>_samples.npz`,
     `cifs/`, `<split>_metrics.json|.md` in out_dir.
     """
     e = config.eval
     split, num_samples, limit, batch_size = e.split, e.num_samples, e.limit, e.batch_size
     key = jax.random.PRNGKey(e.seed)
+    test = dataset.subset(subset_indices(len(dataset), limit, e.skip))  # before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path, stem = _paths(out_dir, split)
     num_steps = int(schedule(config.sampler, e.num_steps)[0].shape[0])
 
-    test = dataset.subset(subset_indices(len(dataset), limit))
     num_test = len(test)
     parts_dir = out_dir / f"{split}_parts"
     sampled_settings = out_dir / f"{split}_{SETTINGS_FILE}"  # the finished samples' settings
@@ -215,6 +215,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
                 "batch_size": batch_size, "key": np.asarray(jax.random.key_data(key)).tolist(),
                 "order": "by_size", "selection": selection,  # the chains' row order (parts of another order do not resume)
                 "model": _fingerprint(variables)}
+    if e.skip:  # only then, so that the parts of evaluations from before the option resume
+        settings["skip"] = e.skip
     if resume and not parts_dir.is_dir() and samples_path.is_file() and sampled_settings.is_file():
         if json.loads(sampled_settings.read_text()) != settings:
             raise ValueError(f"--resume: {samples_path} was sampled with other settings "
@@ -290,6 +292,8 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
         results["sampling"] = sampling
     if selection:
         results["selection"] = selection
+    if config.eval.skip:
+        results["skip"] = config.eval.skip
     json_path, md_path = write_report(results, stem, dataset_name or config.data.dataset, num_test_total)
     pngs = evaluation_pngs(results, out_dir, split)
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")

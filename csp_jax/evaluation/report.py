@@ -131,7 +131,10 @@ def markdown_report(results: dict, dataset: str, num_test_total: int) -> str:
     if "selection" in results:
         lines += ["", f"Tested: {results['selection']}."]
     if n < num_test_total:
-        lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated (--limit {n}); "
+        skip = results.get("skip", 0)
+        which = f"--skip {skip} --limit {skip + n}: crystals {skip + 1} to {skip + n} of the fixed shuffle" \
+            if skip else f"--limit {n}"
+        lines += ["", f"Only {n} of the {num_test_total} test crystals were evaluated ({which}); "
                       "the other rows use the full test set."]
     return "\n".join(lines) + "\n"
 
