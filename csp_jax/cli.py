@@ -86,6 +86,8 @@ def configured(config: Config, args) -> Config:
     if getattr(args, "relax", None) is not None:  # --relax [POTENTIAL]: two keys at once
         config = with_sets(config, ["relax.enabled=true", f"relax.potential={args.relax}"])
     config = with_sets(config, args.set)
+    if config.relax.refine and not config.relax.enabled:
+        raise ValueError("relax.refine (--refine) relaxes again what --relax relaxed: give --relax too")
     build_energy(config.model)
     kernel_from(config.sampler.kernel)
     return config
@@ -163,6 +165,11 @@ def _add_relax(p) -> None:
                         f"energy per atom (= --set relax.enabled=true --set relax.potential=...): one of "
                         f"{', '.join(POTENTIALS)} (default {RelaxConfig.potential}), or an import path "
                         "package.module:factory of an ASE calculator")
+    _shortcut(p, "--refine", "relax.refine", "relax the best relaxed candidates (within "
+                                             "relax.refine_window meV/atom of the lowest, one per group) "
+                                             "again with a second potential and rank them first, by its "
+                                             "energy per atom: a name or import path as for --relax",
+              "POTENTIAL")
 
 
 def add_evaluate(subparsers) -> None:

@@ -128,7 +128,12 @@ class RelaxConfig:
     # (half the relaxations, a lower top-1: docs/relaxation.md).
     candidates: str = "all"
     fmax: float = 0.1  # eV/A: converged when every force and the cell's stress are below it
-    max_steps: int = 150  # FIRE steps per candidate
+    max_steps: int = 150  # FIRE steps per candidate (and per refinement)
+    # A second potential (a name or import path, as `potential`; empty: none) that relaxes again the
+    # relaxed structures within refine_window meV/atom of the lowest, one per group of matching
+    # ones, and ranks them first, by its energy per atom (docs/relaxation.md).
+    refine: str = ""
+    refine_window: float = 30.0  # meV/atom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +221,7 @@ RANGES = {
     "displacement.sigma": (0, None, False), "displacement.num_crystals": (1, None, True),
     "displacement.num_draws": (1, None, True), "displacement.seed": (0, None, True),
     "relax.fmax": (0, None, False), "relax.max_steps": (1, None, True),
+    "relax.refine_window": (0, None, True),
 }
 # Allowed words of string keys.
 CHOICES = {"data.expand_from": ("formula", "cell"),

@@ -27,8 +27,8 @@ from csp_jax.config import Config
 from csp_jax.energy.base import Energy
 from csp_jax.geometry.crystal import MAX_Z, expand_composition, reduce_composition, to_structure
 from csp_jax.geometry.neighbors import NeighborCapacity
-from csp_jax.candidates.record import (Candidates, from_samples, ranked, relaxed_energies, to_relax,
-                                       with_groups, with_relaxed)
+from csp_jax.candidates.record import (Candidates, final, from_samples, ranked, relaxed_energies, to_refine,
+                                       to_relax, with_groups, with_refined, with_relaxed)
 from csp_jax.candidates.relax import calculator
 from csp_jax.sampling.driver import sample_rows, schedule
 from csp_jax.sampling.kernel import kernel_from
@@ -43,6 +43,9 @@ SUMMARY_FIELDS = ("formula", "num_atoms", "formula_units", "rank", "energy", "va
 # convergence, and the unrelaxed sample's space group and CIF.
 RELAX_FIELDS = ("potential_energy", "above_best_mev", "relaxed_group", "relax_steps", "converged",
                 "unrelaxed_space_group", "unrelaxed_cif")
+# With a second potential (relax.refine), also its energy per atom (eV/atom) and steps where it
+# relaxed the structure again.
+REFINE_FIELDS = ("refined_energy", "refine_steps")
 
 
 def cell_species(formula: str, max_atoms: int, num_atoms: int | None = None,
@@ -130,7 +133,8 @@ def _summary_row(name: str, units: int, rank: int, energy: float, valid: bool, g
 
 
 def _write_summary(rows: list[dict], out_dir: Path, config: Config) -> tuple[Path, Path]:
-    fields = SUMMARY_FIELDS + (RELAX_FIELDS if config.relax.enabled else ())
+    fields = SUMMARY_FIELDS + (RELAX_FIELDS if config.relax.enabled else ()) + (
+        REFINE_FIELDS if config.relax.enabled and config.relax.refine else ())
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
@@ -149,6 +153,9 @@ def _write_summary(rows: list[dict], out_dir: Path, config: Config) -> tuple[Pat
                f"{config.relax.max_steps} steps); potential_energy in eV/atom, above_best_mev: meV/atom "
                "above the formula's best relaxed candidate; relaxed_group: relaxed structures of one "
                "group match each other; samples not relaxed follow, by learned energy"
+               + (f". First come those within {config.relax.refine_window:g} meV/atom of the best that "
+                  f"{config.relax.refine} relaxed again (one per relaxed_group; the CIF is its structure), "
+                  "by its energy per atom, refined_energy in eV/atom" if config.relax.refine else "")
                if config.relax.enabled else
                f"Ranked by {config.eval.ranking} ({RANKING_NOTES[config.eval.ranking]})")
     md_path.write_text(f"{ranking}. Energies H of the trained model (lower is better); group: samples "
@@ -191,26 +198,32 @@ def _write_candidates(candidates: Candidates, keep: np.ndarray, cell_dir: Path, 
     rows = []
     for rank, k in enumerate(order, start=1):
         relaxed, energy = candidates.relaxed[k], float(candidates.energies[k])
+        last, again = final(candidates, k), candidates.refined[k]
         valid = candidates.structures[k] is not None
         sample = candidates.structures[k] if valid else to_structure(candidates.crystal(k))
         file_name = f"rank{rank:0{digits}d}_E{energy:.4f}.cif"
         if relaxed is not None:
             raw_cif, raw_sym, _ = _write_cif(sample, cell_dir / "unrelaxed" / file_name, out_dir, True)
-            structure = relaxed.structure
+            structure = last.structure
             row_extra = {"potential_energy": relaxed.energy_per_atom,
                          "above_best_mev": 1000.0 * (relaxed.energy_per_atom - best),
                          "relaxed_group": int(candidates.relaxed_groups[k]), "relax_steps": relaxed.steps,
                          "converged": relaxed.converged, "unrelaxed_space_group": raw_sym.space_group,
                          "unrelaxed_cif": raw_cif}
+            if config.relax.refine:
+                row_extra.update({"refined_energy": again.energy_per_atom, "refine_steps": again.steps}
+                                 if again is not None else dict.fromkeys(REFINE_FIELDS, ""))
         else:
             structure = sample
-            row_extra = dict.fromkeys(RELAX_FIELDS, "") if config.relax.enabled else {}
+            row_extra = dict.fromkeys(RELAX_FIELDS + (REFINE_FIELDS if config.relax.refine else ()), "") \
+                if config.relax.enabled else {}
         cif, refined, sym_cif = _write_cif(structure, cell_dir / file_name, out_dir, valid)
         rows.append({**_summary_row(candidates.name, int(candidates.units[k]), rank, energy, valid,
                                     int(candidates.groups[k]), structure, cif, refined, sym_cif), **row_extra})
         if rank == 1:
-            title = (f"{relaxed.energy_per_atom:.4f} eV/atom ({config.relax.potential})" if relaxed is not None
-                     else f"H = {energy:.4f}")
+            title = (f"{last.energy_per_atom:.4f} eV/atom "
+                     f"({config.relax.refine if last is again else config.relax.potential})"
+                     if last is not None else f"H = {energy:.4f}")
             pictures.structure_png(structure, cell_dir / "rank01.png",
                                    f"{candidates.name}, rank 1: {title}, {rows[-1]['space_group']}")
     return rows
@@ -233,7 +246,8 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     `sampler.kernel`. The order is `record.ranked`'s: with `relax.enabled`, every
     valid sample (or a representative of each group of matching samples,
     `relax.candidates`) is relaxed by `relax.potential` and the relaxed structures come first, by the
-    potential's energy per atom; otherwise `eval.ranking` orders the samples.
+    potential's energy per atom (with `relax.refine`, those the second potential relaxed again
+    before them, by its energy: `record.to_refine`); otherwise `eval.ranking` orders the samples.
     Invalid samples (a collapsed cell or atoms closer than 0.5 A: the evaluation's
     criterion, `geometry.validity.valid_structure`) come after the valid ones,
     marked `valid` False. The neighbour capacity only grows (no refit between
@@ -242,6 +256,7 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
     """
     groups = [formula_cells(f, config, num_atoms, formula_units) for f in formulas]
     calc = calculator(config.relax.potential) if config.relax.enabled else None
+    calc_again = calculator(config.relax.refine) if config.relax.enabled and config.relax.refine else None
     cells = [cell for group in groups for cell in group[1]]
     num_samples = config.eval.num_samples
     width = max(len(species) for _, species in cells)
@@ -284,6 +299,10 @@ def predict(config: Config, energy: Energy, variables, formulas: Sequence[str], 
             log(f"{name}: relaxing {len(to_relax(candidates, config.relax.candidates))} candidates with "
                 f"{config.relax.potential}")
             candidates = with_relaxed(candidates, config.relax, calc, config.eval.match_timeout, log=log)
+        if calc_again is not None:
+            log(f"{name}: relaxing {len(to_refine(candidates, config.relax.refine_window))} of them again "
+                f"with {config.relax.refine}")
+            candidates = with_refined(candidates, config.relax, calc_again, log=log)
         rows += _write_candidates(candidates, keep, cell_dir, out_dir, config)
         pictures.chain_energy_png(sampled.trace[rows_of_cell], cell_dir / "chains.png",
                                   f"{name}: {len(keep)} chains")

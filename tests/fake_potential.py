@@ -27,3 +27,11 @@ class VolumeSpring(Calculator):
 
 def calculator():
     return VolumeSpring()
+
+
+SECOND_VOLUME_PER_ATOM = 12.0  # A^3: the minimum of `second`
+
+
+def second():
+    """A second potential (`relax.refine=fake_potential:second`) whose minimum is another volume."""
+    return VolumeSpring(SECOND_VOLUME_PER_ATOM)

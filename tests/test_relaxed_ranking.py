@@ -11,15 +11,17 @@ import shutil
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Structure
 
 from csp_jax.config import get_config, updated
 from csp_jax.energy.continuousp import EnergyModel
 from csp_jax.predict import predict
-from fake_potential import VOLUME_PER_ATOM
+from fake_potential import SECOND_VOLUME_PER_ATOM, VOLUME_PER_ATOM
 from helpers import perovskite_structure, srtio3_samples
 
 FAKE = "fake_potential:calculator"
+SECOND = "fake_potential:second"
 
 
 @pytest.mark.slow  # grouping, relaxations and symmetrised CIFs: about 20 s
@@ -50,6 +52,62 @@ def test_predict_relaxes_a_representative_of_each_group_and_ranks_by_the_potenti
     with open(tmp_path / "summary.csv") as f:
         assert "potential_energy" in next(csv.reader(f))
     assert "Ranked by the energy per atom of fake_potential:calculator" in (tmp_path / "summary.md").read_text()
+
+    # A second potential whose minimum is the cubic cell's volume relaxes both again and puts the
+    # cubic copy first; its CIF is the second relaxation's structure.
+    config = updated(config, {"relax.refine": SECOND, "relax.refine_window": 1e6})
+    rows = predict(config, EnergyModel.from_config(config.model), None, ["SrTiO3"], tmp_path / "again",
+                   log=lines.append)
+    assert [r["energy"] for r in rows] == [0.1, 0.5, 0.3, -5.0]
+    assert 0 <= rows[0]["refined_energy"] < rows[1]["refined_energy"] and rows[2]["refined_energy"] == ""
+    assert rows[0]["potential_energy"] > rows[1]["potential_energy"]  # the first potential's order was the other
+    refined = Structure.from_file(tmp_path / "again" / rows[0]["cif"])
+    assert abs(refined.volume / 5 - SECOND_VOLUME_PER_ATOM) < abs(relaxed.volume / 5 - SECOND_VOLUME_PER_ATOM)
+    assert f"that {SECOND} relaxed again" in (tmp_path / "again" / "summary.md").read_text()
+
+
+class Failing(Calculator):
+    """A potential that fails on every structure."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        raise RuntimeError("no energy here")
+
+
+def test_a_second_potential_relaxes_the_best_of_each_group_again_and_ranks_them_first():
+    from csp_jax.candidates.record import (final, from_samples, ranked, refinements, to_refine,
+                                           with_refined)
+    from csp_jax.candidates.relax import Relaxed
+    from csp_jax.config import RelaxConfig
+    from fake_potential import VolumeSpring
+
+    sampled = srtio3_samples([0.3, 0.5, 0.1, 0.2])
+    candidates = from_samples("SrTiO3", sampled.crystals, sampled.energies, np.ones(4, int))
+    # First relaxations by hand: 0 and 2 relaxed into one minimum, 3 lies 100 meV/atom above 0.
+    edges = [3.6, 3.7, 3.8, 3.9]  # cubic cells of 9.3-11.9 A^3 per atom
+    relaxed = tuple(Relaxed(perovskite_structure(a), e, 5, True, 0.1)
+                    for a, e in zip(edges, [-1.000, -0.990, -0.995, -0.900]))
+    candidates = candidates._replace(relaxed=relaxed, relaxed_matches=((0, 2),))
+    config = RelaxConfig(enabled=True, refine="second", refine_window=20.0, max_steps=3)
+    assert to_refine(candidates, 20.0) == [0, 1]  # 2 is represented by 0; 3 is outside the window
+    assert to_refine(candidates, 200.0) == [0, 1, 3] and to_refine(candidates, 0.0) == [0]
+    assert ranked(candidates, "energy").tolist() == [0, 2, 1, 3]  # the first potential alone
+
+    lines = []
+    again = with_refined(candidates, config, VolumeSpring(SECOND_VOLUME_PER_ATOM), log=lines.append)
+    assert [r is not None for r in again.refined] == [True, True, False, False] and len(lines) == 2
+    # The second potential's minimum is 12 A^3 per atom: sample 1's cell (10.1) lies nearer than 0's (9.3).
+    assert 0 <= again.refined[1].energy_per_atom < again.refined[0].energy_per_atom
+    assert ranked(again, "energy").tolist() == [1, 0, 2, 3]
+    assert final(again, 1) is again.refined[1] and final(again, 2) is relaxed[2]
+    # Made relaxations are kept, not made again.
+    assert refinements(again, config, lambda: Failing(), log=lines.append, done=again.refined) == again.refined
+    assert len(lines) == 2
+    # A second relaxation that fails leaves its structure where the first potential ranked it.
+    failed = with_refined(candidates, config, Failing(), log=lines.append)
+    assert all(math.isnan(failed.refined[k].energy_per_atom) for k in (0, 1))
+    assert ranked(failed, "energy").tolist() == [0, 2, 1, 3] and final(failed, 0) is relaxed[0]
 
 
 def test_a_cell_that_collapses_stops_its_relaxation_as_failed():
@@ -115,3 +173,22 @@ def test_evaluation_with_relaxation_resumes_to_the_same_result(data_dir, tmp_pat
     for t, chosen in enumerate(heads):
         assert [fewer["outcome"][t][k] for k in chosen] == [relaxed["outcome"][t][k] for k in chosen]
         assert all(fewer["outcome"][t][k] == 2 for k in range(3) if k not in chosen)
+
+    # A second potential relaxes again the best of each crystal (here every distinct relaxed
+    # structure), from the saved relaxations, whose parts stay as they were; a lost part of its own
+    # is made again alike, and the first potential's figures do not change.
+    refine = updated(config, {"relax.refine": SECOND, "relax.refine_window": 1e6})
+    twice = evaluate(refine, model, variables, dataset, tmp_path / "cut", resume=True, workers=1,
+                     log=lambda _: None)["relaxed"]
+    assert [(f.read_bytes(), f.stat().st_mtime_ns) for f in parts] == before
+    assert twice["top1"] == relaxed["top1"] and twice["outcome"] == relaxed["outcome"]
+    again = twice["refined"]
+    energies = np.array(again["energies"], dtype=float)
+    assert again["relaxations"] == int(np.isfinite(energies).sum()) >= 2 and again["potential"] == SECOND
+    assert again["top"] == [int(np.nanargmin(row)) for row in energies]  # its lowest ranks first
+    (tmp_path / "cut" / "test_refined" / "000001.json").unlink()
+    resumed = evaluate(refine, model, variables, dataset, tmp_path / "cut", resume=True, workers=1,
+                       log=lambda _: None)["relaxed"]["refined"]
+    for key in ("top1", "outcome", "energies", "top", "relaxations"):
+        assert resumed[key] == again[key]
+    assert "relaxing again those within" in (tmp_path / "cut" / "test_metrics.md").read_text()

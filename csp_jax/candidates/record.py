@@ -3,12 +3,15 @@
     candidates = from_samples(name, crystals, energies, units)      # validity
     candidates = with_groups(candidates, timeout_s)                 # which samples match
     candidates = with_relaxed(candidates, config.relax, calc, ...)  # a potential's relaxation
+    candidates = with_refined(candidates, config.relax, calc2)      # a second potential's, of the best
     order = ranked(candidates, config.eval.ranking)                 # the one ranking
 
 `predict` and `evaluate` build it, and read the answer a user gets from
-`ranked` alone: with relaxations, the relaxed candidates by the potential's
-energy per atom (a failed relaxation last), then the samples that were not
-relaxed; without, the learned energy's ranking (`ranking.ranked_order`).
+`ranked` alone: with relaxations, the structures a second potential relaxed
+again (`relax.refine`) by its energy per atom, then the relaxed candidates by
+the first potential's energy per atom (a failed relaxation last), then the
+samples that were not relaxed; without, the learned energy's ranking
+(`ranking.ranked_order`). `final` is a candidate's last relaxation.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ class Candidates(NamedTuple):
     relaxed:        K `relax.Relaxed` or None (not relaxed).
     relaxed_groups: [K] int, groups of matching relaxed structures by size, -1
                     where not relaxed or the relaxation failed.
+    relaxed_matches: (i, j) pairs of matching relaxed structures, i < j.
+    refined:        K `relax.Relaxed` or None: the relaxed structure relaxed again by a
+                    second potential (`relax.refine`; None: not chosen, `to_refine`).
     """
 
     name: str
@@ -52,6 +58,8 @@ class Candidates(NamedTuple):
     matches: tuple
     relaxed: tuple
     relaxed_groups: np.ndarray
+    relaxed_matches: tuple
+    refined: tuple
 
     @property
     def valid(self) -> np.ndarray:
@@ -68,7 +76,7 @@ def from_samples(name: str, crystals: Crystal, energies, units) -> Candidates:
     energies = np.asarray(energies, np.float64)
     num = len(energies)
     candidates = Candidates(name, crystals, energies, np.asarray(units, int), (None,) * num,
-                            np.full(num, -1), (), (None,) * num, np.full(num, -1))
+                            np.full(num, -1), (), (None,) * num, np.full(num, -1), (), (None,) * num)
     structures = tuple(valid_structure(candidates.crystal(k)) if math.isfinite(energies[k]) else None
                        for k in range(num))
     return candidates._replace(structures=structures)
@@ -140,7 +148,8 @@ def with_relaxations(candidates: Candidates, relaxed: Sequence[Relaxed | None], 
                      workers: int | None = None) -> Candidates:
     """`candidates` with `relaxed` (K, `relaxations`) and the relaxed structures grouped again
     (two samples often relax into one minimum)."""
-    return candidates._replace(relaxed=tuple(relaxed), relaxed_groups=_relaxed_groups(relaxed, timeout_s, workers))
+    groups, matches = _relaxed_groups(relaxed, timeout_s, workers)
+    return candidates._replace(relaxed=tuple(relaxed), relaxed_groups=groups, relaxed_matches=matches)
 
 
 def with_relaxed(candidates: Candidates, relax_config: RelaxConfig, calc, timeout_s: float,
@@ -155,8 +164,10 @@ def relaxed_crystal(r: Relaxed) -> Crystal:
     return from_structure(r.structure, dtype=np.float64)
 
 
-def _relaxed_groups(relaxed: Sequence[Relaxed | None], timeout_s: float, workers: int | None) -> np.ndarray:
-    """Groups [K] of the relaxed structures that match each other, by size; -1 elsewhere."""
+def _relaxed_groups(relaxed: Sequence[Relaxed | None], timeout_s: float,
+                    workers: int | None) -> tuple[np.ndarray, tuple]:
+    """(groups [K] of the relaxed structures that match each other, by size, -1 elsewhere;
+    the (i, j) pairs that match)."""
     good = [k for k, r in enumerate(relaxed) if r is not None and math.isfinite(r.energy_per_atom)]
     crystals = {k: relaxed_crystal(relaxed[k]) for k in good}
     pairs = [(i, j) for a, i in enumerate(good) for j in good[a + 1:]]
@@ -164,20 +175,75 @@ def _relaxed_groups(relaxed: Sequence[Relaxed | None], timeout_s: float, workers
     matched = [(i, j) for (i, j), r in zip(pairs, results) if r.outcome == MATCH]
     flags = np.zeros(len(relaxed), bool)
     flags[good] = True
-    return by_size(cluster_labels(flags, matched))
+    return by_size(cluster_labels(flags, matched)), tuple(matched)
+
+
+def to_refine(candidates: Candidates, window_mev: float) -> list[int]:
+    """The relaxed samples a second potential relaxes again: those within `window_mev` (meV/atom)
+    of the lowest energy per atom, one per group of matching relaxed structures (the
+    `ranking.representatives` of the relaxed matches, lowest energy first)."""
+    potential = relaxed_energies(candidates)
+    if not np.isfinite(potential).any():
+        return []
+    near = np.isfinite(potential) & (potential <= np.nanmin(potential) + window_mev / 1000.0)
+    chosen = representatives(np.where(near, potential, np.inf), near, candidates.relaxed_matches)
+    return sorted({int(k) for k in chosen if k >= 0})
+
+
+def refinements(candidates: Candidates, relax_config: RelaxConfig, calc, log: Callable[[str], None] = print,
+                done: Sequence[Relaxed | None] = ()) -> tuple:
+    """K `Relaxed` or None: the relaxed structures `to_refine` chooses (`relax_config.refine_window`)
+    relaxed again by the ASE calculator `calc` (a function returning it, called when needed;
+    `relax_config.fmax`, `max_steps`). done: refinements already made, by sample (kept when
+    chosen). Logs one line per relaxation."""
+    chosen = to_refine(candidates, relax_config.refine_window)
+    refined = [done[k] if done and k in chosen else None for k in range(len(candidates.energies))]
+    for n, k in enumerate(chosen, start=1):
+        if refined[k] is None:
+            refined[k] = relax(candidates.relaxed[k].structure, calc(), fmax=relax_config.fmax,
+                               max_steps=relax_config.max_steps)
+            r = refined[k]
+            log(f"{candidates.name}: relaxed again {n}/{len(chosen)} (sample {k}): {r.steps} steps, "
+                + (f"{r.energy_per_atom:.4f} eV/atom" if not r.message else f"failed ({r.message})")
+                + f", {r.seconds:.1f} s")
+    return tuple(refined)
+
+
+def with_refined(candidates: Candidates, relax_config: RelaxConfig, calc,
+                 log: Callable[[str], None] = print) -> Candidates:
+    """`candidates` with its `refinements` by the ASE calculator `calc`."""
+    return candidates._replace(refined=refinements(candidates, relax_config, lambda: calc, log))
+
+
+def final(candidates: Candidates, k: int) -> Relaxed | None:
+    """Sample k's last relaxation: by the second potential where it relaxed it again (and
+    succeeded), else by the first; None when it was not relaxed."""
+    refined = candidates.refined[k]
+    return refined if refined is not None and math.isfinite(refined.energy_per_atom) else candidates.relaxed[k]
+
+
+def _energies(relaxed: Sequence[Relaxed | None]) -> np.ndarray:
+    return np.array([r.energy_per_atom if r is not None else math.nan for r in relaxed])
 
 
 def relaxed_energies(candidates: Candidates) -> np.ndarray:
-    """[K] the potential's energy per atom of each relaxed sample, NaN where none."""
-    return np.array([r.energy_per_atom if r is not None else math.nan for r in candidates.relaxed])
+    """[K] the (first) potential's energy per atom of each relaxed sample, NaN where none."""
+    return _energies(candidates.relaxed)
+
+
+def refined_energies(candidates: Candidates) -> np.ndarray:
+    """[K] the second potential's energy per atom of each structure it relaxed again, NaN where none."""
+    return _energies(candidates.refined)
 
 
 def ranked(candidates: Candidates, ranking: str) -> np.ndarray:
     """Sample indices [K], best first: the answer a user reads first is `[0]`.
 
-    With relaxations: the relaxed samples by the potential's energy per atom (a
-    failed relaxation after them), then the others as below. Without:
-    `ranking.ranked_order` of the learned energies under `ranking` (invalid last).
+    With relaxations: the structures the second potential relaxed again by its energy per
+    atom (a failed one falls back to its place below), then the relaxed samples by the
+    potential's energy per atom (a failed relaxation after them), then the others as
+    below. Without: `ranking.ranked_order` of the learned energies under `ranking`
+    (invalid last).
     """
     order = ranked_order(candidates.energies, np.where(candidates.valid, candidates.groups, -1)
                          if ranking == "consensus" else np.where(candidates.valid, 0, -1), ranking)
@@ -187,4 +253,8 @@ def ranked(candidates: Candidates, ranking: str) -> np.ndarray:
     potential = relaxed_energies(candidates)
     first = np.flatnonzero(tried)
     first = first[np.lexsort((candidates.energies[first], np.nan_to_num(potential[first], nan=np.inf)))]
-    return np.concatenate([first, [k for k in order if not tried[k]]]).astype(int)
+    second = refined_energies(candidates)
+    again = np.flatnonzero(np.isfinite(second))
+    again = again[np.lexsort((potential[again], second[again]))]
+    return np.concatenate([again, [k for k in first if k not in again],
+                           [k for k in order if not tried[k]]]).astype(int)

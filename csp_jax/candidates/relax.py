@@ -47,7 +47,7 @@ def _chgnet():
 
 
 def _sevennet():
-    """SevenNet-0 (its package downloads the weights the first time)."""
+    """SevenNet-0 (11 July 2024), with the weights its wheel carries (nothing is downloaded)."""
     from sevenn.calculator import SevenNetCalculator
 
     return SevenNetCalculator("7net-0")

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from csp_jax.candidates.relax import calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
 from csp_jax.data.dataset import CrystalDataset
@@ -203,6 +204,9 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     split, num_samples, limit, batch_size = e.split, e.num_samples, e.limit, e.batch_size
     key = jax.random.PRNGKey(e.seed)
     test = dataset.subset(subset_indices(len(dataset), limit, e.skip))  # before anything is written
+    if config.relax.enabled:  # a potential that is not installed stops here, not after the sampling
+        for potential in filter(None, (config.relax.potential, config.relax.refine)):
+            calculator(potential)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path, stem = _paths(out_dir, split)
