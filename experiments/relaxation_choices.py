@@ -9,7 +9,7 @@ saved (`<split>_relaxed/`) answer for every choice that needs no others: for
 the first n of each crystal's K chains (n of --chains) and each choice of
 candidates, the choice's samples are ranked by the potential as `predict
 --relax` ranks them (`csp_jax.candidates.record.ranked`), and the top one is
-matched to the truth. The choices: `representatives` (the default) and `all`
+matched to the truth. The choices: `all` (the default) and `representatives`
 (`relax.candidates`), and `components`, the lowest learned energy of each
 connected component of the match graph (the first choice, kept for the
 comparison). The learned energy's top-1 and any raw sample of the same n

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csp_jax.config import DataConfig
+from csp_jax.config import DataConfig, EvalConfig
 from csp_jax.data.cache import cache_path, load_cached, save_cached
 from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.parse import apply_bad_row_policy, parse_rows
@@ -135,7 +135,7 @@ def training_splits(data: DataConfig, data_dir: str | os.PathLike | None = None)
 SUBSET_SEED = 0  # the fixed shuffle that an evaluation's `limit` takes the first N of
 
 
-def subset_indices(num_crystals: int, limit: int, skip: int = 0) -> np.ndarray:
+def subset_indices(num_crystals: int, limit: int, skip: int = EvalConfig.skip) -> np.ndarray:
     """The first `limit` of a fixed-seed permutation of range(num_crystals) less its first `skip`,
     sorted; all (less the first `skip`) when limit <= 0.
 
