@@ -141,9 +141,11 @@ def test_evaluation_with_relaxation_resumes_to_the_same_result(data_dir, tmp_pat
     assert relaxed["relaxations"] == valid and relaxed["per_crystal"] == valid / 2
     assert "Relaxed by fake_potential:calculator" in (tmp_path / "whole" / "test_metrics.md").read_text()
 
-    # Stopped after the first crystal's relaxations: its part is kept, the other's lost.
+    # Stopped after the first crystal's relaxations, before the report: its part is kept, the
+    # other's lost; the sampling's record is kept beside the samples.
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")
     (tmp_path / "cut" / "test_relaxed" / "000001.json").unlink()
+    (tmp_path / "cut" / "test_metrics.json").unlink()
     with pytest.raises(FileExistsError, match="--resume"):
         evaluate(config, model, variables, dataset, tmp_path / "cut", workers=1, log=lambda _: None)
     with pytest.raises(ValueError, match="other settings"):

@@ -6,7 +6,8 @@ writes the samples batch by batch into `<split>_parts/` so that an
 interrupted evaluation continues with `resume=True` where it stopped (chain r
 uses the key `fold_in(key, r)` and the stored capacity carries over, so the
 result equals an uninterrupted run), then stores them (`<split>_samples.npz`,
-CIFs of the first sample per crystal in `cifs/`) and writes the match metrics
+the sampling's time and counts in `<split>_sampling.json`, CIFs of the first
+sample per crystal in `cifs/`) and writes the match metrics
 (`<split>_metrics.json` and `.md`, beside the paper's numbers) and two
 pictures (`<split>_rmse.png`: best RMSE per crystal; `<split>_match_rate.png`:
 match rate against the number of samples). `recompute`
@@ -32,10 +33,10 @@ from csp_jax.data.dataset import CrystalDataset
 from csp_jax.data.datasets import subset_indices
 from csp_jax.energy.base import Energy
 from csp_jax.evaluation.figures import evaluation_pngs
-from csp_jax.evaluation.parts import SETTINGS_FILE, open_parts
+from csp_jax.evaluation.parts import SETTINGS_FILE, open_parts, refuse_without_resume
 from csp_jax.evaluation.metrics import add_splits, concatenated, evaluate_samples, match_crystals, summarize
 from csp_jax.evaluation.polymorphs import other_structures, polymorph_metrics
-from csp_jax.evaluation.relaxed import relax_and_score
+from csp_jax.evaluation.relaxed import RELAXED, RELAXED_WHAT, relax_and_score
 from csp_jax.evaluation.report import write_report
 from csp_jax.evaluation.samples import load_samples, sample_at, save_samples
 from csp_jax.geometry.validity import valid_structure
@@ -175,6 +176,20 @@ def _paths(out_dir, split: str) -> tuple[Path, Path]:
     return Path(out_dir) / f"{split}_samples.npz", Path(out_dir) / f"{split}_metrics"
 
 
+def _sampling_path(out_dir, split: str) -> Path:
+    """The sampling record of a split's finished samples, written with them."""
+    return Path(out_dir) / f"{split}_sampling.json"
+
+
+def _sampled_before(out_dir, split: str) -> dict | None:
+    """The sampling record of samples made before: from `_sampling_path`, else from an earlier
+    report (evaluations from before that file); None when neither has one."""
+    if _sampling_path(out_dir, split).is_file():
+        return json.loads(_sampling_path(out_dir, split).read_text())
+    previous = Path(f"{_paths(out_dir, split)[1]}.json")
+    return json.loads(previous.read_text()).get("sampling") if previous.is_file() else None
+
+
 def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset, out_dir, *,
              workers: int | None = None, resume: bool = False, training: CrystalDataset | None = None,
              references: Sequence[CrystalDataset] = (), dataset_name: str | None = None, selection: str = "",
@@ -208,6 +223,8 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
         for potential in filter(None, (config.relax.potential, config.relax.refine)):
             calculator(potential)
     out_dir = Path(out_dir)
+    if config.relax.enabled:  # before sampling again over the samples they came from
+        refuse_without_resume(out_dir / f"{split}_{RELAXED}", resume, RELAXED_WHAT)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path, stem = _paths(out_dir, split)
     num_steps = int(schedule(config.sampler, e.num_steps)[0].shape[0])
@@ -243,15 +260,16 @@ def evaluate(config: Config, energy: Energy, variables, dataset: CrystalDataset,
     unsort = np.argsort(by_size)
     samples = jax.tree.map(lambda a: a.reshape((num_test, num_samples) + a.shape[1:])[unsort], crystals)
     energies = energies.reshape(num_test, num_samples)[unsort]
-    barrier("samples read")  # every process read every part before the main one removes them
-    if is_main():
-        save_samples(samples_path, samples, energies, test.material_ids)
-        write_atomic(sampled_settings, json.dumps(settings))
-        shutil.rmtree(parts_dir)
-        _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
     sampling = {"chains": num_test * num_samples, "steps": num_steps, "batch_size": batch_size,
                 "seconds": seconds, "overflow_reruns": reruns, "non_finite_proposals": non_finite,
                 "compiled_programs": programs}
+    barrier("samples read")  # every process read every part before the main one removes them
+    if is_main():
+        save_samples(samples_path, samples, energies, test.material_ids)
+        write_atomic(_sampling_path(out_dir, split), json.dumps(sampling))  # for a report after a stop
+        write_atomic(sampled_settings, json.dumps(settings))
+        shutil.rmtree(parts_dir)
+        _write_first_sample_cifs(samples, test.material_ids, out_dir / "cifs")
     return _score(config, test, samples, energies, out_dir, split, len(dataset), sampling, resume=resume,
                   workers=workers, training=training, references=references, dataset_name=dataset_name,
                   selection=selection, log=log)
@@ -289,9 +307,7 @@ def _score(config: Config, test: CrystalDataset, samples: Crystal, energies, out
         return None
     add_splits(results, test.species, energies, training)
     add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
-    previous = Path(f"{stem}.json")
-    if sampling is None and previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
-        sampling = record["sampling"]
+    sampling = sampling or _sampled_before(out_dir, split)
     if sampling is not None:
         results["sampling"] = sampling
     if selection:
@@ -326,8 +342,8 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
 
     dataset: the split the samples came from, or the crystals selected from it
     as `evaluate` had them (ground truth found by material id); dataset_name,
-    training, references, selection: as for `evaluate`. The `sampling` record of an
-    existing metrics JSON beside the samples is kept.
+    training, references, selection: as for `evaluate`. The samples' `sampling` record
+    (`<split>_sampling.json`, or an earlier metrics JSON beside them) is kept.
     """
     samples_path = Path(samples_path)
     if not samples_path.name.endswith("_samples.npz"):
@@ -347,11 +363,10 @@ def recompute(samples_path, dataset: CrystalDataset, dataset_name: str, *,
     add_polymorphs(results, test, samples, energies, references, timeout_s, workers, log)
     if selection:
         results["selection"] = selection
-    stem = samples_path.with_name(samples_path.name[:-len("_samples.npz")] + "_metrics")
-    previous = Path(f"{stem}.json")
-    if previous.is_file() and "sampling" in (record := json.loads(previous.read_text())):
-        results["sampling"] = record["sampling"]
-    json_path, md_path = write_report(results, stem, dataset_name, len(dataset))
-    pngs = evaluation_pngs(results, samples_path.parent, samples_path.name[:-len("_samples.npz")])
+    split = samples_path.name[:-len("_samples.npz")]
+    if (sampling := _sampled_before(samples_path.parent, split)) is not None:
+        results["sampling"] = sampling
+    json_path, md_path = write_report(results, _paths(samples_path.parent, split)[1], dataset_name, len(dataset))
+    pngs = evaluation_pngs(results, samples_path.parent, split)
     log(f"wrote {json_path}, {md_path}, {pngs[0].name}, {pngs[1].name}")
     return results

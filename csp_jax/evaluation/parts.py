@@ -11,6 +11,13 @@ from csp_jax.files import write_atomic
 SETTINGS_FILE = "settings.json"
 
 
+def refuse_without_resume(folder: Path, resume: bool, what: str) -> None:
+    """FileExistsError (naming `what` it holds) when `folder` exists and `resume` is off."""
+    if folder.is_dir() and not resume:
+        raise FileExistsError(f"{folder} holds {what}: add --resume to continue it, or delete it to "
+                              f"start again")
+
+
 def open_parts(folder: Path, settings: dict, resume: bool, what: str) -> None:
     """Claim `folder` for parts written with `settings` (JSON-able).
 
@@ -19,9 +26,7 @@ def open_parts(folder: Path, settings: dict, resume: bool, what: str) -> None:
     the folder and writes the settings.
     """
     settings_path = folder / SETTINGS_FILE
-    if folder.is_dir() and not resume:
-        raise FileExistsError(f"{folder} holds {what}: add --resume to continue it, or delete it to "
-                              f"start again")
+    refuse_without_resume(folder, resume, what)
     if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"--resume: {settings_path} was written with other settings "
                          f"({settings_path.read_text().strip()}); use the same options or delete it")

@@ -46,6 +46,9 @@ from csp_jax.geometry.crystal import Crystal
 from csp_jax.progress import Progress, format_duration
 
 
+RELAXED, RELAXED_WHAT = "relaxed", "relaxations of an interrupted evaluation"  # <split>_relaxed/
+
+
 def _to_json(r: Relaxed | None):
     return None if r is None else {"cif": r.structure.to(fmt="cif"), "energy_per_atom": r.energy_per_atom
                                    if math.isfinite(r.energy_per_atom) else None, "steps": r.steps,
@@ -154,11 +157,11 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, m
     relaxations, scores them and returns the record (the others: None).
     """
     r = config.relax
-    parts, again_parts = Path(out_dir) / f"{split}_relaxed", Path(out_dir) / f"{split}_refined"
+    parts, again_parts = Path(out_dir) / f"{split}_{RELAXED}", Path(out_dir) / f"{split}_refined"
     digest = hashlib.sha256(np.ascontiguousarray(samples.positions).tobytes()
                             + np.ascontiguousarray(samples.lattice).tobytes()).hexdigest()
     settings = {"potential": r.potential, "fmax": r.fmax, "max_steps": r.max_steps, "samples": digest}
-    open_parts(parts, settings, resume, "relaxations of an interrupted evaluation")
+    open_parts(parts, settings, resume, RELAXED_WHAT)
     num_test, num_samples = np.shape(energies)
     path = lambda t: parts / f"{t:06d}.json"  # noqa: E731
     again_path = lambda t: again_parts / f"{t:06d}.json"  # noqa: E731
