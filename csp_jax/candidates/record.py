@@ -190,6 +190,13 @@ def to_refine(candidates: Candidates, window_mev: float) -> list[int]:
     return sorted({int(k) for k in chosen if k >= 0})
 
 
+def kept_refinements(candidates: Candidates, window_mev: float, done: Sequence[Relaxed | None] = ()) -> tuple:
+    """The refinements `done` ([K] `Relaxed` or None; empty: none) of the structures `to_refine`
+    chooses under `window_mev`, None for the others."""
+    chosen = set(to_refine(candidates, window_mev)) if done else set()
+    return tuple(done[k] if k in chosen else None for k in range(len(candidates.energies)))
+
+
 def refinements(candidates: Candidates, relax_config: RelaxConfig, calc, log: Callable[[str], None] = print,
                 done: Sequence[Relaxed | None] = ()) -> tuple:
     """K `Relaxed` or None: the relaxed structures `to_refine` chooses (`relax_config.refine_window`)
@@ -197,7 +204,7 @@ def refinements(candidates: Candidates, relax_config: RelaxConfig, calc, log: Ca
     `relax_config.fmax`, `max_steps`). done: refinements already made, by sample (kept when
     chosen). Logs one line per relaxation."""
     chosen = to_refine(candidates, relax_config.refine_window)
-    refined = [done[k] if done and k in chosen else None for k in range(len(candidates.energies))]
+    refined = list(kept_refinements(candidates, relax_config.refine_window, done))
     for n, k in enumerate(chosen, start=1):
         if refined[k] is None:
             refined[k] = relax(candidates.relaxed[k].structure, calc(), fmax=relax_config.fmax,

@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 
 from csp_jax.candidates.matching import INVALID, match_pair, match_pairs
-from csp_jax.candidates.record import (Candidates, from_samples, kept, ranked, refined_energies, refinements,
-                                       relaxations, relaxed_crystal, relaxed_energies, to_refine, to_relax,
-                                       with_matches, with_relaxations)
+from csp_jax.candidates.record import (Candidates, from_samples, kept, kept_refinements, ranked, refined_energies,
+                                       refinements, relaxations, relaxed_crystal, relaxed_energies, to_refine,
+                                       to_relax, with_matches, with_relaxations)
 from csp_jax.candidates.relax import Relaxed, calculator
 from csp_jax.config import Config
 from csp_jax.distributed import barrier, is_main, share
@@ -191,10 +191,8 @@ def relax_and_score(config: Config, gt_structures, samples: Crystal, energies, m
         return None
     records = [records[t] if t in records else record(t) for t in range(num_test)]
     if r.refine:
-        records = [c._replace(refined=tuple(saved[k] if k in to_refine(c, r.refine_window) else None
-                                            for k in range(num_samples)))
-                   for c, saved in ((c, saved_relaxations(again_path(t)) or [None] * num_samples)
-                                    for t, c in enumerate(records))]
+        records = [c._replace(refined=kept_refinements(c, r.refine_window, saved_relaxations(again_path(t))))
+                   for t, c in enumerate(records)]
     found = {(t, k): x for t, c in enumerate(records) for k, x in enumerate(c.relaxed) if x is not None}
     outcome, rms = _as_arrays(_matched(config, gt_structures, found, workers), (num_test, num_samples))
 
